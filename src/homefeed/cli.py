@@ -1,0 +1,60 @@
+"""`homefeed` command line: one subcommand group per stage.
+
+Each stage module owns its commands through a ``register(subparsers)`` function that adds its
+group and sets ``func`` on the parsed namespace; this file only lists the modules. Imports are
+lazy so `homefeed stack status` does not pay for torch or Great Expectations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from homefeed.errors import UserError
+
+# (group name, module with register(), one-line help)
+STAGES = [
+    ("stack", "homefeed.stack", "start/stop/inspect the local Redis and Kafka-protocol broker"),
+    ("feast", "homefeed.feature_store", "apply the feature repo and read features"),
+    ("world", "homefeed.world.cli", "generate or import interaction worlds"),
+]
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="homefeed", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    groups = parser.add_subparsers(dest="group", metavar="GROUP")
+    for name, module, help_text in STAGES:
+        group = groups.add_parser(name, help=help_text)
+        if only is None or only == name:
+            importlib.import_module(module).register(group)
+        else:
+            group.set_defaults(_lazy_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Only import the module of the group being run (fast start-up, no heavy imports).
+    first = next((a for a in argv if not a.startswith("-")), None)
+    known = {name for name, _, _ in STAGES}
+    parser = build_parser(only=first if first in known else None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"homefeed: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

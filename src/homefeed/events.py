@@ -1,0 +1,201 @@
+"""The action event contract: the one place that says what a user action event is.
+
+Producer, consumer, validation, world generator and training all import this module, so the
+JSON on the wire, the parquet columns and the model's action vocabulary cannot drift apart.
+
+Wire format (JSON, UTF-8), schema version 1::
+
+    {"schema_version": 1, "event_id": "u17-000123", "user_id": 17, "pin_id": 4242,
+     "action_type": "repin", "event_time": 1767225600000, "surface": "homefeed",
+     "metadata": {}}
+
+`event_time` is when the user acted (epoch milliseconds, UTC). The time the event reached us
+(arrival/ingest time) is not part of the event: the Kafka record timestamp carries it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Bounds that make an id or a message obviously wrong rather than merely unknown.
+MAX_ID = 2**53 - 1  # ids must survive a round trip through JSON numbers in any client
+MAX_EVENT_BYTES = 4096
+MAX_EVENT_ID_CHARS = 128
+MAX_FUTURE_SKEW_MS = 5 * 60 * 1000  # default clock-skew allowance; configurable in settings
+MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01: anything older is a unit bug (seconds vs ms)
+
+
+class ActionType(enum.IntEnum):
+    """Closed vocabulary of user actions.
+
+    Ids start at 1: id 0 is never an action, so a zero in a padded tensor can never be
+    mistaken for a real one (the reference TransAct code reuses its lowest action id as
+    padding; we keep padding in an explicit mask instead). Append new actions at the end:
+    ids are part of trained models' vocabularies and of the feature-schema fingerprint.
+    """
+
+    REPIN = 1  # save to a board: the main positive
+    CLICK = 2  # click-through / closeup: a weak positive
+    HIDE = 3  # "see less like this": the main negative
+
+    @classmethod
+    def parse(cls, name: str) -> "ActionType":
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise ValueError(
+                f"unknown action_type {name!r}; expected one of {action_names()}"
+            ) from None
+
+    @property
+    def wire_name(self) -> str:
+        return self.name.lower()
+
+
+def action_names() -> list[str]:
+    return [a.wire_name for a in ActionType]
+
+
+# Size of an action-embedding table: ids are 1..max, index 0 stays unused (padding).
+ACTION_VOCAB_SIZE = max(ActionType) + 1
+
+REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "schema_version": int,
+    "event_id": str,
+    "user_id": int,
+    "pin_id": int,
+    "action_type": str,
+    "event_time": int,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ActionEvent:
+    event_id: str
+    user_id: int
+    pin_id: int
+    action_type: ActionType
+    event_time: int  # epoch ms when the user acted
+    surface: str = "homefeed"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "pin_id": self.pin_id,
+            "action_type": self.action_type.wire_name,
+            "event_time": self.event_time,
+            "surface": self.surface,
+            "metadata": self.metadata,
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+
+class InvalidEvent(ValueError):
+    """An event that must go to the dead-letter topic. `reason` is a short stable code
+    (used as a metric label); the message says what exactly was wrong."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# Stable reason codes, one per way an event can be rejected.
+REASON_NOT_JSON = "not_json"
+REASON_NOT_OBJECT = "not_object"
+REASON_TOO_LARGE = "too_large"
+REASON_MISSING_FIELD = "missing_field"
+REASON_WRONG_TYPE = "wrong_type"
+REASON_SCHEMA_VERSION = "schema_version"
+REASON_UNKNOWN_ACTION = "unknown_action"
+REASON_BAD_ID = "bad_id"
+REASON_FUTURE_TIME = "future_time"
+REASON_ANCIENT_TIME = "ancient_time"
+REASON_BATCH_SUITE = "batch_suite"  # caught by the micro-batch GX suite, not the cheap checks
+
+DEAD_LETTER_REASONS = (
+    REASON_NOT_JSON, REASON_NOT_OBJECT, REASON_TOO_LARGE, REASON_MISSING_FIELD,
+    REASON_WRONG_TYPE, REASON_SCHEMA_VERSION, REASON_UNKNOWN_ACTION, REASON_BAD_ID,
+    REASON_FUTURE_TIME, REASON_ANCIENT_TIME, REASON_BATCH_SUITE,
+)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_event(
+    raw: bytes, *, now_ms: int, max_future_skew_ms: int = MAX_FUTURE_SKEW_MS
+) -> ActionEvent:
+    """Cheap per-message checks. Raises InvalidEvent with a reason code and a message.
+
+    These run on every message (microseconds each); the Great Expectations suite runs
+    once per micro-batch on top of them.
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(REASON_TOO_LARGE, f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(REASON_NOT_JSON, str(exc)) from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(REASON_NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    for name, kind in REQUIRED_FIELDS.items():
+        if name not in obj:
+            raise InvalidEvent(REASON_MISSING_FIELD, f"field {name!r} is missing")
+        value = obj[name]
+        ok = _is_int(value) if kind is int else isinstance(value, kind)
+        if not ok:
+            raise InvalidEvent(
+                REASON_WRONG_TYPE, f"field {name!r} must be {kind.__name__}, got {type(value).__name__}"
+            )
+    if obj["schema_version"] != SCHEMA_VERSION:
+        raise InvalidEvent(
+            REASON_SCHEMA_VERSION, f"schema_version {obj['schema_version']} != {SCHEMA_VERSION}"
+        )
+    try:
+        action = ActionType.parse(obj["action_type"])
+    except ValueError as exc:
+        raise InvalidEvent(REASON_UNKNOWN_ACTION, str(exc)) from None
+    for name in ("user_id", "pin_id"):
+        if not 0 < obj[name] <= MAX_ID:
+            raise InvalidEvent(REASON_BAD_ID, f"{name} {obj[name]} outside 1..{MAX_ID}")
+    event_id = obj["event_id"]
+    if not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
+        raise InvalidEvent(REASON_BAD_ID, f"event_id must be 1..{MAX_EVENT_ID_CHARS} characters")
+    event_time = obj["event_time"]
+    if event_time > now_ms + max_future_skew_ms:
+        raise InvalidEvent(
+            REASON_FUTURE_TIME,
+            f"event_time {event_time} is {event_time - now_ms} ms ahead of the consumer clock "
+            f"(allowed skew {max_future_skew_ms} ms)",
+        )
+    if event_time < MIN_EVENT_TIME_MS:
+        raise InvalidEvent(REASON_ANCIENT_TIME, f"event_time {event_time} is before year 2000")
+    surface = obj.get("surface", "homefeed")
+    metadata = obj.get("metadata") or {}
+    if not isinstance(surface, str) or not isinstance(metadata, dict):
+        raise InvalidEvent(REASON_WRONG_TYPE, "surface must be a string and metadata an object")
+    return ActionEvent(
+        event_id=event_id,
+        user_id=obj["user_id"],
+        pin_id=obj["pin_id"],
+        action_type=action,
+        event_time=event_time,
+        surface=surface,
+        metadata=metadata,
+    )
+
+
+# Columns of the action-event tables (world output and the pipeline's raw-event log).
+EVENT_COLUMNS = ("event_id", "user_id", "pin_id", "action_type", "event_time", "surface")

@@ -1,0 +1,91 @@
+"""Feature schema: names, shapes and the fingerprint shared by the feature repo, the
+pipeline, training and serving.
+
+The Feast definitions in feature_repo/ are built from these constants, the stream consumer
+writes rows with these column names, and training/serving read them back by the same names.
+A model records `schema_fingerprint()` at export; serving refuses a model whose fingerprint
+differs from the running feature repo's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from homefeed.events import ActionType
+
+# Entities (Feast join keys).
+USER_ID = "user_id"
+PIN_ID = "pin_id"
+
+# Feature views.
+PIN_FEATURES = "pin_features"
+USER_ACTION_SEQUENCE = "user_action_sequence"
+USER_PROFILE = "user_profile"
+RANKING_SERVICE = "ranking"
+
+# Columns every pushed/logged feature row carries besides its features.
+EVENT_TIMESTAMP = "event_timestamp"  # the time the row describes (Feast's timestamp_field)
+CREATED = "created"  # when it became servable (ingestion time; point-in-time uses it)
+
+# pin_features
+PIN_EMBEDDING = "embedding"  # Array(Float32) of embedding_dim
+PIN_TOPIC = "topic_id"  # Int64
+PIN_CREATED_MS = "pin_created_ms"  # Int64 epoch ms
+
+# user_action_sequence: aligned arrays, newest action first, at most sequence_length long.
+SEQ_PIN_IDS = "seq_pin_ids"  # Array(Int64)
+SEQ_ACTION_TYPES = "seq_action_types"  # Array(Int32), values are ActionType ids
+SEQ_ACTION_TIMES = "seq_action_times"  # Array(Int64), epoch ms
+SEQ_LENGTH = "seq_length"  # Int32, len() of the arrays
+
+# user_profile: the long-term view (the article's PinnerSAGE role), computed in batch.
+PROFILE_EMBEDDING = "profile_embedding"  # Array(Float32): engagement-weighted mean pin embedding
+PROFILE_ACTIONS_28D = "profile_actions_28d"  # Int64
+PROFILE_REPIN_RATE_28D = "profile_repin_rate_28d"  # Float32, repins / actions
+PROFILE_HIDE_RATE_28D = "profile_hide_rate_28d"  # Float32, hides / actions
+PROFILE_DAYS_ACTIVE_28D = "profile_days_active_28d"  # Int64
+
+PIN_FEATURE_NAMES = (PIN_EMBEDDING, PIN_TOPIC, PIN_CREATED_MS)
+SEQUENCE_FEATURE_NAMES = (SEQ_PIN_IDS, SEQ_ACTION_TYPES, SEQ_ACTION_TIMES, SEQ_LENGTH)
+PROFILE_FEATURE_NAMES = (
+    PROFILE_EMBEDDING,
+    PROFILE_ACTIONS_28D,
+    PROFILE_REPIN_RATE_28D,
+    PROFILE_HIDE_RATE_28D,
+    PROFILE_DAYS_ACTIVE_28D,
+)
+
+
+def feature_refs(view: str, names: tuple[str, ...]) -> list[str]:
+    return [f"{view}:{name}" for name in names]
+
+
+def schema_description(embedding_dim: int, sequence_length: int) -> dict:
+    """Everything a trained model depends on, in a stable JSON-able form."""
+    return {
+        "entities": [USER_ID, PIN_ID],
+        PIN_FEATURES: list(PIN_FEATURE_NAMES),
+        USER_ACTION_SEQUENCE: list(SEQUENCE_FEATURE_NAMES),
+        USER_PROFILE: list(PROFILE_FEATURE_NAMES),
+        "embedding_dim": embedding_dim,
+        "sequence_length": sequence_length,
+        "actions": {a.wire_name: int(a) for a in ActionType},
+    }
+
+
+def schema_fingerprint(embedding_dim: int, sequence_length: int) -> str:
+    blob = json.dumps(schema_description(embedding_dim, sequence_length), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Training rows: one per (request, candidate pin), one binary label per action head.
+REQUEST_ID = "request_id"
+REQUEST_TIME = EVENT_TIMESTAMP  # Feast's entity-row timestamp is the request time
+
+
+def label_column(action: ActionType) -> str:
+    return f"label_{action.wire_name}"
+
+
+LABEL_COLUMNS = tuple(label_column(a) for a in ActionType)
