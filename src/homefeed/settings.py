@@ -24,8 +24,16 @@ from urllib.parse import urlparse
 ENV_PREFIX = "HOMEFEED_"
 
 
+# The source checkout (editable install); installed elsewhere, set HOMEFEED_FEATURE_REPO.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
 def _default_home() -> Path:
     return Path.cwd() / ".homefeed"
+
+
+def _default_feature_repo() -> Path:
+    return SOURCE_ROOT / "feature_repo"
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class Settings:
     kafka_bootstrap_servers: str = ""
     # Where run files (pids, logs), the offline log and generated data live.
     home: Path = field(default_factory=_default_home)
+    feature_repo: Path = field(default_factory=_default_feature_repo)
     # Topics.
     actions_topic: str = "user-actions"
     pins_topic: str = "pin-upserts"
@@ -52,7 +61,6 @@ class Settings:
     max_future_skew_ms: int = 5 * 60 * 1000
     batch_max_events: int = 5000
     batch_max_ms: int = 100
-    feast_project: str = "homefeed"
 
     # -- derived values ---------------------------------------------------------------------
     @property
@@ -137,7 +145,7 @@ def load_settings(env: dict[str, str] | None = None, config_file: Path | None = 
         if unknown:
             raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(types)}")
         for name, raw in file_values.items():
-            if name == "home":  # relative to the config file, not to wherever we run from
+            if types[name] is Path:  # relative to the config file, not to wherever we run from
                 raw = (path.parent / str(raw)).resolve()
             values[name] = _coerce(name, raw, types[name])
 

@@ -1,0 +1,125 @@
+"""Feast definitions for homefeed.
+
+Names, shapes and paths come from the homefeed package (homefeed.features, homefeed.settings)
+so the stream consumer, training and serving use exactly what is registered here.
+
+Realtime path: Kafka `user-actions` -> our consumer (homefeed stream consume) builds each user's
+latest-100 sequence -> `store.push()` into the `user_action_sequence_push` PushSource (Redis) and
+appends the same rows to the partitioned parquet log the batch source below reads.
+"""
+
+from datetime import timedelta
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, KafkaSource, PushSource
+from feast.data_format import JsonFormat, ParquetFormat
+from feast.types import Array, Float32, Int32, Int64, String
+from feast.value_type import ValueType
+
+from homefeed import features as F
+from homefeed.settings import load_settings
+
+settings = load_settings()
+DIM = settings.embedding_dim
+OFFLINE = settings.offline_dir
+
+# -- entities --------------------------------------------------------------------------------
+user = Entity(name="user", join_keys=[F.USER_ID], value_type=ValueType.INT64,
+              description="A person using the homefeed")
+pin = Entity(name="pin", join_keys=[F.PIN_ID], value_type=ValueType.INT64,
+             description="A pin (an item that can be shown in the homefeed)")
+
+
+def _log_source(name: str) -> FileSource:
+    """A batch source over one table of the partitioned parquet log (directory of files)."""
+    return FileSource(
+        name=f"{name}_log",
+        path=str(OFFLINE / name),
+        file_format=ParquetFormat(),
+        timestamp_field=F.EVENT_TIMESTAMP,
+        created_timestamp_column=F.CREATED,
+    )
+
+
+# -- realtime user action sequence -----------------------------------------------------------
+user_action_sequence_push = PushSource(
+    name="user_action_sequence_push",
+    batch_source=_log_source(F.USER_ACTION_SEQUENCE),
+    description="Per-user latest actions, pushed by the stream consumer once per micro-batch",
+)
+
+user_action_sequence = FeatureView(
+    name=F.USER_ACTION_SEQUENCE,
+    entities=[user],
+    ttl=timedelta(0),  # a sequence stays valid until replaced, however old
+    schema=[
+        Field(name=F.SEQ_PIN_IDS, dtype=Array(Int64), description="engaged pin ids, newest first"),
+        Field(name=F.SEQ_ACTION_TYPES, dtype=Array(Int32), description="ActionType ids, aligned"),
+        Field(name=F.SEQ_ACTION_TIMES, dtype=Array(Int64), description="action times, epoch ms"),
+        Field(name=F.SEQ_LENGTH, dtype=Int32, description=f"<= {settings.sequence_length}"),
+    ],
+    source=user_action_sequence_push,
+    online=True,
+    description=f"The user's latest {settings.sequence_length} actions (TransAct's realtime input)",
+    tags={"freshness": "realtime", "producer": "homefeed stream consume"},
+)
+
+# -- pins --------------------------------------------------------------------------------------
+pin_features_push = PushSource(
+    name="pin_features_push",
+    batch_source=_log_source(F.PIN_FEATURES),
+    description="Pin upserts (new pins, embedding refreshes) from the pin-upserts topic",
+)
+
+pin_features = FeatureView(
+    name=F.PIN_FEATURES,
+    entities=[pin],
+    ttl=timedelta(0),
+    schema=[
+        Field(name=F.PIN_EMBEDDING, dtype=Array(Float32), description=f"{DIM}-d content embedding"),
+        Field(name=F.PIN_TOPIC, dtype=Int64),
+        Field(name=F.PIN_CREATED_MS, dtype=Int64, description="pin creation time, epoch ms"),
+    ],
+    source=pin_features_push,
+    online=True,
+    tags={"embedding_dim": str(DIM)},
+)
+
+# -- long-term user profile (the article's PinnerSAGE role), computed in batch -----------------
+user_profile = FeatureView(
+    name=F.USER_PROFILE,
+    entities=[user],
+    ttl=timedelta(days=60),
+    schema=[
+        Field(name=F.PROFILE_EMBEDDING, dtype=Array(Float32),
+              description="engagement-weighted mean of engaged pin embeddings, last 28 days"),
+        Field(name=F.PROFILE_ACTIONS_28D, dtype=Int64),
+        Field(name=F.PROFILE_REPIN_RATE_28D, dtype=Float32),
+        Field(name=F.PROFILE_HIDE_RATE_28D, dtype=Float32),
+        Field(name=F.PROFILE_DAYS_ACTIVE_28D, dtype=Int64),
+    ],
+    source=_log_source(F.USER_PROFILE),
+    online=True,
+    tags={"freshness": "daily batch"},
+)
+
+# -- where realtime data comes from (documentation in the registry; our consumer reads it) -----
+user_actions_stream = KafkaSource(
+    name="user_actions_stream",
+    kafka_bootstrap_servers=settings.effective_kafka_bootstrap,
+    topic=settings.actions_topic,
+    timestamp_field=F.EVENT_TIMESTAMP,
+    message_format=JsonFormat(schema_json=(
+        "schema_version int, event_id string, user_id long, pin_id long, action_type string, "
+        "event_time long, surface string"
+    )),
+    batch_source=_log_source("action_events"),
+    description="Raw user action events (JSON, schema in homefeed/events.py); the consumer "
+                "turns them into user_action_sequence rows",
+)
+
+# -- what the ranker reads -------------------------------------------------------------------
+ranking = FeatureService(
+    name=F.RANKING_SERVICE,
+    features=[user_action_sequence, user_profile, pin_features],
+    description="Everything the TransAct ranker reads for one (user, candidate) pair",
+)

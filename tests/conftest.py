@@ -1,0 +1,71 @@
+"""Shared fixtures: a real redis-server and a real Kafka-protocol broker on free ports.
+
+The session starts one local stack (homefeed.stack.LocalStack) in a temporary HOMEFEED_HOME and
+exports its ports through HOMEFEED_* variables, so every load_settings() in the test process and in
+subprocesses (CLI calls, `feast`, `bentoml serve`) talks to it. It is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from homefeed.settings import load_settings
+from homefeed.stack import LocalStack, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def stack_env(tmp_path_factory):
+    """Environment for a private local stack; services are started by `stack`."""
+    home = tmp_path_factory.mktemp("homefeed-home")
+    env = {
+        "HOMEFEED_HOME": str(home),
+        "HOMEFEED_REDIS_PORT": str(free_port()),
+        "HOMEFEED_KAFKA_PORT": str(free_port()),
+    }
+    saved = {k: os.environ.get(k) for k in (*env, "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    os.environ.pop("REDIS_URL", None)
+    os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    os.environ.update(env)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env):
+    local = LocalStack(load_settings())
+    local.up()
+    yield local.settings
+    local.down()
+
+
+@pytest.fixture(scope="session")
+def feature_repo(stack, tmp_path_factory):
+    """A private copy of feature_repo/, applied against the test stack."""
+    from homefeed.feature_store import apply_repo
+
+    repo = tmp_path_factory.mktemp("feature-repo") / "feature_repo"
+    shutil.copytree(REPO_ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    os.environ["HOMEFEED_FEATURE_REPO"] = str(repo)
+    apply_repo(repo)
+    yield repo
+    os.environ.pop("HOMEFEED_FEATURE_REPO", None)
+
+
+@pytest.fixture
+def redis_client(stack):
+    import redis
+
+    client = redis.Redis.from_url(stack.effective_redis_url)
+    yield client
+    client.close()

@@ -1,0 +1,85 @@
+"""`homefeed stack` against real processes, on ports of its own (not the session stack)."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from homefeed.stack import free_port, kafka_healthy, redis_healthy
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(args, env, **kw):
+    return subprocess.run([sys.executable, "-m", "homefeed.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.fixture
+def private_env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    env.update(HOMEFEED_HOME=str(tmp_path / "home"), HOMEFEED_REDIS_PORT=str(free_port()),
+               HOMEFEED_KAFKA_PORT=str(free_port()))
+    yield env
+    run_cli(["stack", "down"], env)
+
+
+def test_up_is_healthy_idempotent_and_down_stops_everything(private_env, tmp_path):
+    up = run_cli(["stack", "up"], private_env)
+    assert up.returncode == 0, up.stderr
+    redis_url = f"redis://127.0.0.1:{private_env['HOMEFEED_REDIS_PORT']}/0"
+    bootstrap = f"127.0.0.1:{private_env['HOMEFEED_KAFKA_PORT']}"
+    assert redis_healthy(redis_url) and kafka_healthy(bootstrap)
+    run_dir = tmp_path / "home" / "run"
+    pids = {name: (run_dir / f"{name}.pid").read_text().split()[0] for name in ("redis", "kafka")}
+    assert (run_dir / "redis.log").exists() and (run_dir / "kafka.log").exists()
+
+    again = run_cli(["stack", "up"], private_env)
+    assert again.returncode == 0, again.stderr
+    assert {n: (run_dir / f"{n}.pid").read_text().split()[0] for n in pids} == pids  # nothing new
+
+    from kafka import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    assert {"user-actions", "user-actions-dlq", "pin-upserts"} <= set(admin.list_topics())
+    admin.close()
+
+    status = run_cli(["stack", "status"], private_env)
+    assert status.returncode == 0 and status.stdout.count(" healthy ") == 2
+
+    assert run_cli(["stack", "down"], private_env).returncode == 0
+    assert not redis_healthy(redis_url) and not kafka_healthy(bootstrap)
+    status = run_cli(["stack", "status"], private_env)
+    assert status.returncode == 1 and "DOWN" in status.stdout
+
+
+def test_occupied_port_names_the_port_and_how_to_choose_another(private_env):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        env = dict(private_env, HOMEFEED_REDIS_PORT=str(port))
+        result = run_cli(["stack", "up"], env)
+        assert result.returncode == 2
+        assert f"port {port}" in result.stderr and "HOMEFEED_REDIS_PORT" in result.stderr
+    finally:
+        blocker.close()
+
+
+def test_missing_redis_binary_says_how_to_install(private_env, tmp_path):
+    env = dict(private_env, PATH=str(tmp_path / "empty-bin"))
+    result = subprocess.run([sys.executable, "-m", "homefeed.cli", "stack", "up"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "apt-get install -y redis-server" in result.stderr
+
+
+def test_external_redis_url_is_used_and_nothing_is_started(private_env, stack, tmp_path):
+    env = dict(private_env, REDIS_URL=stack.effective_redis_url,
+               KAFKA_BOOTSTRAP_SERVERS=stack.effective_kafka_bootstrap)
+    result = run_cli(["stack", "up"], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("external") == 2
+    assert not (tmp_path / "home" / "run" / "redis.pid").exists()
