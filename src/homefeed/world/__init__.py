@@ -1,0 +1,28 @@
+"""Interaction worlds: the data every later stage replays, trains on and evaluates on.
+
+`generate_world` writes a synthetic world (see docs/world.md); `load_world` reads any world
+directory back. The file contract (pins, users, requests, events parquet + world.json) is
+described in `homefeed.world.generate` and docs/world.md.
+"""
+
+from homefeed.world.generate import (
+    DAY_MS,
+    DEFAULT_START_MS,
+    WORLD_FILES,
+    World,
+    WorldParams,
+    WorldSummary,
+    generate_world,
+    load_world,
+)
+
+__all__ = [
+    "DAY_MS",
+    "DEFAULT_START_MS",
+    "WORLD_FILES",
+    "World",
+    "WorldParams",
+    "WorldSummary",
+    "generate_world",
+    "load_world",
+]
