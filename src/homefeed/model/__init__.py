@@ -1,0 +1,35 @@
+"""The ranking model: tensor contract, config, TransAct and baseline encoders, ranker, loss."""
+
+from homefeed.model.batch import (
+    RankingBatch,
+    build_batch,
+    build_user_batch,
+    embed_pins,
+    lookup_pin_rows,
+    make_pin_rows,
+    pad_rows,
+)
+from homefeed.model.config import DEFAULT_HEADS, ENCODER_KINDS, TRANSACT_KINDS, ModelConfig
+from homefeed.model.encoders import build_encoder
+from homefeed.model.loss import (
+    LossOutput,
+    WeightedMultiHeadBCE,
+    default_label_weight_matrix,
+    label_head_weights,
+    weighted_multihead_bce,
+)
+from homefeed.model.ranker import Ranker, build_model, count_parameters
+from homefeed.model.transact import (
+    TransActEncoder,
+    sample_time_windows,
+    time_window_mask,
+    transact_one_user,
+)
+
+__all__ = [
+    "DEFAULT_HEADS", "ENCODER_KINDS", "TRANSACT_KINDS", "LossOutput", "ModelConfig", "RankingBatch",
+    "Ranker", "TransActEncoder", "WeightedMultiHeadBCE", "build_batch", "build_encoder",
+    "build_model", "build_user_batch", "count_parameters", "default_label_weight_matrix",
+    "embed_pins", "label_head_weights", "lookup_pin_rows", "make_pin_rows", "pad_rows",
+    "sample_time_windows", "time_window_mask", "transact_one_user", "weighted_multihead_bce",
+]
