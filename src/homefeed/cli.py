@@ -19,6 +19,9 @@ STAGES = [
     ("stack", "homefeed.stack", "start/stop/inspect the local Redis and Kafka-protocol broker"),
     ("feast", "homefeed.feature_store", "apply the feature repo and read features"),
     ("world", "homefeed.world.cli", "generate or import interaction worlds"),
+    ("stream", "homefeed.stream.cli", "Kafka -> validated last-N sequences -> Feast/Redis"),
+    ("validate", "homefeed.validation.cli", "run Great Expectations checkpoints"),
+    ("bench", "homefeed.bench", "benchmarks (JSON output; results go in docs/benchmarks.md)"),
 ]
 
 

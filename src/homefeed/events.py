@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,3 +200,50 @@ def parse_event(
 
 # Columns of the action-event tables (world output and the pipeline's raw-event log).
 EVENT_COLUMNS = ("event_id", "user_id", "pin_id", "action_type", "event_time", "surface")
+
+
+# -- pin upserts (second topic): new pins and embedding refreshes -----------------------------
+
+@dataclass(frozen=True, slots=True)
+class PinUpsert:
+    pin_id: int
+    topic_id: int
+    embedding: tuple[float, ...]
+    created_ms: int  # when the pin was created
+    event_time: int  # when this version of the pin's features was computed (epoch ms)
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "schema_version": SCHEMA_VERSION, "pin_id": self.pin_id, "topic_id": self.topic_id,
+            "embedding": list(self.embedding), "created_ms": self.created_ms,
+            "event_time": self.event_time,
+        }, separators=(",", ":")).encode()
+
+
+MAX_PIN_UPSERT_BYTES = 64 * 1024
+
+
+def parse_pin_upsert(raw: bytes, *, embedding_dim: int) -> PinUpsert:
+    if len(raw) > MAX_PIN_UPSERT_BYTES:
+        raise InvalidEvent(REASON_TOO_LARGE, f"{len(raw)} bytes > {MAX_PIN_UPSERT_BYTES}")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(REASON_NOT_JSON, str(exc)) from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(REASON_NOT_OBJECT, "expected a JSON object")
+    for name in ("schema_version", "pin_id", "topic_id", "created_ms", "event_time"):
+        if name not in obj:
+            raise InvalidEvent(REASON_MISSING_FIELD, f"field {name!r} is missing")
+        if not _is_int(obj[name]):
+            raise InvalidEvent(REASON_WRONG_TYPE, f"field {name!r} must be int")
+    if obj["schema_version"] != SCHEMA_VERSION:
+        raise InvalidEvent(REASON_SCHEMA_VERSION, f"schema_version {obj['schema_version']}")
+    if not 0 < obj["pin_id"] <= MAX_ID:
+        raise InvalidEvent(REASON_BAD_ID, f"pin_id {obj['pin_id']} outside 1..{MAX_ID}")
+    emb = obj.get("embedding")
+    if not isinstance(emb, list) or len(emb) != embedding_dim or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in emb):
+        raise InvalidEvent(REASON_WRONG_TYPE, f"embedding must be {embedding_dim} finite numbers")
+    return PinUpsert(obj["pin_id"], obj["topic_id"], tuple(float(v) for v in emb),
+                     obj["created_ms"], obj["event_time"])

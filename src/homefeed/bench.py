@@ -1,0 +1,17 @@
+"""`homefeed bench ...`: benchmark commands (never timed tests). Each stage adds its own."""
+
+from __future__ import annotations
+
+import importlib
+
+# (module, function that adds its subcommand to the bench group)
+BENCHES = [
+    ("homefeed.stream.bench", "add_parser"),
+    ("homefeed.validation.bench", "add_bench_validate_parser"),
+]
+
+
+def register(parser) -> None:
+    sub = parser.add_subparsers(dest="command", metavar="BENCHMARK", required=True)
+    for module, func in BENCHES:
+        getattr(importlib.import_module(module), func)(sub)

@@ -1,0 +1,239 @@
+"""`homefeed bench ingest`: a fixed world through producer -> broker -> consumer -> Redis.
+
+Three measurements in one run, so their ratios are comparable on a noisy machine:
+
+* ceilings: the raw Kafka consume rate (no processing) and the raw pipelined Redis write rate
+  (one sequence-sized value per user);
+* throughput: a backlog of the world's events drained by 1..C consumer processes over P
+  partitions (events/s = applied events / time from first to last batch);
+* freshness: events produced live at a fixed rate while one consumer runs; freshness = visible
+  in the online store minus the record's broker timestamp.
+
+Every valid event produced must be in the offline log afterwards: `lost` counts those that are not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from homefeed import offline_log
+from homefeed.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def _env(settings: Settings) -> dict:
+    return dict(os.environ, HOMEFEED_HOME=str(settings.home),
+                HOMEFEED_ACTIONS_TOPIC=settings.actions_topic, HOMEFEED_PINS_TOPIC=settings.pins_topic,
+                HOMEFEED_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
+                HOMEFEED_CONSUMER_GROUP=settings.consumer_group,
+                HOMEFEED_TOPIC_PARTITIONS=str(settings.topic_partitions),
+                HOMEFEED_BATCH_MAX_EVENTS=str(settings.batch_max_events),
+                HOMEFEED_BATCH_MAX_MS=str(settings.batch_max_ms))
+
+
+def _fresh(settings: Settings, root: Path, partitions: int, label: str) -> Settings:
+    from homefeed.stack import ensure_topics
+
+    tag = f"{label}-{uuid.uuid4().hex[:6]}"
+    s = settings.replace(home=root / tag, actions_topic=f"bench-actions-{tag}",
+                         pins_topic=f"bench-pins-{tag}", dead_letter_topic=f"bench-dlq-{tag}",
+                         consumer_group=f"bench-{tag}", topic_partitions=partitions)
+    ensure_topics(s)
+    return s
+
+
+def _consumers(settings: Settings, n: int, idle_s: float, out_dir: Path) -> list[tuple]:
+    procs = []
+    for i in range(n):
+        stats = out_dir / f"{settings.consumer_group}-{i}.json"
+        p = subprocess.Popen([sys.executable, "-m", "homefeed.cli", "stream", "consume",
+                              "--exit-when-idle", str(idle_s), "--stats-out", str(stats)],
+                             env=_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append((p, stats))
+    return procs
+
+
+def _wait(procs) -> list[dict]:
+    out = []
+    for p, stats in procs:
+        _, err = p.communicate(timeout=1800)
+        if p.returncode != 0:
+            raise RuntimeError(f"consumer failed: {err.decode()[-2000:]}")
+        out.append(json.loads(Path(stats).read_text()))
+    return out
+
+
+def raw_kafka_consume_rate(settings: Settings, expected: int) -> float:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.effective_kafka_bootstrap,
+                             max_poll_records=5000, fetch_max_wait_ms=50)
+    parts = [TopicPartition(settings.actions_topic, p)
+             for p in consumer.partitions_for_topic(settings.actions_topic)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    n, start = 0, time.perf_counter()
+    while n < expected and time.perf_counter() - start < 120:
+        for records in consumer.poll(timeout_ms=500).values():
+            n += len(records)
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return n / elapsed
+
+
+def raw_redis_write_rate(settings: Settings, n_keys: int = 20_000, value_bytes: int = 3_000) -> float:
+    import redis
+
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    value = os.urandom(value_bytes)
+    start = time.perf_counter()
+    for chunk in range(0, n_keys, 1000):
+        pipe = client.pipeline(transaction=False)
+        for i in range(chunk, min(chunk + 1000, n_keys)):
+            pipe.set(f"homefeed:bench:{i}", value)
+        pipe.execute()
+    elapsed = time.perf_counter() - start
+    client.delete(*[f"homefeed:bench:{i}" for i in range(n_keys)])
+    return n_keys / elapsed
+
+
+def _logged_ids(settings: Settings) -> set:
+    frame = offline_log.read(settings.offline_dir, "action_events", columns=["event_id"])
+    return set(frame["event_id"]) if not frame.empty else set()
+
+
+def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int], live_rate: float,
+                     live_seconds: float) -> dict:
+    from homefeed.feature_store import apply_repo
+    from homefeed.stack import LocalStack
+    from homefeed.stream.producer import Producer, event_records, load_world_tables
+
+    base = load_settings()
+    LocalStack(base).up()
+    apply_repo(base.feature_repo)
+    events, _, _ = load_world_tables(world_dir)
+    valid_ids = set(events["event_id"])
+    root = Path(tempfile.mkdtemp(prefix="homefeed-bench-"))
+    report: dict = {"events": len(events), "world": str(world_dir), "runs": []}
+
+    # Throughput: drain a backlog.
+    for p in partitions:
+        for c in consumers:
+            s = _fresh(base, root, p, f"p{p}c{c}")
+            producer = Producer(s)
+            producer.send_all(s.actions_topic, event_records(events, use_arrival_time=True),
+                              total=len(events), desc=f"backlog p={p}")
+            bad = producer.send_bad_events()
+            producer.close()
+            if p == partitions[0] and c == consumers[0]:
+                report["ceilings"] = {
+                    "kafka_consume_per_s": round(raw_kafka_consume_rate(s, len(events)), 1),
+                    "redis_pipelined_writes_per_s": round(raw_redis_write_rate(s), 1),
+                }
+            stats = _wait(_consumers(s, c, idle_s=4.0, out_dir=root))
+            first = min(st["first_batch_at"] for st in stats if st["first_batch_at"])
+            last = max(st["last_batch_at"] for st in stats if st["last_batch_at"])
+            applied = sum(st["applied"] for st in stats)
+            lost = len(valid_ids - _logged_ids(s))
+            run = {"partitions": p, "consumers": c, "applied": applied,
+                   "events_per_s": round(applied / max(last - first, 1e-9), 1),
+                   "dead_lettered": sum(st["dead_lettered"] for st in stats),
+                   "bad_events_sent": len(bad), "lost": lost,
+                   "batches": sum(st["batches"] for st in stats)}
+            report["runs"].append(run)
+            log.info("backlog run %s", run)
+
+    # Freshness: live traffic at a fixed rate, one consumer already running.
+    s = _fresh(base, root, partitions[0], "live")
+    procs = _consumers(s, 1, idle_s=5.0, out_dir=root)
+    time.sleep(8)  # group join
+    live = events.head(int(live_rate * live_seconds))
+    producer = Producer(s)
+    producer.send_all(s.actions_topic, event_records(live, use_arrival_time=False), rate=live_rate,
+                      total=len(live), desc="live")
+    producer.close()
+    stats = _wait(procs)[0]
+    fresh = np.asarray(stats["freshness_ms"], dtype=float)
+    report["freshness_ms"] = {q: round(float(np.percentile(fresh, v)), 1) for q, v in
+                              (("p50", 50), ("p95", 95), ("p99", 99))} if fresh.size else {}
+    report["freshness_ms"]["samples"] = int(fresh.size)
+    report["live_rate_per_s"] = live_rate
+    report["live_lost"] = len(set(live["event_id"]) - _logged_ids(s))
+
+    best = max(report["runs"], key=lambda r: r["events_per_s"])
+    single = report["runs"][0]
+    report["events_per_s"] = single["events_per_s"]
+    report["best_events_per_s"] = best["events_per_s"]
+    report["dead_lettered"] = single["dead_lettered"]
+    report["lost"] = sum(r["lost"] for r in report["runs"]) + report["live_lost"]
+    ceilings = report["ceilings"]
+    report["efficiency"] = {
+        "vs_kafka_consume": round(single["events_per_s"] / ceilings["kafka_consume_per_s"], 3),
+        "vs_redis_writes": round(single["events_per_s"] / ceilings["redis_pipelined_writes_per_s"], 3),
+    }
+    _plot_freshness(fresh, root / "freshness.png")
+    report["freshness_plot"] = str(root / "freshness.png")
+    return report
+
+
+def _plot_freshness(fresh: np.ndarray, path: Path) -> None:
+    if not fresh.size:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(fresh, bins=50, color="#3b7dd8")
+    for q in (50, 95, 99):
+        ax.axvline(np.percentile(fresh, q), color="k", ls="--", lw=0.8)
+        ax.text(np.percentile(fresh, q), ax.get_ylim()[1] * 0.9, f"p{q}", fontsize=8)
+    ax.set_xlabel("event arrival -> visible in online store (ms)")
+    ax.set_ylabel("events")
+    ax.set_title("Sequence freshness")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_bench_ingest(args) -> int:
+    from homefeed.world.generate import WorldParams, generate_world
+
+    world = Path(args.world) if args.world else None
+    if world is None:
+        world = Path(tempfile.mkdtemp(prefix="homefeed-bench-world-"))
+        generate_world(WorldParams(n_users=args.users, n_pins=args.pins, days=args.days, seed=args.seed), world)
+    report = run_ingest_bench(world, [int(p) for p in args.partitions.split(",")],
+                              [int(c) for c in args.consumers.split(",")], args.live_rate, args.live_seconds)
+    report["machine"] = f"{os.cpu_count()} cores"
+    report["date"] = pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0
+
+
+def add_parser(bench_sub) -> None:
+    p = bench_sub.add_parser("ingest", help="throughput, freshness and loss of the realtime pipeline")
+    p.add_argument("--world", help="use this world directory (default: generate a fixed one)")
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--pins", type=int, default=5000)
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--partitions", default="4", help="comma-separated partition counts to try")
+    p.add_argument("--consumers", default="1,2", help="comma-separated consumer process counts")
+    p.add_argument("--live-rate", type=float, default=10_000, help="events/s in the freshness phase")
+    p.add_argument("--live-seconds", type=float, default=10)
+    p.add_argument("--json", action="store_true", help="one-line JSON")
+    p.set_defaults(func=cmd_bench_ingest)

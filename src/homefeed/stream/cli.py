@@ -1,0 +1,118 @@
+"""`homefeed stream produce|consume|status|backfill`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+
+from homefeed.errors import UserError
+from homefeed.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+
+def cmd_produce(args) -> int:
+    from homefeed.stream.producer import Producer, event_records, load_world_tables, pin_records
+
+    settings = load_settings()
+    if not (Path(args.world) / "events.parquet").is_file():
+        raise UserError(f"{args.world} is not a world directory (no events.parquet); "
+                        "create one with `homefeed world generate`")
+    events, pins, start_ms = load_world_tables(args.world)
+    if args.limit:
+        events = events.head(args.limit)
+    producer = Producer(settings)
+    try:
+        if not args.skip_pins:
+            producer.send_all(settings.pins_topic, pin_records(pins, start_ms), total=len(pins),
+                              desc="pins")
+        n = producer.send_all(settings.actions_topic,
+                              event_records(events, use_arrival_time=args.timestamps == "arrival"),
+                              rate=args.rate, total=len(events), desc="events")
+        bad = producer.send_bad_events() if args.inject_bad else {}
+    finally:
+        producer.close()
+    print(json.dumps({"events": n, "pins": 0 if args.skip_pins else len(pins),
+                      "bad_events": len(bad)}))
+    return 0
+
+
+def cmd_consume(args) -> int:
+    from prometheus_client import start_http_server
+
+    from homefeed.stream.consumer import build_consumer, write_stats
+
+    settings = load_settings()
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=settings.host)
+        log.info("metrics on http://%s:%d/metrics", settings.host, args.metrics_port)
+    consumer = build_consumer(settings, validate=not args.no_validate)
+    signal.signal(signal.SIGTERM, lambda *_: consumer.stop.set())
+    try:
+        stats = consumer.run(idle_exit_s=args.exit_when_idle, max_records=args.max_records)
+    except KeyboardInterrupt:
+        stats = consumer.stats
+    log.info("stopped: %s", stats.to_dict())
+    if args.stats_out:
+        write_stats(args.stats_out, stats)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from homefeed.stream.ops import stream_status
+
+    status = stream_status(load_settings())
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        for topic, parts in status["topics"].items():
+            end = sum(p["end"] for p in parts)
+            lag = sum(p["lag"] for p in parts if p["lag"] is not None)
+            print(f"{topic:<20} partitions={len(parts):<3} records={end:<10} group lag={lag}")
+        print(f"dead-lettered: {status['dead_lettered']}")
+    return 0
+
+
+def cmd_backfill(args) -> int:
+    from homefeed.stream.ops import backfill
+
+    users = [int(u) for u in args.users.split(",")] if args.users else None
+    summary = backfill(load_settings(), since=args.since, users=users)
+    print(json.dumps(summary))
+    return 0
+
+
+def register(parser) -> None:
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("produce", help="replay a world's events (and pins) onto Kafka")
+    p.add_argument("--world", required=True, help="directory written by `homefeed world generate`")
+    p.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
+    p.add_argument("--limit", type=int, help="only the first N events (arrival order)")
+    p.add_argument("--timestamps", choices=["arrival", "now"], default="arrival",
+                   help="record timestamp: the world's arrival time (history) or the wall clock (live)")
+    p.add_argument("--skip-pins", action="store_true", help="do not send pin upserts")
+    p.add_argument("--inject-bad", action="store_true", help="also send one bad event of every kind")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("consume", help="build sequences from Kafka into Feast/Redis and the log")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
+                   help="stop after this long without records (batch jobs, tests, benchmarks)")
+    p.add_argument("--max-records", type=int, help="stop after this many records")
+    p.add_argument("--no-validate", action="store_true",
+                   help="skip the per-batch Great Expectations suite (cheap checks still run)")
+    p.add_argument("--stats-out", help="write a JSON summary (with freshness samples) at exit")
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("status", help="topics, consumer-group lag, dead-letter count")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("backfill", help="rebuild online sequences from the offline log (recovery)")
+    p.add_argument("--since", required=True,
+                   help="rebuild users with events that arrived at or after this time (ISO 8601 or epoch ms)")
+    p.add_argument("--users", help="comma-separated user ids (default: every user seen since --since)")
+    p.set_defaults(func=cmd_backfill)

@@ -1,0 +1,444 @@
+"""The stream consumer: Kafka action events -> validated -> per-user latest-N sequences ->
+Feast online store (Redis) and the offline parquet log.
+
+One micro-batch at a time, at least once:
+
+1. poll up to `batch_max_events` records or `batch_max_ms`;
+2. cheap per-message checks (homefeed.events.parse_event); failures go to the dead-letter topic
+   with the original bytes and a reason header;
+3. the `action_events` Great Expectations suite once per micro-batch (never per message);
+4. merge each touched user's events into the sequence state kept in Redis (homefeed.sequence);
+5. make the batch durable: raw events and sequence snapshots to the offline log (fsync'd),
+   then one Feast push of every changed sequence, then the sequence states;
+6. only then commit the Kafka offsets.
+
+A crash anywhere before 6 replays the batch; every step is idempotent (dedup by event_id,
+Feast's strictly-newer timestamp rule, append-only log read with dedup), so replays change
+nothing. Redis errors are retried with backoff without committing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+
+from homefeed import events as E
+from homefeed import features as F
+from homefeed import offline_log
+from homefeed.sequence import Action, SequenceState, merge, next_snapshot_ms
+from homefeed.settings import Settings
+from homefeed.stream import metrics as M
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "homefeed:seqstate:{project}:{user_id}"
+SEQUENCE_PUSH_SOURCE = "user_action_sequence_push"
+PIN_PUSH_SOURCE = "pin_features_push"
+ACTION_EVENTS_TABLE = "action_events"
+# Records whose broker timestamp is this close to the wall clock are "live": they feed the
+# freshness histogram. Replayed history (record timestamp = simulated arrival) does not.
+LIVE_WINDOW_MS = 10 * 60 * 1000
+
+# A batch validator gets the batch's valid events as a frame and returns {row index: detail}
+# for rows it rejects. The default runs the GX `action_events` suite.
+BatchValidator = Callable[[pd.DataFrame], dict[int, str]]
+
+
+@dataclass
+class DeadLetter:
+    record: object  # kafka ConsumerRecord
+    reason: str
+    detail: str
+
+
+@dataclass
+class BatchResult:
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    outside_window: int = 0
+    sequences_pushed: int = 0
+    pins_pushed: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)
+    freshness_ms: list[int] = field(default_factory=list)
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SequenceBuilder:
+    """Applies micro-batches of Kafka records. Knows nothing of polling or committing, so it is
+    driven the same way by the consumer loop, the tests and the backfill command."""
+
+    def __init__(self, settings: Settings, store, redis_client, dlq_producer=None,
+                 validator: BatchValidator | None = None):
+        self.settings = settings
+        self.store = store
+        self.redis = redis_client
+        self.dlq = dlq_producer
+        self.validator = validator
+        self.project = store.project
+
+    # -- state --------------------------------------------------------------------------
+    def state_key(self, user_id: int) -> str:
+        return STATE_KEY.format(project=self.project, user_id=user_id)
+
+    def load_states(self, user_ids: list[int]) -> dict[int, SequenceState]:
+        raw = self.redis.mget([self.state_key(u) for u in user_ids]) if user_ids else []
+        return {u: SequenceState.from_bytes(r) for u, r in zip(user_ids, raw)}
+
+    def save_states(self, states: dict[int, SequenceState]) -> None:
+        if states:
+            self.redis.mset({self.state_key(u): s.to_bytes() for u, s in states.items()})
+
+    # -- one micro-batch ---------------------------------------------------------------
+    def apply(self, records: list) -> BatchResult:
+        result = BatchResult(records=len(records))
+        now = wall_ms()
+        actions: list[tuple[object, E.ActionEvent]] = []
+        pins: list[tuple[object, E.PinUpsert]] = []
+        for record in records:
+            M.EVENTS_IN.labels(record.topic).inc()
+            try:
+                if record.topic == self.settings.pins_topic:
+                    pins.append((record, E.parse_pin_upsert(
+                        record.value, embedding_dim=self.settings.embedding_dim)))
+                else:
+                    actions.append((record, E.parse_event(
+                        record.value, now_ms=now, max_future_skew_ms=self.settings.max_future_skew_ms)))
+            except E.InvalidEvent as exc:
+                result.dead.append(DeadLetter(record, exc.reason, exc.detail))
+
+        # Redelivered copies within one batch are duplicates, not invalid: drop them before the
+        # suite (whose event-id uniqueness check is for corruption, not for at-least-once).
+        unique = list({ev.event_id: (rec, ev) for rec, ev in reversed(actions)}.values())[::-1]
+        result.duplicates += len(actions) - len(unique)
+        result.applied += len(actions) - len(unique)
+        actions = self._validate_batch(unique, result)
+        self._apply_actions(actions, result)
+        self._apply_pins(pins, result)
+        self._dead_letter(result.dead)
+        return result
+
+    def _validate_batch(self, actions, result: BatchResult):
+        if not actions or self.validator is None:
+            return actions
+        frame = events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions])
+        rejected = self.validator(frame)
+        if not rejected:
+            return actions
+        keep = []
+        for i, pair in enumerate(actions):
+            if i in rejected:
+                result.dead.append(DeadLetter(pair[0], E.REASON_BATCH_SUITE, rejected[i]))
+            else:
+                keep.append(pair)
+        return keep
+
+    def _apply_actions(self, actions, result: BatchResult) -> None:
+        if not actions:
+            return
+        by_user: dict[int, list[Action]] = defaultdict(list)
+        arrival: dict[int, int] = {}
+        for record, ev in actions:
+            by_user[ev.user_id].append((ev.event_id, ev.pin_id, int(ev.action_type), ev.event_time))
+            arrival[ev.user_id] = max(arrival.get(ev.user_id, 0), record.timestamp)
+
+        users = sorted(by_user)
+        states = self.load_states(users)
+        changed: dict[int, SequenceState] = {}
+        rows = []
+        for user in users:
+            old = states[user]
+            known = set(old.event_ids)
+            new_ids = {a[0] for a in by_user[user]}
+            duplicates = len(by_user[user]) - len(new_ids) + len(new_ids & known)
+            result.duplicates += duplicates
+            state, did_change = merge(old, by_user[user], self.settings.sequence_length)
+            if not did_change:
+                result.outside_window += len(new_ids - known)
+                continue
+            result.outside_window += len((new_ids - known) - set(state.event_ids))
+            state.snapshot_ms = next_snapshot_ms(state)
+            changed[user] = state
+            rows.append({
+                F.USER_ID: user,
+                F.EVENT_TIMESTAMP: state.snapshot_ms,
+                F.CREATED: max(arrival[user], state.snapshot_ms),
+                **state.feature_row(),
+            })
+
+        # Durable first (the log is what backfill and training read), then online, then state.
+        offline_log.append(self.settings.offline_dir, ACTION_EVENTS_TABLE,
+                           events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions]))
+        if rows:
+            snapshots = sequence_frame(rows)
+            offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, snapshots)
+            self.store.push(SEQUENCE_PUSH_SOURCE, snapshots)
+            self.save_states(changed)
+        visible = wall_ms()
+        for record, _ in actions:
+            if 0 <= visible - record.timestamp < LIVE_WINDOW_MS:
+                result.freshness_ms.append(visible - record.timestamp)
+                M.FRESHNESS_SECONDS.observe((visible - record.timestamp) / 1000)
+        for _, ev in actions:
+            M.ACTIONS.labels(ev.action_type.wire_name).inc()
+        result.applied += len(actions)
+        result.sequences_pushed += len(rows)
+        M.EVENTS_APPLIED.inc(len(actions))
+        M.DUPLICATES.inc(result.duplicates)
+        M.OUTSIDE_WINDOW.inc(result.outside_window)
+        M.SEQUENCES_PUSHED.inc(len(rows))
+
+    def _apply_pins(self, pins, result: BatchResult) -> None:
+        if not pins:
+            return
+        frame = pd.DataFrame({
+            F.PIN_ID: [p.pin_id for _, p in pins],
+            F.PIN_EMBEDDING: [list(p.embedding) for _, p in pins],
+            F.PIN_TOPIC: [p.topic_id for _, p in pins],
+            F.PIN_CREATED_MS: [p.created_ms for _, p in pins],
+            F.EVENT_TIMESTAMP: [p.event_time for _, p in pins],
+            F.CREATED: [max(r.timestamp, p.event_time) for r, p in pins],
+        })
+        frame = pin_frame(frame)
+        offline_log.append(self.settings.offline_dir, F.PIN_FEATURES, frame)
+        self.store.push(PIN_PUSH_SOURCE, frame)
+        result.pins_pushed += len(frame)
+        M.PINS_PUSHED.inc(len(frame))
+
+    def _dead_letter(self, dead: list[DeadLetter]) -> None:
+        if not dead:
+            return
+        if self.dlq is None:
+            raise RuntimeError("invalid records but no dead-letter producer configured")
+        for item in dead:
+            rec = item.record
+            self.dlq.send(
+                self.settings.dead_letter_topic, value=rec.value, key=rec.key,
+                headers=[("reason", item.reason.encode()), ("detail", item.detail[:500].encode()),
+                         ("source", f"{rec.topic}:{rec.partition}:{rec.offset}".encode())],
+            )
+            M.DEAD_LETTERED.labels(item.reason).inc()
+        self.dlq.flush()  # must be on the broker before the offsets are committed
+
+
+# -- frames (one shape for the log, the push and validation) --------------------------------
+
+def events_frame(evs: list[E.ActionEvent], arrival_ms: list[int]) -> pd.DataFrame:
+    frame = pd.DataFrame({
+        "event_id": [e.event_id for e in evs],
+        F.USER_ID: pd.array([e.user_id for e in evs], dtype="int64"),
+        F.PIN_ID: pd.array([e.pin_id for e in evs], dtype="int64"),
+        "action_type": [e.action_type.wire_name for e in evs],
+        "event_time": pd.array([e.event_time for e in evs], dtype="int64"),
+        "arrival_time": pd.array(arrival_ms, dtype="int64"),
+        "surface": [e.surface for e in evs],
+    })
+    frame[F.EVENT_TIMESTAMP] = offline_log.to_utc_us(frame["event_time"])
+    frame[F.CREATED] = offline_log.to_utc_us(frame["arrival_time"])
+    return frame
+
+
+def sequence_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    frame[F.USER_ID] = frame[F.USER_ID].astype("int64")
+    frame[F.SEQ_LENGTH] = frame[F.SEQ_LENGTH].astype("int32")
+    frame[F.SEQ_ACTION_TYPES] = [[int(a) for a in v] for v in frame[F.SEQ_ACTION_TYPES]]
+    for col in (F.EVENT_TIMESTAMP, F.CREATED):
+        frame[col] = offline_log.to_utc_us(frame[col].astype("int64"))
+    return frame
+
+
+def pin_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    for col in (F.EVENT_TIMESTAMP, F.CREATED):
+        frame[col] = offline_log.to_utc_us(frame[col].astype("int64"))
+    return frame
+
+
+# -- the Kafka loop ---------------------------------------------------------------------------
+
+def make_consumer(settings: Settings, **overrides):
+    from kafka import KafkaConsumer
+
+    config = dict(
+        bootstrap_servers=settings.effective_kafka_bootstrap,
+        group_id=settings.consumer_group,
+        client_id="homefeed-sequence-builder",
+        enable_auto_commit=False,  # offsets are committed only after the batch is durable
+        auto_offset_reset="earliest",
+        max_poll_records=settings.batch_max_events,
+        # Fast group joins and failure detection (defaults take ~25 s to join here).
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        max_poll_interval_ms=300_000,  # a Redis outage may hold one batch this long
+        fetch_max_wait_ms=50,
+    )
+    config.update(overrides)
+    consumer = KafkaConsumer(**config)
+    consumer.subscribe([settings.actions_topic, settings.pins_topic])
+    return consumer
+
+
+def make_producer(settings: Settings, **overrides):
+    from kafka import KafkaProducer
+
+    config = dict(bootstrap_servers=settings.effective_kafka_bootstrap, acks="all", linger_ms=5)
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def gx_validator(settings: Settings) -> BatchValidator:
+    """The `action_events` Great Expectations suite, once per micro-batch."""
+    from homefeed.validation import failing_rows  # GX import costs ~3 s: only when consuming
+
+    def validate(frame: pd.DataFrame) -> dict[int, str]:
+        return failing_rows("action_events", frame, now_ms=wall_ms(),
+                            max_future_skew_ms=settings.max_future_skew_ms)
+
+    return validate
+
+
+@dataclass
+class ConsumeStats:
+    records: int = 0
+    applied: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    outside_window: int = 0
+    batches: int = 0
+    retries: int = 0
+    first_batch_at: float | None = None  # wall-clock seconds; throughput = applied / span
+    last_batch_at: float | None = None
+    freshness_ms: list[int] = field(default_factory=list)
+
+    def add(self, r: BatchResult) -> None:
+        self.first_batch_at = self.first_batch_at or time.time()
+        self.last_batch_at = time.time()
+        self.records += r.records
+        self.applied += r.applied
+        self.dead_lettered += len(r.dead)
+        self.duplicates += r.duplicates
+        self.outside_window += r.outside_window
+        self.batches += 1
+        self.freshness_ms.extend(r.freshness_ms)
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "freshness_ms"}
+        out["freshness_samples"] = len(self.freshness_ms)
+        return out
+
+
+class StreamConsumer:
+    def __init__(self, settings: Settings, builder: SequenceBuilder, consumer=None):
+        self.settings = settings
+        self.builder = builder
+        self.consumer = consumer or make_consumer(settings)
+        self.stats = ConsumeStats()
+        self.stop = threading.Event()
+        self._last_lag = 0.0
+
+    def poll_batch(self) -> list:
+        batch: list = []
+        deadline = time.monotonic() + self.settings.batch_max_ms / 1000
+        while len(batch) < self.settings.batch_max_events and not self.stop.is_set():
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                break
+            polled = self.consumer.poll(timeout_ms=remaining_ms,
+                                        max_records=self.settings.batch_max_events - len(batch))
+            for records in polled.values():
+                batch.extend(records)
+        return batch
+
+    def apply_with_retry(self, batch: list) -> BatchResult:
+        import redis
+
+        delay = 0.1
+        while True:
+            try:
+                with M.BATCH_SECONDS.time():
+                    return self.builder.apply(batch)
+            except (redis.RedisError, OSError) as exc:
+                if self.stop.is_set():
+                    raise
+                self.stats.retries += 1
+                M.RETRIES.inc()
+                log.warning("batch of %d records not applied (%s); retrying in %.1fs, offsets not "
+                            "committed", len(batch), exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 5.0) * (0.8 + 0.4 * random.random())
+
+    def run(self, idle_exit_s: float | None = None, max_records: int | None = None) -> ConsumeStats:
+        from kafka.errors import CommitFailedError
+
+        idle_since = time.monotonic()
+        log.info("consuming %s and %s as group %s", self.settings.actions_topic,
+                 self.settings.pins_topic, self.settings.consumer_group)
+        try:
+            while not self.stop.is_set():
+                batch = self.poll_batch()
+                if not batch:
+                    if not self.consumer.assignment():  # still joining the group: not idle
+                        idle_since = time.monotonic()
+                    elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                M.BATCH_SIZE.observe(len(batch))
+                result = self.apply_with_retry(batch)
+                try:
+                    self.consumer.commit()
+                except CommitFailedError as exc:  # partitions moved during the batch: they replay
+                    log.warning("commit failed after rebalance (%s); the new owner replays", exc)
+                self.stats.add(result)
+                if result.dead:
+                    log.info("dead-lettered %d records: %s", len(result.dead),
+                             sorted({d.reason for d in result.dead}))
+                self._update_lag()
+                if max_records is not None and self.stats.records >= max_records:
+                    break
+        finally:
+            self.consumer.close(autocommit=False)
+        return self.stats
+
+    def _update_lag(self) -> None:
+        if time.monotonic() - self._last_lag < 5:
+            return
+        self._last_lag = time.monotonic()
+        assigned = list(self.consumer.assignment())
+        if not assigned:
+            return
+        for tp in assigned:
+            # The fetch response's high watermark (exact on every broker; see ops.high_watermarks).
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                M.LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - self.consumer.position(tp)))
+
+
+def build_consumer(settings: Settings, validate: bool = True, **consumer_overrides) -> StreamConsumer:
+    import redis
+
+    from homefeed.feature_store import open_store
+
+    store = open_store(settings.feature_repo)
+    client = redis.Redis.from_url(settings.effective_redis_url, socket_timeout=5,
+                                  socket_connect_timeout=2)
+    builder = SequenceBuilder(settings, store, client, make_producer(settings),
+                              gx_validator(settings) if validate else None)
+    return StreamConsumer(settings, builder, make_consumer(settings, **consumer_overrides))
+
+
+def write_stats(path, stats: ConsumeStats) -> None:
+    with open(path, "w") as fh:
+        json.dump({**stats.to_dict(), "freshness_ms": stats.freshness_ms}, fh)

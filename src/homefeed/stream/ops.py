@@ -1,0 +1,140 @@
+"""Operations on the stream: status (offsets, lag, dead letters) and backfill (event recovery).
+
+Backfill rebuilds online sequences from the offline log, the durable record of every valid
+event: after an outage, a lost Redis, or a bug fix in sequence building. It uses the same
+`homefeed.sequence` rules as the consumer and pushes through Feast with a strictly newer
+snapshot timestamp, so it is safe to run while the consumer is running: both converge.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from homefeed import features as F
+from homefeed import offline_log
+from homefeed.events import ActionType
+from homefeed.errors import UserError
+from homefeed.sequence import build, next_snapshot_ms
+from homefeed.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def committed_offsets(settings: Settings, admin=None) -> dict:
+    """{TopicPartition: next offset to consume} committed by the consumer group."""
+    from kafka import KafkaAdminClient
+
+    own = admin is None
+    admin = admin or KafkaAdminClient(bootstrap_servers=settings.effective_kafka_bootstrap,
+                                      client_id="homefeed-status")
+    try:
+        offsets = admin.list_group_offsets(settings.consumer_group).get(settings.consumer_group, {})
+        return {tp: o.offset for tp, o in offsets.items() if o.offset is not None and o.offset >= 0}
+    finally:
+        if own:
+            admin.close()
+
+
+def high_watermarks(consumer, tps: list) -> dict:
+    """End offset of each partition, exact on every Kafka-protocol broker.
+
+    Tansu 0.6 answers ListOffsets(latest) with the last record batch's base offset + 1, which
+    undercounts when the last batch held several records. The high watermark in a fetch
+    response is right everywhere, so read one record at the reported end and take the max.
+    """
+    import time
+
+    if not tps:
+        return {}
+    reported = consumer.end_offsets(tps)
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, max(0, reported[tp] - 1))
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and any(consumer.highwater(tp) is None for tp in tps):
+        consumer.poll(timeout_ms=100, max_records=1)
+    return {tp: max(reported[tp], consumer.highwater(tp) or 0) for tp in tps}
+
+
+def stream_status(settings: Settings) -> dict:
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.effective_kafka_bootstrap,
+                             client_id="homefeed-status")
+    consumer = KafkaConsumer(bootstrap_servers=settings.effective_kafka_bootstrap,
+                             client_id="homefeed-status")
+    try:
+        committed = committed_offsets(settings, admin)
+        topics = {}
+        for topic in (settings.actions_topic, settings.pins_topic, settings.dead_letter_topic):
+            parts = sorted(consumer.partitions_for_topic(topic) or [])
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = high_watermarks(consumer, tps)
+            starts = consumer.beginning_offsets(tps) if tps else {}
+            rows = []
+            for tp in tps:
+                done_offset = committed.get(tp)
+                rows.append({"partition": tp.partition, "start": starts[tp], "end": ends[tp],
+                             "committed": done_offset,
+                             "lag": None if topic == settings.dead_letter_topic else
+                             ends[tp] - (done_offset if done_offset is not None else starts[tp])})
+            topics[topic] = rows
+        dead = sum(r["end"] - r["start"] for r in topics[settings.dead_letter_topic])
+        return {"group": settings.consumer_group, "topics": topics, "dead_lettered": dead}
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def parse_time_ms(value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    try:
+        ts = pd.Timestamp(value)
+    except ValueError:
+        raise UserError(f"--since {value!r} is neither epoch ms nor an ISO 8601 time") from None
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return int(ts.value // 1_000_000)
+
+
+def backfill(settings: Settings, since: str, users: list[int] | None = None, store=None,
+             redis_client=None) -> dict:
+    import redis
+
+    from homefeed.feature_store import open_store
+    from homefeed.stream.consumer import SEQUENCE_PUSH_SOURCE, SequenceBuilder, sequence_frame
+
+    since_ms = parse_time_ms(str(since))
+    events = offline_log.read(settings.offline_dir, "action_events")
+    if events.empty:
+        return {"users": 0, "events": 0}
+    events = events.drop_duplicates("event_id")
+    arrived = events["arrival_time"] >= since_ms
+    targets = set(events.loc[arrived, F.USER_ID].astype(int)) if users is None else set(users)
+    events = events[events[F.USER_ID].isin(targets)]
+    store = store or open_store(settings.feature_repo)
+    client = redis_client or redis.Redis.from_url(settings.effective_redis_url)
+    builder = SequenceBuilder(settings, store, client)
+    states = builder.load_states(sorted(targets))
+    action_id = {a.wire_name: int(a) for a in ActionType}
+    rows, new_states = [], {}
+    now_ms = pd.Timestamp.now(tz="UTC").value // 1_000_000
+    for user, group in events.groupby(F.USER_ID):
+        actions = list(zip(group["event_id"], group[F.PIN_ID].astype(int),
+                           group["action_type"].map(action_id), group["event_time"].astype(int)))
+        state = build(actions, settings.sequence_length)
+        state.snapshot_ms = states[int(user)].snapshot_ms  # keep Feast's timestamps increasing
+        state.snapshot_ms = next_snapshot_ms(state)
+        new_states[int(user)] = state
+        rows.append({F.USER_ID: int(user), F.EVENT_TIMESTAMP: state.snapshot_ms,
+                     F.CREATED: max(now_ms, state.snapshot_ms), **state.feature_row()})
+    if rows:
+        frame = sequence_frame(rows)
+        offline_log.append(settings.offline_dir, F.USER_ACTION_SEQUENCE, frame)
+        store.push(SEQUENCE_PUSH_SOURCE, frame)
+        builder.save_states(new_states)
+    log.info("backfilled %d users from %d logged events", len(rows), len(events))
+    return {"users": len(rows), "events": int(len(events)), "since_ms": since_ms}

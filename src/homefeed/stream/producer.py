@@ -1,0 +1,110 @@
+"""Replays a world's action events onto Kafka (and its pins onto the pin-upserts topic).
+
+Events go out in arrival order, keyed by user_id (so one user's events stay in one partition,
+in order). The record timestamp is the event's arrival time in the world (`--timestamps
+arrival`, the default for history: what training's point-in-time joins see) or the wall clock
+(`--timestamps now`, for live traffic and freshness measurements).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from homefeed import events as E
+from homefeed import features as F
+from homefeed.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def bad_event_samples(now_ms: int) -> dict[str, tuple[bytes, str]]:
+    """One malformed record per way an event can be wrong: name -> (bytes, expected reason)."""
+    good = {"schema_version": E.SCHEMA_VERSION, "event_id": "bad-x", "user_id": 1, "pin_id": 1,
+            "action_type": "repin", "event_time": now_ms, "surface": "homefeed", "metadata": {}}
+
+    def variant(tag: str, **changes) -> bytes:
+        obj = dict(good, event_id=f"bad-{tag}", **changes)
+        return json.dumps({k: v for k, v in obj.items() if v is not ...}).encode()
+
+    return {
+        "not_json": (b"{this is not json", E.REASON_NOT_JSON),
+        "not_object": (b"[1, 2, 3]", E.REASON_NOT_OBJECT),
+        "missing_field": (variant("missing", pin_id=...), E.REASON_MISSING_FIELD),
+        "wrong_type": (variant("type", user_id="17"), E.REASON_WRONG_TYPE),
+        "unknown_action": (variant("action", action_type="like"), E.REASON_UNKNOWN_ACTION),
+        "zero_id": (variant("zero", user_id=0), E.REASON_BAD_ID),
+        "negative_id": (variant("negative", pin_id=-5), E.REASON_BAD_ID),
+        "huge_id": (variant("huge", user_id=2**60), E.REASON_BAD_ID),
+        "far_future": (variant("future", event_time=now_ms + 86_400_000), E.REASON_FUTURE_TIME),
+        "ancient": (variant("ancient", event_time=1_000), E.REASON_ANCIENT_TIME),
+        "oversized": (variant("big", metadata={"blob": "x" * (E.MAX_EVENT_BYTES + 10)}), E.REASON_TOO_LARGE),
+        "wrong_schema_version": (variant("version", schema_version=99), E.REASON_SCHEMA_VERSION),
+    }
+
+
+def event_records(events: pd.DataFrame, use_arrival_time: bool):
+    """(key, value, timestamp_ms) for each row of a world's events table."""
+    cols = [events[c].to_numpy() for c in ("event_id", F.USER_ID, F.PIN_ID, "action_type",
+                                            "event_time", "arrival_time")]
+    for event_id, user, pin, action, event_time, arrival in zip(*cols):
+        ev = E.ActionEvent(str(event_id), int(user), int(pin), E.ActionType.parse(action), int(event_time))
+        yield str(int(user)).encode(), ev.to_json(), int(arrival) if use_arrival_time else None
+
+
+def pin_records(pins: pd.DataFrame, start_ms: int):
+    for pin, topic, emb, created in zip(pins[F.PIN_ID], pins[F.PIN_TOPIC], pins[F.PIN_EMBEDDING],
+                                        pins[F.PIN_CREATED_MS]):
+        # A pin's features exist from its creation (or the world's start, for older pins).
+        version = max(int(created), start_ms)
+        up = E.PinUpsert(int(pin), int(topic), tuple(float(v) for v in emb), int(created), version)
+        yield str(int(pin)).encode(), up.to_json(), version
+
+
+class Producer:
+    def __init__(self, settings: Settings, producer=None):
+        from homefeed.stream.consumer import make_producer
+
+        self.settings = settings
+        self.producer = producer or make_producer(settings, linger_ms=10, batch_size=256 * 1024)
+        self.sent = 0
+
+    def send_all(self, topic: str, records, rate: float = 0.0, total: int | None = None,
+                 desc: str = "produce") -> int:
+        """Send (key, value, timestamp) records; `rate` events/s (0 = as fast as possible)."""
+        start = time.perf_counter()
+        n = 0
+        for key, value, ts in tqdm(records, total=total, desc=desc, unit="ev", mininterval=1.0,
+                                   disable=total is not None and total < 1000):
+            self.producer.send(topic, key=key, value=value, timestamp_ms=ts)
+            n += 1
+            if rate > 0:
+                ahead = n / rate - (time.perf_counter() - start)
+                if ahead > 0.002:
+                    time.sleep(ahead)
+        self.producer.flush()
+        self.sent += n
+        return n
+
+    def send_bad_events(self, kinds: list[str] | None = None) -> dict[str, str]:
+        samples = bad_event_samples(time.time_ns() // 1_000_000)
+        chosen = {k: samples[k] for k in (kinds or samples)}
+        for name, (value, _) in chosen.items():
+            self.producer.send(self.settings.actions_topic, key=b"bad", value=value)
+        self.producer.flush()
+        return {name: reason for name, (_, reason) in chosen.items()}
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def load_world_tables(world_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    from homefeed.world import load_world
+
+    world = load_world(world_dir)
+    return world.events, world.pins, world.start_ms
