@@ -8,7 +8,9 @@ the YAML holds no second copy of it and plain ``feast apply`` works on a fresh c
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -61,7 +63,8 @@ def apply_repo(repo_path: Path | None = None) -> list[str]:
     ensure_tables(load_settings().offline_dir)  # batch sources point at these directories
     store = open_store(path)
     cli_check_repo(path, path / "feature_store.yaml")
-    apply_total(store.config, path, skip_source_validation=False)
+    with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress; keep stdout for results
+        apply_total(store.config, path, skip_source_validation=False)
     names = sorted(fv.name for fv in open_store(path).list_feature_views())
     log.info("applied feature repo %s: feature views %s", path, names)
     return names

@@ -55,14 +55,22 @@ def _fresh(settings: Settings, root: Path, partitions: int, label: str) -> Setti
 
 
 def _consumers(settings: Settings, n: int, idle_s: float, out_dir: Path) -> list[tuple]:
+    """Start n consumer processes and wait until each has its partitions."""
     procs = []
     for i in range(n):
         stats = out_dir / f"{settings.consumer_group}-{i}.json"
+        ready = out_dir / f"{settings.consumer_group}-{i}.ready"
         p = subprocess.Popen([sys.executable, "-m", "homefeed.cli", "stream", "consume",
-                              "--exit-when-idle", str(idle_s), "--stats-out", str(stats)],
+                              "--exit-when-idle", str(idle_s), "--stats-out", str(stats),
+                              "--ready-file", str(ready)],
                              env=_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        procs.append((p, stats))
-    return procs
+        procs.append((p, stats, ready))
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for _, _, r in procs) and time.monotonic() < deadline:
+        if any(p.poll() is not None for p, _, _ in procs):
+            break
+        time.sleep(0.1)
+    return [(p, stats) for p, stats, _ in procs]
 
 
 def _wait(procs) -> list[dict]:
@@ -132,8 +140,9 @@ def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int
     for p in partitions:
         for c in consumers:
             s = _fresh(base, root, p, f"p{p}c{c}")
+            prefix = f"{s.consumer_group}-"  # new events each run, not replays of the last one
             producer = Producer(s)
-            producer.send_all(s.actions_topic, event_records(events, use_arrival_time=True),
+            producer.send_all(s.actions_topic, event_records(events, True, id_prefix=prefix),
                               total=len(events), desc=f"backlog p={p}")
             bad = producer.send_bad_events()
             producer.close()
@@ -146,7 +155,7 @@ def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int
             first = min(st["first_batch_at"] for st in stats if st["first_batch_at"])
             last = max(st["last_batch_at"] for st in stats if st["last_batch_at"])
             applied = sum(st["applied"] for st in stats)
-            lost = len(valid_ids - _logged_ids(s))
+            lost = len({prefix + i for i in valid_ids} - _logged_ids(s))
             run = {"partitions": p, "consumers": c, "applied": applied,
                    "events_per_s": round(applied / max(last - first, 1e-9), 1),
                    "dead_lettered": sum(st["dead_lettered"] for st in stats),
@@ -158,11 +167,11 @@ def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int
     # Freshness: live traffic at a fixed rate, one consumer already running.
     s = _fresh(base, root, partitions[0], "live")
     procs = _consumers(s, 1, idle_s=5.0, out_dir=root)
-    time.sleep(8)  # group join
     live = events.head(int(live_rate * live_seconds))
+    prefix = f"{s.consumer_group}-"
     producer = Producer(s)
-    producer.send_all(s.actions_topic, event_records(live, use_arrival_time=False), rate=live_rate,
-                      total=len(live), desc="live")
+    producer.send_all(s.actions_topic, event_records(live, False, id_prefix=prefix, live=True),
+                      rate=live_rate, total=len(live), desc="live")
     producer.close()
     stats = _wait(procs)[0]
     fresh = np.asarray(stats["freshness_ms"], dtype=float)
@@ -170,7 +179,8 @@ def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int
                               (("p50", 50), ("p95", 95), ("p99", 99))} if fresh.size else {}
     report["freshness_ms"]["samples"] = int(fresh.size)
     report["live_rate_per_s"] = live_rate
-    report["live_lost"] = len(set(live["event_id"]) - _logged_ids(s))
+    report["live_lost"] = len({prefix + i for i in live["event_id"]} - _logged_ids(s))
+    report["live_pushed_sequences_per_batch"] = round(stats["applied"] / max(stats["batches"], 1), 1)
 
     best = max(report["runs"], key=lambda r: r["events_per_s"])
     single = report["runs"][0]
@@ -215,7 +225,7 @@ def cmd_bench_ingest(args) -> int:
     world = Path(args.world) if args.world else None
     if world is None:
         world = Path(tempfile.mkdtemp(prefix="homefeed-bench-world-"))
-        generate_world(WorldParams(n_users=args.users, n_pins=args.pins, days=args.days, seed=args.seed), world)
+        generate_world(WorldParams(users=args.users, pins=args.pins, days=args.days, seed=args.seed), world)
     report = run_ingest_bench(world, [int(p) for p in args.partitions.split(",")],
                               [int(c) for c in args.consumers.split(",")], args.live_rate, args.live_seconds)
     report["machine"] = f"{os.cpu_count()} cores"

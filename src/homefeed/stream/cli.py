@@ -51,7 +51,8 @@ def cmd_consume(args) -> int:
     consumer = build_consumer(settings, validate=not args.no_validate)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop.set())
     try:
-        stats = consumer.run(idle_exit_s=args.exit_when_idle, max_records=args.max_records)
+        stats = consumer.run(idle_exit_s=args.exit_when_idle, max_records=args.max_records,
+                             ready_file=args.ready_file)
     except KeyboardInterrupt:
         stats = consumer.stats
     log.info("stopped: %s", stats.to_dict())
@@ -105,6 +106,7 @@ def register(parser) -> None:
     p.add_argument("--no-validate", action="store_true",
                    help="skip the per-batch Great Expectations suite (cheap checks still run)")
     p.add_argument("--stats-out", help="write a JSON summary (with freshness samples) at exit")
+    p.add_argument("--ready-file", help="create this file once partitions are assigned")
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("status", help="topics, consumer-group lag, dead-letter count")

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -87,6 +88,14 @@ class SequenceBuilder:
         self.dlq = dlq_producer
         self.validator = validator
         self.project = store.project
+
+    def warm_up(self) -> None:
+        """Pay one-off costs (GX context, Feast registry) before the first real batch, so the
+        first events do not wait seconds behind them."""
+        self.store.get_feature_view(F.USER_ACTION_SEQUENCE)
+        if self.validator is not None:
+            probe = E.ActionEvent("warm-up", 1, 1, E.ActionType.CLICK, wall_ms())
+            self.validator(events_frame([probe], [wall_ms()]))
 
     # -- state --------------------------------------------------------------------------
     def state_key(self, user_id: int) -> str:
@@ -379,15 +388,20 @@ class StreamConsumer:
                 self.stop.wait(delay)
                 delay = min(delay * 2, 5.0) * (0.8 + 0.4 * random.random())
 
-    def run(self, idle_exit_s: float | None = None, max_records: int | None = None) -> ConsumeStats:
+    def run(self, idle_exit_s: float | None = None, max_records: int | None = None,
+            ready_file=None) -> ConsumeStats:
         from kafka.errors import CommitFailedError
 
+        self.builder.warm_up()
         idle_since = time.monotonic()
         log.info("consuming %s and %s as group %s", self.settings.actions_topic,
                  self.settings.pins_topic, self.settings.consumer_group)
         try:
             while not self.stop.is_set():
                 batch = self.poll_batch()
+                if ready_file and self.consumer.assignment():
+                    Path(ready_file).touch()  # partitions assigned: orchestration may start producing
+                    ready_file = None
                 if not batch:
                     if not self.consumer.assignment():  # still joining the group: not idle
                         idle_since = time.monotonic()
@@ -395,6 +409,7 @@ class StreamConsumer:
                         break
                     continue
                 idle_since = time.monotonic()
+                self.stats.first_batch_at = self.stats.first_batch_at or time.time()
                 M.BATCH_SIZE.observe(len(batch))
                 result = self.apply_with_retry(batch)
                 try:

@@ -48,12 +48,18 @@ def bad_event_samples(now_ms: int) -> dict[str, tuple[bytes, str]]:
     }
 
 
-def event_records(events: pd.DataFrame, use_arrival_time: bool):
-    """(key, value, timestamp_ms) for each row of a world's events table."""
+def event_records(events: pd.DataFrame, use_arrival_time: bool, id_prefix: str = "",
+                  live: bool = False):
+    """(key, value, timestamp_ms) for each row of a world's events table.
+
+    `live` stamps each event with the wall clock as it is sent (the world's actions happening
+    now); `id_prefix` makes a benchmark's replay new events rather than duplicates of an
+    earlier run."""
     cols = [events[c].to_numpy() for c in ("event_id", F.USER_ID, F.PIN_ID, "action_type",
                                             "event_time", "arrival_time")]
     for event_id, user, pin, action, event_time, arrival in zip(*cols):
-        ev = E.ActionEvent(str(event_id), int(user), int(pin), E.ActionType.parse(action), int(event_time))
+        when = time.time_ns() // 1_000_000 if live else int(event_time)
+        ev = E.ActionEvent(f"{id_prefix}{event_id}", int(user), int(pin), E.ActionType.parse(action), when)
         yield str(int(user)).encode(), ev.to_json(), int(arrival) if use_arrival_time else None
 
 
