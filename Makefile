@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 DATASET ?= synthetic
+SIZE ?= small
 
 .PHONY: help setup redis-server up down status apply test demo clean
 
@@ -55,7 +56,7 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(BIN)/homefeed demo --dataset $(DATASET)
+	$(BIN)/homefeed demo --dataset $(DATASET) --size $(SIZE)
 
 clean: down
 	rm -rf .homefeed feature_repo/data

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from homefeed.errors import UserError
 
@@ -21,6 +22,7 @@ STAGES = [
     ("world", "homefeed.world.cli", "generate or import interaction worlds"),
     ("stream", "homefeed.stream.cli", "Kafka -> validated last-N sequences -> Feast/Redis"),
     ("validate", "homefeed.validation.cli", "run Great Expectations checkpoints"),
+    ("demo", "homefeed.demo", "run the main job end to end (what `make demo` runs)"),
     ("bench", "homefeed.bench", "benchmarks (JSON output; results go in docs/benchmarks.md)"),
 ]
 
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.captureWarnings(False)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # library internals, not ours
     # Client libraries log every connection at INFO; keep our own logs readable.
     for noisy in ("kafka", "feast", "great_expectations", "bentoml", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)

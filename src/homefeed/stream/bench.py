@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 def _env(settings: Settings) -> dict:
     return dict(os.environ, HOMEFEED_HOME=str(settings.home),
+                HOMEFEED_REDIS_PORT=str(settings.redis_port), HOMEFEED_KAFKA_PORT=str(settings.kafka_port),
                 HOMEFEED_ACTIONS_TOPIC=settings.actions_topic, HOMEFEED_PINS_TOPIC=settings.pins_topic,
                 HOMEFEED_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
                 HOMEFEED_CONSUMER_GROUP=settings.consumer_group,
@@ -125,15 +126,32 @@ def _logged_ids(settings: Settings) -> set:
 def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int], live_rate: float,
                      live_seconds: float) -> dict:
     from homefeed.feature_store import apply_repo
-    from homefeed.stack import LocalStack
+    from homefeed.stack import LocalStack, free_port
+
+    # A private stack on free ports: the benchmark never touches your Redis or topics.
+    root = Path(tempfile.mkdtemp(prefix="homefeed-bench-"))
+    base = load_settings().replace(home=root / "stack", redis_port=free_port(), kafka_port=free_port(),
+                                   redis_url="", kafka_bootstrap_servers="")
+    # In-process Feast clients read settings from the environment: point it at the same stack.
+    os.environ.update(HOMEFEED_HOME=str(base.home), HOMEFEED_REDIS_PORT=str(base.redis_port),
+                      HOMEFEED_KAFKA_PORT=str(base.kafka_port))
+    for name in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+        os.environ.pop(name, None)
+    stack = LocalStack(base)
+    stack.up()
+    try:
+        apply_repo(base.feature_repo)
+        return _run(base, root, world_dir, partitions, consumers, live_rate, live_seconds)
+    finally:
+        stack.down()
+
+
+def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], consumers: list[int],
+         live_rate: float, live_seconds: float) -> dict:
     from homefeed.stream.producer import Producer, event_records, load_world_tables
 
-    base = load_settings()
-    LocalStack(base).up()
-    apply_repo(base.feature_repo)
     events, _, _ = load_world_tables(world_dir)
     valid_ids = set(events["event_id"])
-    root = Path(tempfile.mkdtemp(prefix="homefeed-bench-"))
     report: dict = {"events": len(events), "world": str(world_dir), "runs": []}
 
     # Throughput: drain a backlog.
