@@ -24,7 +24,7 @@ import logging
 import random
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,12 +37,11 @@ from homefeed import offline_log
 from homefeed.sequence import Action, SequenceState, merge, next_snapshot_ms
 from homefeed.settings import Settings
 from homefeed.stream import metrics as M
+from homefeed.stream.online_writer import OnlineWriter
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "homefeed:seqstate:{project}:{user_id}"
-SEQUENCE_PUSH_SOURCE = "user_action_sequence_push"
-PIN_PUSH_SOURCE = "pin_features_push"
 ACTION_EVENTS_TABLE = "action_events"
 # Records whose broker timestamp is this close to the wall clock are "live": they feed the
 # freshness histogram. Replayed history (record timestamp = simulated arrival) does not.
@@ -84,6 +83,7 @@ class SequenceBuilder:
                  validator: BatchValidator | None = None):
         self.settings = settings
         self.store = store
+        self.online = OnlineWriter(store)
         self.redis = redis_client
         self.dlq = dlq_producer
         self.validator = validator
@@ -115,8 +115,9 @@ class SequenceBuilder:
         now = wall_ms()
         actions: list[tuple[object, E.ActionEvent]] = []
         pins: list[tuple[object, E.PinUpsert]] = []
+        for topic, n in Counter(r.topic for r in records).items():
+            M.EVENTS_IN.labels(topic).inc(n)
         for record in records:
-            M.EVENTS_IN.labels(record.topic).inc()
             try:
                 if record.topic == self.settings.pins_topic:
                     pins.append((record, E.parse_pin_upsert(
@@ -192,15 +193,16 @@ class SequenceBuilder:
         if rows:
             snapshots = sequence_frame(rows)
             offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, snapshots)
-            self.store.push(SEQUENCE_PUSH_SOURCE, snapshots)
+            self.online.write_sequences(rows)
             self.save_states(changed)
         visible = wall_ms()
         for record, _ in actions:
             if 0 <= visible - record.timestamp < LIVE_WINDOW_MS:
                 result.freshness_ms.append(visible - record.timestamp)
-                M.FRESHNESS_SECONDS.observe((visible - record.timestamp) / 1000)
-        for _, ev in actions:
-            M.ACTIONS.labels(ev.action_type.wire_name).inc()
+        for ms in result.freshness_ms:
+            M.FRESHNESS_SECONDS.observe(ms / 1000)
+        for action, n in Counter(ev.action_type.wire_name for _, ev in actions).items():
+            M.ACTIONS.labels(action).inc(n)
         result.applied += len(actions)
         result.sequences_pushed += len(rows)
         M.EVENTS_APPLIED.inc(len(actions))
@@ -211,19 +213,15 @@ class SequenceBuilder:
     def _apply_pins(self, pins, result: BatchResult) -> None:
         if not pins:
             return
-        frame = pd.DataFrame({
-            F.PIN_ID: [p.pin_id for _, p in pins],
-            F.PIN_EMBEDDING: [list(p.embedding) for _, p in pins],
-            F.PIN_TOPIC: [p.topic_id for _, p in pins],
-            F.PIN_CREATED_MS: [p.created_ms for _, p in pins],
-            F.EVENT_TIMESTAMP: [p.event_time for _, p in pins],
-            F.CREATED: [max(r.timestamp, p.event_time) for r, p in pins],
-        })
-        frame = pin_frame(frame)
-        offline_log.append(self.settings.offline_dir, F.PIN_FEATURES, frame)
-        self.store.push(PIN_PUSH_SOURCE, frame)
-        result.pins_pushed += len(frame)
-        M.PINS_PUSHED.inc(len(frame))
+        rows = [{
+            F.PIN_ID: p.pin_id, F.PIN_EMBEDDING: list(p.embedding), F.PIN_TOPIC: p.topic_id,
+            F.PIN_CREATED_MS: p.created_ms, F.EVENT_TIMESTAMP: p.event_time,
+            F.CREATED: max(r.timestamp, p.event_time),
+        } for r, p in pins]
+        offline_log.append(self.settings.offline_dir, F.PIN_FEATURES, pin_frame(pd.DataFrame(rows)))
+        self.online.write_pins(rows)
+        result.pins_pushed += len(rows)
+        M.PINS_PUSHED.inc(len(rows))
 
     def _dead_letter(self, dead: list[DeadLetter]) -> None:
         if not dead:

@@ -105,7 +105,7 @@ def backfill(settings: Settings, since: str, users: list[int] | None = None, sto
     import redis
 
     from homefeed.feature_store import open_store
-    from homefeed.stream.consumer import SEQUENCE_PUSH_SOURCE, SequenceBuilder, sequence_frame
+    from homefeed.stream.consumer import SequenceBuilder, sequence_frame
 
     since_ms = parse_time_ms(str(since))
     events = offline_log.read(settings.offline_dir, "action_events")
@@ -132,9 +132,8 @@ def backfill(settings: Settings, since: str, users: list[int] | None = None, sto
         rows.append({F.USER_ID: int(user), F.EVENT_TIMESTAMP: state.snapshot_ms,
                      F.CREATED: max(now_ms, state.snapshot_ms), **state.feature_row()})
     if rows:
-        frame = sequence_frame(rows)
-        offline_log.append(settings.offline_dir, F.USER_ACTION_SEQUENCE, frame)
-        store.push(SEQUENCE_PUSH_SOURCE, frame)
+        offline_log.append(settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_frame(rows))
+        builder.online.write_sequences(rows)
         builder.save_states(new_states)
     log.info("backfilled %d users from %d logged events", len(rows), len(events))
     return {"users": len(rows), "events": int(len(events)), "since_ms": since_ms}

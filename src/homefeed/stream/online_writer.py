@@ -1,0 +1,64 @@
+"""Writes feature rows into the Feast online store, one call per micro-batch.
+
+`FeatureStore.push(df)` ends in `provider.online_write_batch(config, feature_view, rows)`; on the
+way it turns the DataFrame into Arrow and then into protos value by value, which costs ~0.25 ms
+per 100-long sequence (measured: 2,000 users ~0.5 s, of which the Redis write is ~0.09 s). We
+build the same protos directly from our Python lists and hand them to the same provider call, so
+Feast's Redis store still does the write, including its strictly-newer event-timestamp check
+that makes replays no-ops. `get_online_features` reads the rows back exactly as if pushed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from feast.infra.provider import get_provider
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import FloatList, Int32List, Int64List, Value
+
+from homefeed import features as F
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+class OnlineWriter:
+    def __init__(self, store):
+        self.store = store
+        self.provider = get_provider(store.config)
+        self._views: dict = {}
+
+    def _view(self, name: str):
+        if name not in self._views:
+            self._views[name] = self.store.get_feature_view(name)
+        return self._views[name]
+
+    def _write(self, view_name: str, rows: list) -> None:
+        if rows:
+            self.provider.online_write_batch(self.store.config, self._view(view_name), rows, progress=None)
+
+    def write_sequences(self, rows: list[dict]) -> None:
+        """rows: {user_id, event_timestamp (ms), created (ms), seq_* lists, seq_length}."""
+        self._write(F.USER_ACTION_SEQUENCE, [(
+            EntityKey(join_keys=[F.USER_ID], entity_values=[Value(int64_val=r[F.USER_ID])]),
+            {
+                F.SEQ_PIN_IDS: Value(int64_list_val=Int64List(val=r[F.SEQ_PIN_IDS])),
+                F.SEQ_ACTION_TYPES: Value(int32_list_val=Int32List(val=r[F.SEQ_ACTION_TYPES])),
+                F.SEQ_ACTION_TIMES: Value(int64_list_val=Int64List(val=r[F.SEQ_ACTION_TIMES])),
+                F.SEQ_LENGTH: Value(int32_val=r[F.SEQ_LENGTH]),
+            },
+            _utc(r[F.EVENT_TIMESTAMP]), _utc(r[F.CREATED]),
+        ) for r in rows])
+
+    def write_pins(self, rows: list[dict]) -> None:
+        """rows: {pin_id, embedding, topic_id, pin_created_ms, event_timestamp (ms), created (ms)}."""
+        self._write(F.PIN_FEATURES, [(
+            EntityKey(join_keys=[F.PIN_ID], entity_values=[Value(int64_val=r[F.PIN_ID])]),
+            {
+                F.PIN_EMBEDDING: Value(float_list_val=FloatList(val=r[F.PIN_EMBEDDING])),
+                F.PIN_TOPIC: Value(int64_val=r[F.PIN_TOPIC]),
+                F.PIN_CREATED_MS: Value(int64_val=r[F.PIN_CREATED_MS]),
+            },
+            _utc(r[F.EVENT_TIMESTAMP]), _utc(r[F.CREATED]),
+        ) for r in rows])
