@@ -55,11 +55,13 @@ def event_records(events: pd.DataFrame, use_arrival_time: bool, id_prefix: str =
     `live` stamps each event with the wall clock as it is sent (the world's actions happening
     now); `id_prefix` makes a benchmark's replay new events rather than duplicates of an
     earlier run."""
+    surfaces = events["surface"] if "surface" in events else pd.Series("homefeed", index=events.index)
     cols = [events[c].to_numpy() for c in ("event_id", F.USER_ID, F.PIN_ID, "action_type",
-                                            "event_time", "arrival_time")]
-    for event_id, user, pin, action, event_time, arrival in zip(*cols):
+                                            "event_time", "arrival_time")] + [surfaces.to_numpy()]
+    for event_id, user, pin, action, event_time, arrival, surface in zip(*cols):
         when = time.time_ns() // 1_000_000 if live else int(event_time)
-        ev = E.ActionEvent(f"{id_prefix}{event_id}", int(user), int(pin), E.ActionType.parse(action), when)
+        ev = E.ActionEvent(f"{id_prefix}{event_id}", int(user), int(pin), E.ActionType.parse(action), when,
+                           surface=str(surface))
         yield str(int(user)).encode(), ev.to_json(), int(arrival) if use_arrival_time else None
 
 

@@ -2,8 +2,8 @@
 
 Subcommands:
   generate          the synthetic world (homefeed.world.generate)
-  import-movielens  (to come) a world built from MovieLens ratings; add its parser in
-                    `register` below, next to `generate`, using the same file contract.
+  import-movielens  a world built from MovieLens ratings (homefeed.world.movielens,
+                    docs/movielens.md), written with the same file contract.
 """
 
 from __future__ import annotations
@@ -126,5 +126,101 @@ def register(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 
-    # import-movielens: register its parser here (commands.add_parser("import-movielens", ...))
-    # with its own func; it must write the same five files so load_world() reads both worlds.
+    _register_import_movielens(commands)
+
+
+def _import_movielens(args: argparse.Namespace) -> int:
+    from homefeed.world.movielens import ImportParams, RatingMapping, import_movielens, parse_bucket
+
+    start = None
+    if args.start not in (None, "auto"):
+        try:
+            start = _start_ms(args.start)
+        except argparse.ArgumentTypeError as exc:
+            raise UserError(f"--start: {exc}") from None
+    params = ImportParams(
+        embedding_dim=args.embedding_dim if args.embedding_dim is not None else _default_embedding_dim(),
+        bucket_ms=parse_bucket(args.bucket),
+        eval_days=args.eval_days,
+        mapping=RatingMapping.parse(args.mapping),
+        negatives=args.negatives,
+        seed=args.seed,
+        core_min_events=args.core_min_events,
+        max_items=args.max_items,
+        start_ms=start,
+        last_days=args.last_days,
+        arrival_delay_ms=args.arrival_delay_ms,
+        cf_dim=args.cf_dim,
+        genre_weight=args.genre_weight,
+        max_vocab=args.max_vocab,
+    )
+    began = time.perf_counter()
+    meta = import_movielens(Path(args.src), Path(args.out), params)
+    elapsed = time.perf_counter() - began
+    s = meta["summary"]
+    train, ev = s["train"], s["eval"]
+    print(
+        f"world written to {args.out} in {elapsed:.1f} s ({meta['source']}): {s['users']} users, "
+        f"{s['pins']} pins, {meta['days']} days from {meta['start_iso'][:10]} "
+        f"(evaluation from day {meta['split_day']}), {s['requests']} requests "
+        f"({train['requests']} train / {ev['requests']} eval), {s['impressions']} impressions, "
+        f"{s['events']} events (repin {s['events_by_action']['repin']}, "
+        f"click {s['events_by_action']['click']}, hide {s['events_by_action']['hide']}); "
+        f"core users {s['segment_users']['core']}; "
+        f"genre-only embeddings {s['embedding']['items_genre_only']}"
+    )
+    return 0
+
+
+def _register_import_movielens(commands) -> None:
+    from homefeed.world.movielens import ImportParams
+
+    d = ImportParams()
+    ml = commands.add_parser(
+        "import-movielens",
+        help="turn MovieLens ratings into a world (same files as generate)",
+        description="Turn GroupLens MovieLens ratings (ML-100K: u.data + u.item; later releases: "
+        "ratings.csv + movies.csv) into pins.parquet, users.parquet, requests.parquet, "
+        "events.parquet and world.json in DIR, the same contract as `world generate` "
+        "(see docs/movielens.md).",
+    )
+    ml.add_argument("--src", required=True, metavar="DIR", help="directory with the MovieLens files")
+    ml.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    ml.add_argument(
+        "--embedding-dim", type=int, default=None, metavar="D",
+        help="pin embedding size (default: settings.embedding_dim, 32)",
+    )
+    ml.add_argument("--bucket", default="day", metavar="SPAN",
+                    help="one request = a user's ratings within one bucket: day, hour or 6h, 30m, "
+                    "... (must divide a day; default day)")
+    ml.add_argument("--eval-days", type=int, default=d.eval_days, metavar="N",
+                    help=f"the last N days are the evaluation period (default {d.eval_days})")
+    ml.add_argument("--mapping", action="append", default=None, metavar="SPEC",
+                    help="rating thresholds, e.g. repin=4,click=3,hide=2 (the default): rating >= "
+                    "repin -> repin, >= click -> click, <= hide -> hide, in between -> no action")
+    ml.add_argument("--negatives", type=int, default=d.negatives, metavar="K",
+                    help="unrated items added to each request as ignored impressions, all labels 0 "
+                    f"(default {d.negatives})")
+    ml.add_argument("--seed", type=int, default=d.seed, metavar="S",
+                    help=f"seed for negatives, positions, SVD start and projection (default {d.seed})")
+    ml.add_argument("--core-min-events", type=int, default=d.core_min_events, metavar="N",
+                    help="training-period events that make a user core "
+                    f"(default {d.core_min_events})")
+    ml.add_argument("--max-items", type=int, default=d.max_items, metavar="N",
+                    help="split a bucket into requests of about N consecutive ratings, never "
+                    "between two ratings of one second (0 = no split; default 0)")
+    ml.add_argument("--start", default="auto", metavar="WHEN",
+                    help="UTC midnight that day 0 maps to (epoch ms or ISO date); default auto: the "
+                    "data's own dates, moved by whole weeks onto >= 2000-01-01 when older")
+    ml.add_argument("--last-days", type=int, default=d.last_days, metavar="N",
+                    help="keep only the ratings of the last N days (0 = all; default 0)")
+    ml.add_argument("--arrival-delay-ms", type=int, default=d.arrival_delay_ms, metavar="MS",
+                    help=f"arrival_time = event_time + MS (default {d.arrival_delay_ms})")
+    ml.add_argument("--cf-dim", type=int, default=None, metavar="K",
+                    help="collaborative dimensions of the embedding (default embedding_dim - genres, "
+                    "at least 4)")
+    ml.add_argument("--genre-weight", type=float, default=d.genre_weight, metavar="W",
+                    help=f"share of the embedding's squared norm on genres (default {d.genre_weight})")
+    ml.add_argument("--max-vocab", type=int, default=d.max_vocab, metavar="N",
+                    help=f"most-rated training items given a collaborative part (default {d.max_vocab})")
+    ml.set_defaults(func=_import_movielens)
