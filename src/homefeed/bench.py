@@ -8,6 +8,8 @@ import importlib
 BENCHES = [
     ("homefeed.stream.bench", "add_parser"),
     ("homefeed.validation.bench", "add_bench_validate_parser"),
+    ("homefeed.serving.bench", "add_bench_model_parser"),
+    ("homefeed.serving.bench", "add_bench_features_parser"),
 ]
 
 
