@@ -1,0 +1,142 @@
+"""One ranking request, HTTP-free: online features -> the training code's tensors -> model -> top k.
+
+bento/service.py is a thin shell around `RankingEngine.rank`; tests and benchmarks call it too.
+Tensors are built by the same functions training uses (`UserTensors.from_sequence`, the model's
+padding rules, `homefeed.training.data.dense_features`), so serving cannot drift from training.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from homefeed import features as F
+from homefeed.serving.fast_model import ServedRanker, UserTensors
+from homefeed.serving.online_features import FeatureStoreUnavailable, OnlineFeatureReader, UserFeatures
+from homefeed.training.data import dense_features
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLEND = {"repin": 1.0, "click": 0.25, "hide": -1.0}
+
+
+def parse_blend(text: str | None) -> dict[str, float]:
+    """"repin=1,click=0.25,hide=-1" -> dict (the HOMEFEED_RANK_BLEND format)."""
+    if not text:
+        return dict(DEFAULT_BLEND)
+    out = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        out[name.strip()] = float(weight)
+    return out
+
+
+@dataclass
+class StageTimer:
+    marks: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=time.perf_counter)
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.marks[stage] = (now - self._last) * 1000
+        self._last = now
+
+
+def cold_start_user(user_id: int) -> UserFeatures:
+    empty = np.zeros(0, dtype=np.int64)
+    return UserFeatures(user_id, empty, empty.copy(), empty.copy(), None, None)
+
+
+def user_feature_dict(user: UserFeatures) -> dict:
+    """One user row in the shape `dense_features` takes (the training set's column names)."""
+    return {
+        F.SEQ_ACTION_TIMES: [user.seq_action_times],
+        F.PROFILE_EMBEDDING: [user.profile_embedding],
+        F.PROFILE_ACTIONS_28D: [user.profile_actions_28d],
+        F.PROFILE_REPIN_RATE_28D: [user.profile_repin_rate_28d],
+        F.PROFILE_HIDE_RATE_28D: [user.profile_hide_rate_28d],
+        F.PROFILE_DAYS_ACTIVE_28D: [user.profile_days_active_28d],
+    }
+
+
+class RankingEngine:
+    def __init__(self, served: ServedRanker, reader: OnlineFeatureReader, model_version: str,
+                 blend: dict[str, float] | None = None):
+        self.served = served
+        self.reader = reader
+        self.config = served.config
+        self.model_version = model_version
+        self.heads = list(served.heads)
+        self.blend = self._check_blend(blend or DEFAULT_BLEND)
+
+    def _check_blend(self, blend: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(blend) - set(self.heads))
+        if unknown:
+            raise ValueError(f"blend names unknown heads {unknown}; the model has {self.heads}")
+        return blend
+
+    def features(self, user_id: int, candidates: np.ndarray):
+        """(user, sequence pins, candidate pins, degraded): Redis down -> empty user and the pin
+        cache only, flagged, instead of an error."""
+        try:
+            user = self.reader.user_features(user_id)
+            degraded = False
+        except FeatureStoreUnavailable as exc:
+            log.warning("online store unavailable, ranking degraded: %s", exc)
+            user, degraded = cold_start_user(user_id), True
+        ids = np.concatenate([user.seq_pin_ids[: self.config.seq_len], candidates])
+        try:
+            pins = self.reader.pin_features(ids, cache_only=degraded)
+        except FeatureStoreUnavailable as exc:
+            log.warning("online store unavailable, pins from cache only: %s", exc)
+            pins, degraded = self.reader.pin_features(ids, cache_only=True), True
+        n_seq = ids.size - candidates.size
+        return user, pins, n_seq, degraded
+
+    def rank(self, user_id: int, candidates: list[int], k: int = 10, request_time_ms: int | None = None,
+             blend: dict[str, float] | None = None) -> dict:
+        timer = StageTimer()
+        request_time_ms = int(request_time_ms if request_time_ms is not None else time.time() * 1000)
+        cand = np.asarray(candidates, dtype=np.int64)
+        weights = self._check_blend(blend) if blend else self.blend
+        user, pins, n_seq, degraded = self.features(user_id, cand)
+        timer.lap("features")
+
+        seq_len = min(n_seq, self.config.seq_len)
+        user_tensors = UserTensors.from_sequence(
+            pins.embedding[:seq_len], user.seq_action_types[:seq_len], user.seq_action_times[:seq_len],
+            self.config.seq_len, request_time_ms, emb_dim=self.config.emb_dim)
+        cand_emb = pins.embedding[n_seq:]
+        known = pins.known[n_seq:]
+        cand_features = {
+            F.PIN_EMBEDDING: [e if ok else None for e, ok in zip(cand_emb, known)],
+            F.PIN_CREATED_MS: np.where(known, pins.created_ms[n_seq:], np.nan),
+        }
+        dense = dense_features(user_feature_dict(user), cand_features, request_time_ms)
+        timer.lap("tensors")
+
+        probs = self.served.score(user_tensors, cand_emb, dense)  # [N, H]
+        timer.lap("model")
+
+        blended = sum(w * probs[:, self.heads.index(h)] for h, w in weights.items())
+        order = np.argsort(-blended, kind="stable")[:k]
+        items = [{
+            "pin_id": int(cand[i]),
+            "score": float(blended[i]),
+            "heads": {h: float(probs[i, j]) for j, h in enumerate(self.heads)},
+            **({} if known[i] else {"unknown_pin": True}),
+        } for i in order]
+        timer.lap("rank")
+        return {
+            "user_id": int(user_id),
+            "items": items,
+            "model_version": self.model_version,
+            "request_time_ms": request_time_ms,
+            "cold_start": not user.has_sequence,
+            "unknown_pins": [int(p) for p in cand[~known]],
+            "degraded": degraded,
+            "timings_ms": {s: round(v, 3) for s, v in timer.marks.items()},
+        }
