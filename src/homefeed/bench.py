@@ -10,6 +10,7 @@ BENCHES = [
     ("homefeed.validation.bench", "add_bench_validate_parser"),
     ("homefeed.serving.bench", "add_bench_model_parser"),
     ("homefeed.serving.bench", "add_bench_features_parser"),
+    ("homefeed.training.bench", "add_bench_train_parser"),
 ]
 
 

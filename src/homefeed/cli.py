@@ -15,13 +15,17 @@ import warnings
 
 from homefeed.errors import UserError
 
-# (group name, module with register(), one-line help)
+# (group name, "module" with register() or "module:function", one-line help)
 STAGES = [
     ("stack", "homefeed.stack", "start/stop/inspect the local Redis and Kafka-protocol broker"),
     ("feast", "homefeed.feature_store", "apply the feature repo and read features"),
     ("world", "homefeed.world.cli", "generate or import interaction worlds"),
     ("stream", "homefeed.stream.cli", "Kafka -> validated last-N sequences -> Feast/Redis"),
     ("validate", "homefeed.validation.cli", "run Great Expectations checkpoints"),
+    ("dataset", "homefeed.training.cli:register_dataset", "point-in-time training sets from Feast"),
+    ("train", "homefeed.training.cli:register_train", "train TransAct and the baselines"),
+    ("evaluate", "homefeed.training.cli:register_evaluate", "HIT@3 / AUC comparison with intervals"),
+    ("export", "homefeed.training.cli:register_export", "put a trained model in the BentoML store"),
     ("demo", "homefeed.demo", "run the main job end to end (what `make demo` runs)"),
     ("bench", "homefeed.bench", "benchmarks (JSON output; results go in docs/benchmarks.md)"),
 ]
@@ -34,7 +38,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, module, help_text in STAGES:
         group = groups.add_parser(name, help=help_text)
         if only is None or only == name:
-            importlib.import_module(module).register(group)
+            module_name, _, func = module.partition(":")
+            getattr(importlib.import_module(module_name), func or "register")(group)
         else:
             group.set_defaults(_lazy_module=module)
     return parser

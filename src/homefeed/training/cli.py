@@ -1,0 +1,207 @@
+"""`homefeed dataset build|profiles|compact`, `homefeed train`, `homefeed evaluate`, `homefeed export`.
+
+Each `register_*` function gets the argparse parser of its group and sets `func`. Heavy imports
+(torch, Feast, GX, BentoML) happen inside the commands, so `homefeed --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+# -- dataset -------------------------------------------------------------------------------------
+
+def cmd_dataset_build(args) -> int:
+    from homefeed.settings import load_settings
+    from homefeed.training.dataset import build_dataset
+
+    meta = build_dataset(args.world, args.out, load_settings(), warmup_days=args.warmup_days,
+                         valid_days=args.valid_days, test_days=args.test_days,
+                         validate=not args.no_validate, progress=not args.quiet)
+    counts = ", ".join(f"{s}: {c['requests']:,} requests / {c['impressions']:,} rows"
+                       for s, c in meta["counts"].items())
+    audit = meta["audit"]
+    print(f"dataset written to {args.out} in {meta['build_seconds']} s ({counts})")
+    print(f"point-in-time audit: {audit['leaked_actions']} leaked actions; {audit['stale_share']:.1%} of "
+          f"requests see a sequence older than the stream (median lag {audit['stale_median_lag_s']} s)")
+    if "validation" in meta:
+        v = meta["validation"]
+        print(f"training_set checkpoint: {'OK' if v['success'] else 'FAILED'} "
+              f"({len(v['failures'])} of {v['evaluated']} expectations failed)")
+    return 0
+
+
+def cmd_dataset_profiles(args) -> int:
+    from homefeed.settings import load_settings
+    from homefeed.training.profiles_job import run_profile_job
+
+    print(json.dumps(run_profile_job(load_settings(), write_online=not args.no_online)))
+    return 0
+
+
+def cmd_dataset_compact(args) -> int:
+    from homefeed import features as F
+    from homefeed.settings import load_settings
+    from homefeed.training.dataset import compact_table
+
+    settings = load_settings()
+    tables = args.tables or [F.USER_ACTION_SEQUENCE, F.PIN_FEATURES, F.USER_PROFILE, "action_events"]
+    for table in tables:
+        print(json.dumps(compact_table(settings.offline_dir, table)))
+    return 0
+
+
+def register_dataset(parser) -> None:
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("build", help="point-in-time training dataset of a replayed world (Feast)")
+    p.add_argument("--world", required=True, help="world directory whose events were replayed")
+    p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
+    p.add_argument("--warmup-days", type=int, default=1, help="first days left out (default 1)")
+    p.add_argument("--valid-days", type=int, default=1, help="validation days before the test days")
+    p.add_argument("--test-days", type=int, default=2, help="last days, held out for evaluation")
+    p.add_argument("--no-validate", action="store_true", help="skip the training_set checkpoint")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_dataset_build)
+
+    p = sub.add_parser("profiles", help="daily user profiles from the action log -> offline log + online")
+    p.add_argument("--no-online", action="store_true", help="only append to the offline log")
+    p.set_defaults(func=cmd_dataset_profiles)
+
+    p = sub.add_parser("compact", help="merge each date partition of the offline log into one file")
+    p.add_argument("tables", nargs="*", help="tables (default: all four)")
+    p.set_defaults(func=cmd_dataset_compact)
+
+
+# -- train -------------------------------------------------------------------------------------------
+
+def _models(text: str) -> list[str]:
+    from homefeed.model import ENCODER_KINDS
+
+    return list(ENCODER_KINDS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+
+
+def cmd_train(args) -> int:
+    from homefeed.training.train import TrainConfig, run_training
+
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, seed=args.seed, neg_keep=args.neg_keep,
+                      patience=args.patience, max_steps_per_epoch=args.max_steps, device=args.device,
+                      threads=args.threads)
+    summary = run_training(args.dataset, _models(args.models), args.out, cfg, seq_len=args.seq_len,
+                           force=args.force, progress=not args.quiet)
+    for name, s in summary.items():
+        valid = ", ".join(f"{k} {v:.4f}" for k, v in s["valid"].items() if k.startswith("hit@"))
+        print(f"{name}: {s['examples_per_s']:,.0f} examples/s, best epoch {s['best_epoch']}; "
+              f"validation {valid}; -> {s['run_dir']}")
+    return 0
+
+
+def register_train(parser) -> None:
+    parser.add_argument("--dataset", required=True, type=Path, help="directory from `homefeed dataset build`")
+    parser.add_argument("--models", default="transact_v11",
+                        help="comma-separated encoders or 'all' (none, avg_pool, cnn, rnn, lstm, "
+                             "transformer, transact_v10, transact_v11)")
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="one run directory per model in here")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--neg-keep", type=float, default=1.0,
+                        help="share of no-action impressions kept for training, reweighted (default 1)")
+    parser.add_argument("--patience", type=int, default=0,
+                        help="early stopping on validation repin HIT@3 after N worse epochs (0: off)")
+    parser.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: whole split)")
+    parser.add_argument("--seq-len", type=int, help="actions the model reads (default: the feature's length)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--force", action="store_true", help="train even if the training set fails validation")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=cmd_train)
+
+
+# -- evaluate ------------------------------------------------------------------------------------
+
+def cmd_evaluate(args) -> int:
+    from homefeed.training.evaluate import evaluate_runs, jsonable, write_comparison
+
+    result = evaluate_runs(args.runs, args.dataset, baseline=args.baseline if args.compare else "",
+                           primary=args.primary if args.compare else "", n_boot=args.n_boot)
+    paths = write_comparison(result, args.out or args.runs)
+    if args.json:
+        print(json.dumps(jsonable(result), indent=2))
+    else:
+        print(paths["md"].read_text())
+        print("written:", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def register_evaluate(parser) -> None:
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="directory written by `homefeed train`")
+    parser.add_argument("--dataset", type=Path, help="dataset (default: the one the runs were trained on)")
+    parser.add_argument("--compare", action="store_true",
+                        help="lifts vs --baseline and --primary vs every other model, with bootstrap intervals")
+    parser.add_argument("--baseline", default="none", help="the no-sequence model (default: none)")
+    parser.add_argument("--primary", default="transact_v11")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--out", type=Path, help="where comparison.{md,csv,png,json} go (default: --runs)")
+    parser.add_argument("--json", action="store_true", help="print the JSON result instead of markdown")
+    parser.set_defaults(func=cmd_evaluate)
+
+
+# -- export --------------------------------------------------------------------------------------------
+
+def cmd_export(args) -> int:
+    from homefeed.training.export import export_run
+
+    test_metrics = None
+    comparison = args.run.parent / "comparison.json"
+    if comparison.is_file():  # attach the run's test metrics when `homefeed evaluate` produced them
+        test_metrics = json.loads(comparison.read_text())["models"].get(args.run.name)
+    print(export_run(args.run, args.name, test_metrics))
+    return 0
+
+
+def register_export(parser) -> None:
+    parser.add_argument("run", type=Path, help="a run directory, e.g. runs/transact_v11")
+    parser.add_argument("--name", default="homefeed-ranker", help="BentoML model name")
+    parser.set_defaults(func=cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The four groups alone: `python -m homefeed.training.cli GROUP ...` runs them without the
+    main `homefeed` entry point (same commands, same logging)."""
+    parser = argparse.ArgumentParser(prog="python -m homefeed.training.cli")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
+    for name, register in (("dataset", register_dataset), ("train", register_train),
+                           ("evaluate", register_evaluate), ("export", register_export)):
+        register(groups.add_parser(name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from homefeed.errors import UserError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "feast", "great_expectations", "bentoml", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"homefeed: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

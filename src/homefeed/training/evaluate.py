@@ -1,0 +1,167 @@
+"""Offline evaluation on the test split: HIT@3 per head per request, AUC, hides in the repin-ranked
+top 3, topic diversity, relative lifts with paired bootstrap intervals, by user segment.
+
+Definitions are in docs/evaluation.md (and homefeed.metrics). In short, for each request of the
+test days and each head: rank its candidates by that head's score; HIT@3 = positives in the top 3
+/ min(positives, 3), averaged over requests with at least one positive. A lift is
+mean(model) / mean(no-sequence model) - 1 over the same requests; its interval resamples requests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from homefeed import features as F
+from homefeed import metrics
+from homefeed.errors import UserError
+from homefeed.model import DEFAULT_HEADS
+from homefeed.training.dataset import load_dataset
+from homefeed.training.train import PREDICTIONS_FILE, RUN_FILE
+
+log = logging.getLogger(__name__)
+
+K = 3
+SEGMENTS = ("core", "non_core")
+# display order of the comparison (models present in the runs directory only)
+MODEL_ORDER = ("none", "avg_pool", "cnn", "rnn", "lstm", "transformer", "transact_v10", "transact_v11")
+
+
+def find_runs(runs_dir: Path | str) -> dict[str, Path]:
+    runs_dir = Path(runs_dir)
+    found = {p.parent.name: p.parent for p in runs_dir.glob(f"*/{RUN_FILE}")
+             if (p.parent / PREDICTIONS_FILE).is_file()}
+    if not found:
+        raise UserError(f"no trained models under {runs_dir} (expected */{RUN_FILE}); run `homefeed train`")
+    order = {n: i for i, n in enumerate(MODEL_ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def test_frame(dataset_dir: Path | str) -> tuple[pd.DataFrame, dict]:
+    """Test impressions with labels, pin topic and the user's segment."""
+    ds = load_dataset(dataset_dir)
+    req, imp = ds.split("test")
+    frame = imp.merge(req[[F.REQUEST_ID, "is_core", "segment"]], on=F.REQUEST_ID, how="left")
+    return frame, ds.meta
+
+
+def _per_request(scores: np.ndarray, frame: pd.DataFrame, heads: tuple[str, ...]) -> dict[str, pd.Series]:
+    groups = frame[F.REQUEST_ID].to_numpy()
+    out = {h: metrics.hit_at_k_per_request(scores[:, j], frame[f"label_{h}"], groups, K)
+           for j, h in enumerate(heads)}
+    repin = scores[:, heads.index("repin")]
+    out["hide_rate_top3"] = metrics.hide_rate_in_top_k_per_request(repin, frame["label_hide"], groups, K)
+    return out
+
+
+def _block(scores, frame, heads, per_req, base_req, n_boot, seed) -> dict:
+    block = {}
+    for j, h in enumerate(heads):
+        entry = {"hit_at_3": float(per_req[h].mean()), "auc": metrics.auc(scores[:, j], frame[f"label_{h}"]),
+                 "n_requests": int(len(per_req[h]))}
+        block[h] = entry | _lift(per_req[h], base_req, h, n_boot, seed)
+    hr = per_req["hide_rate_top3"]
+    block["hide_rate_top3"] = {"value": float(hr.mean()), "n_requests": int(len(hr))} | _lift(
+        hr, base_req, "hide_rate_top3", n_boot, seed)
+    block["topic_diversity_top3"] = metrics.topic_diversity_at_k(
+        scores[:, heads.index("repin")], frame[F.PIN_TOPIC], frame[F.REQUEST_ID], K)
+    return block
+
+
+def _lift(series: pd.Series, base: dict | None, key: str, n_boot: int, seed: int) -> dict:
+    if base is None:
+        return {"lift_vs_no_sequence": None, "interval": None}
+    ci = metrics.bootstrap_lift_ci(series, base[key], n_boot=n_boot, seed=seed)
+    return {"lift_vs_no_sequence": ci.lift, "interval": [ci.low, ci.high]}
+
+
+def evaluate_runs(runs_dir: Path | str, dataset_dir: Path | str | None = None, baseline: str = "none",
+                  primary: str = "transact_v11", n_boot: int = 1000, seed: int = 0) -> dict:
+    runs = find_runs(runs_dir)
+    first_run = json.loads((next(iter(runs.values())) / RUN_FILE).read_text())
+    frame, meta = test_frame(dataset_dir or first_run["dataset"])
+    heads = tuple(DEFAULT_HEADS)
+    key = [F.REQUEST_ID, F.PIN_ID]
+
+    scores, runs_meta = {}, {}
+    for name, run_dir in runs.items():
+        pred = frame[key].merge(pd.read_parquet(run_dir / PREDICTIONS_FILE), on=key, how="left")
+        if pred[f"score_{heads[0]}"].isna().any():
+            raise UserError(f"{run_dir} has no predictions for some test rows of this dataset; "
+                            "re-train on it (predictions are written at training time)")
+        scores[name] = pred[[f"score_{h}" for h in heads]].to_numpy(np.float64)
+        runs_meta[name] = json.loads((run_dir / RUN_FILE).read_text())
+
+    segments = {"all": np.ones(len(frame), bool), "core": frame["is_core"].to_numpy(bool),
+                "non_core": ~frame["is_core"].to_numpy(bool)}
+    per_req = {name: {seg: _per_request(s[mask], frame[mask], heads) for seg, mask in segments.items()}
+               for name, s in scores.items()}
+    has_base = baseline in scores
+
+    models = {}
+    for name, s in scores.items():
+        base = per_req[baseline] if has_base and name != baseline else None
+        entry = _block(s, frame, heads, per_req[name]["all"], base and base["all"], n_boot, seed)
+        entry["segments"] = {seg: _block(s[segments[seg]], frame[segments[seg]], heads, per_req[name][seg],
+                                         base and base[seg], n_boot, seed) for seg in SEGMENTS}
+        entry["parameters"] = runs_meta[name].get("parameters")
+        entry["examples_per_s"] = runs_meta[name].get("examples_per_s")
+        models[name] = entry
+
+    primary_vs = {}
+    if primary in scores:
+        for other in scores:
+            if other == primary:
+                continue
+            primary_vs[other] = {}
+            for m in ("repin", "click", "hide", "hide_rate_top3"):
+                ci = metrics.bootstrap_lift_ci(per_req[primary]["all"][m], per_req[other]["all"][m],
+                                               n_boot=n_boot, seed=seed)
+                primary_vs[other][m] = {"lift": ci.lift, "interval": [ci.low, ci.high]}
+
+    return {
+        "k": K,
+        "baseline": baseline if has_base else None,
+        "primary": primary if primary in scores else None,
+        "n_boot": n_boot,
+        "confidence": 0.95,
+        "dataset": str(dataset_dir or first_run["dataset"]),
+        "test_days": meta["splits"]["test"],
+        "requests": {seg: int(frame.loc[mask, F.REQUEST_ID].nunique()) for seg, mask in segments.items()},
+        "models": models,
+        "primary_vs": primary_vs,
+    }
+
+
+def write_comparison(result: dict, out_dir: Path | str) -> dict[str, Path]:
+    """comparison.md / .csv / .png / .json in out_dir."""
+    from homefeed.training.report import comparison_markdown, comparison_rows, plot_comparison
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out / f"comparison.{ext}" for ext in ("md", "csv", "png", "json")}
+    paths["md"].write_text(comparison_markdown(result))
+    comparison_rows(result).to_csv(paths["csv"], index=False)
+    if result["baseline"] and len(result["models"]) > 1:
+        plot_comparison(result, paths["png"])
+    else:
+        paths.pop("png")
+    paths["json"].write_text(json.dumps(jsonable(result), indent=2) + "\n")
+    return paths
+
+
+def jsonable(value):
+    """Plain JSON: numpy scalars to Python, NaN/inf to null (json.dumps would write NaN)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,358 @@
+"""Training: point-in-time datasets from Feast, the data path, training, evaluation, export.
+
+The pipeline tests run the real thing against a private redis-server (so no other test's users
+share sequence state), the session's broker (own topics) and a private, applied copy of the
+feature repo whose sources read a private offline log. The training tests use a small planted
+dataset written in the same on-disk format `homefeed dataset build` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from homefeed import features as F
+from homefeed.errors import UserError
+from homefeed.events import ActionEvent, ActionType
+from homefeed.settings import Settings, load_settings
+from homefeed.training.data import PinTable, RankingData, dense_feature_spec, dense_features
+from homefeed.training.dataset import (
+    SEQUENCE_FEATURES,
+    Dataset,
+    historical,
+    load_dataset,
+    save_dataset,
+    sequence_audit,
+)
+from homefeed.training.train import TrainConfig, run_training
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAY = 86_400_000
+HEADS = ("repin", "click", "hide")
+
+
+# -- a private pipeline ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pipeline(stack, tmp_path_factory):
+    """Settings of a private pipeline: own home (offline log), redis, feature repo, topics, GX
+    project and BentoML home. Exported through the environment (Feast reads the Redis port from
+    settings when a store is opened) and restored afterwards."""
+    from homefeed.feature_store import apply_repo
+    from homefeed.stack import LocalStack, ensure_topics, free_port
+    from homefeed.validation import init_context
+
+    root = tmp_path_factory.mktemp("training")
+    repo = root / "feature_repo"
+    shutil.copytree(REPO_ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    env = {"HOMEFEED_HOME": str(root / "home"), "HOMEFEED_REDIS_PORT": str(free_port()),
+           "HOMEFEED_FEATURE_REPO": str(repo), "HOMEFEED_VALIDATION_DIR": str(root / "validation"),
+           "BENTOML_HOME": str(root / "bentoml")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    redis = LocalStack(load_settings())
+    redis._up_redis()
+    try:
+        init_context(root / "validation")
+        apply_repo(repo)
+        tag = uuid.uuid4().hex[:8]
+        settings = load_settings().replace(
+            actions_topic=f"train-actions-{tag}", pins_topic=f"train-pins-{tag}",
+            dead_letter_topic=f"train-dlq-{tag}", consumer_group=f"train-{tag}", topic_partitions=1)
+        ensure_topics(settings)
+        yield settings
+    finally:
+        redis.down()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def replay(settings: Settings, events: list[tuple[ActionEvent, int]], pins: pd.DataFrame | None = None,
+           start_ms: int = 0, batch_max_events: int = 1) -> None:
+    """Produce (event, arrival_ms) records with record timestamp = arrival, then run the real
+    consumer until idle. One partition: records are consumed in arrival order."""
+    from homefeed.stream.consumer import build_consumer
+    from homefeed.stream.producer import Producer, pin_records
+
+    producer = Producer(settings)
+    if pins is not None:
+        producer.send_all(settings.pins_topic, pin_records(pins, start_ms), total=len(pins))
+    records = sorted(events, key=lambda e: e[1])
+    producer.send_all(settings.actions_topic, ((str(e.user_id).encode(), e.to_json(), arrival)
+                                               for e, arrival in records), total=len(records))
+    producer.close()
+    consumer = build_consumer(settings.replace(batch_max_events=batch_max_events), validate=False)
+    consumer.run(idle_exit_s=3)
+
+
+# -- point in time ----------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_late_event_absent_before_it_arrived_and_present_after(pipeline):
+    from homefeed.feature_store import open_store
+
+    user, t0 = 7_000_001, 1_767_355_200_000  # 2026-01-02 12:00 UTC, before the tiny world below
+    on_a = ActionEvent("pit-a", user, 11, ActionType.REPIN, t0)
+    on_b = ActionEvent("pit-b", user, 12, ActionType.CLICK, t0 + 60_000)
+    late = ActionEvent("pit-late", user, 13, ActionType.HIDE, t0 + 30_000)  # reaches us 2 h later
+    replay(pipeline, [(on_a, t0 + 200), (on_b, t0 + 60_200), (late, t0 + 2 * 3_600_000)])
+
+    requests = pd.DataFrame({
+        F.REQUEST_ID: [1, 2, 3],
+        F.USER_ID: [user] * 3,
+        # between a and b; after the late event happened but before it arrived; after it arrived
+        "request_time_ms": [t0 + 50_000, t0 + 3_600_000, t0 + 3 * 3_600_000],
+    })
+    store = open_store(pipeline.feature_repo)
+    got = historical(store, requests, SEQUENCE_FEATURES, [F.REQUEST_ID, F.USER_ID])
+    assert [list(p) for p in got[F.SEQ_PIN_IDS]] == [[11], [12, 11], [12, 13, 11]]
+    assert list(got[F.SEQ_ACTION_TYPES][2]) == [2, 3, 1]
+
+    # Without the created-timestamp filter the late hide would leak into request 2.
+    entity = requests[[F.USER_ID]].assign(
+        event_timestamp=pd.to_datetime(requests["request_time_ms"], unit="ms", utc=True).astype("datetime64[us, UTC]"))
+    naive = store.get_historical_features(entity, SEQUENCE_FEATURES).to_df()
+    naive = naive.sort_values(F.EVENT_TIMESTAMP)
+    assert 13 in list(naive[F.SEQ_PIN_IDS].iloc[1])
+
+    logged = pd.DataFrame({F.USER_ID: [user] * 3, F.PIN_ID: [11, 12, 13],
+                           "action_type": ["repin", "click", "hide"],
+                           "event_time": [t0, t0 + 60_000, t0 + 30_000],
+                           "arrival_time": [t0 + 200, t0 + 60_200, t0 + 2 * 3_600_000]})
+    audit = sequence_audit(requests.merge(got, on=[F.REQUEST_ID, F.USER_ID]), logged)
+    assert audit["leaked_actions"] == 0 and audit["stale_requests"] == 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_dataset_build_end_to_end_on_a_tiny_world(pipeline, tmp_path):
+    """world -> Kafka -> consumer -> offline log -> profile job -> Feast historical -> parquet."""
+    from homefeed.feature_store import open_store
+    from homefeed.training.dataset import build_dataset, compact_table
+    from homefeed.training.profiles_job import run_profile_job
+    from homefeed.world import WorldParams, generate_world, load_world
+
+    # few new users: their first day has no profile yet, and the suite allows 5% null profiles
+    generate_world(WorldParams(users=25, pins=150, days=4, seed=5, n_topics=6, non_core_share=0.2, min_candidates=6,
+                               max_candidates=8), tmp_path / "world", progress=False)
+    world = load_world(tmp_path / "world")
+    # user ids far from the other test's
+    events = [(ActionEvent(r.event_id, int(r.user_id), int(r.pin_id), ActionType.parse(r.action_type),
+                           int(r.event_time)), int(r.arrival_time)) for r in world.events.itertuples()]
+    replay(pipeline, events, world.pins, world.start_ms, batch_max_events=10)
+    for table in (F.USER_ACTION_SEQUENCE, F.PIN_FEATURES, "action_events"):
+        done = compact_table(pipeline.offline_dir, table)  # one file per date partition
+        assert done["files_after"] == len(list((pipeline.offline_dir / table).glob("date=*"))) < done["files_before"]
+
+    summary = run_profile_job(pipeline)
+    assert summary["rows_appended"] > 0 and summary["users_online"] > 0
+    assert run_profile_job(pipeline)["rows_appended"] == 0  # idempotent
+    store = open_store(pipeline.feature_repo)
+    online = store.get_online_features(features=[f"{F.USER_PROFILE}:{F.PROFILE_ACTIONS_28D}"],
+                                       entity_rows=[{F.USER_ID: int(world.events[F.USER_ID].iloc[0])}]).to_dict()
+    assert online[F.PROFILE_ACTIONS_28D][0] > 0
+
+    meta = build_dataset(tmp_path / "world", tmp_path / "ds", pipeline, store=store, warmup_days=1,
+                         valid_days=1, test_days=1, progress=False)
+    ds = load_dataset(tmp_path / "ds")
+    kept = world.requests[world.requests["day"] >= 1]
+    assert len(ds.impressions) == len(kept) and len(ds.requests) == kept[F.REQUEST_ID].nunique()
+    assert meta["audit"]["leaked_actions"] == 0 and meta["audit"]["unmatched_actions"] == 0
+    assert meta["validation"]["success"], json.dumps(meta["validation"]["failures"])
+    assert meta["splits"] == {"train": [1], "valid": [2], "test": [3]}
+    # every sequence action strictly before its request, newest first
+    for times, rt in zip(ds.requests[F.SEQ_ACTION_TIMES], ds.requests["request_time_ms"]):
+        assert all(t < rt for t in times) and list(times) == sorted(times, reverse=True)
+    assert ds.requests[F.SEQ_LENGTH].gt(0).mean() > 0.8
+    assert ds.impressions[F.PIN_EMBEDDING].map(len).eq(pipeline.embedding_dim).all()
+    # labels are the world's, row for row
+    merged = ds.impressions.merge(kept, on=[F.REQUEST_ID, F.PIN_ID], suffixes=("", "_w"))
+    for col in F.LABEL_COLUMNS:
+        assert (merged[col] == merged[f"{col}_w"]).all()
+
+
+# -- a planted dataset --------------------------------------------------------------------------------
+
+def planted_dataset(path: Path, n_requests: int = 800, dim: int = 8, seq_len: int = 16, seed: int = 0,
+                    leak: bool = False) -> Dataset:
+    """Requests whose three newest actions are repins of one 'intent' topic; candidates of that
+    topic get repinned much more often. The profile carries no signal: only the sequence does."""
+    rng = np.random.default_rng(seed)
+    n_topics, n_pins, n_cand = 6, 240, 12
+    centroids = rng.standard_normal((n_topics, dim))
+    pin_topic = np.arange(n_pins) % n_topics
+    emb = centroids[pin_topic] / np.linalg.norm(centroids[pin_topic], axis=1, keepdims=True)
+    emb = emb + 0.25 * rng.standard_normal((n_pins, dim)) / np.sqrt(dim)
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    pin_ids = np.arange(1, n_pins + 1)
+    start = 1_767_571_200_000
+    req_rows, imp_rows = [], []
+    for r in range(n_requests):
+        day = 1 + 3 * r // n_requests  # days 1..3: train, valid, test
+        rt = start + day * DAY + (r % 500) * 60_000
+        intent = rng.integers(n_topics)
+        length = int(rng.integers(4, seq_len))
+        of_intent = pin_ids[pin_topic == intent]
+        seq_pins = np.concatenate([rng.choice(of_intent, 3), rng.choice(pin_ids, length - 3)])
+        seq_acts = np.concatenate([[1, 1, 1], rng.integers(1, 4, length - 3)]).astype(np.int32)
+        seq_times = rt - 30_000 * np.arange(1, length + 1)
+        if leak and r == 5:
+            seq_times[0] = rt + 1_000  # an action after the request: must fail validation
+        req_rows.append({
+            F.REQUEST_ID: r + 1, F.USER_ID: 1 + r % 40, "request_time_ms": rt, "day": day,
+            "split": ("train", "valid", "test")[day - 1], "segment": "core" if r % 3 else "new",
+            "is_core": bool(r % 3), F.SEQ_PIN_IDS: seq_pins.astype(np.int64),
+            F.SEQ_ACTION_TYPES: seq_acts, F.SEQ_ACTION_TIMES: seq_times.astype(np.int64),
+            F.SEQ_LENGTH: np.int32(length), F.PROFILE_EMBEDDING: emb[rng.integers(n_pins)],
+            F.PROFILE_ACTIONS_28D: 50, F.PROFILE_REPIN_RATE_28D: 0.3, F.PROFILE_HIDE_RATE_28D: 0.05,
+            F.PROFILE_DAYS_ACTIVE_28D: 10})
+        cands = np.concatenate([rng.choice(of_intent, 4, replace=False),
+                                rng.choice(pin_ids[pin_topic != intent], n_cand - 4, replace=False)])
+        for pos, pin in enumerate(rng.permutation(cands)):
+            hit = pin_topic[pin - 1] == intent
+            repin = rng.random() < (0.6 if hit else 0.03)
+            imp_rows.append({F.REQUEST_ID: r + 1, F.USER_ID: 1 + r % 40, F.PIN_ID: int(pin),
+                             "position": pos, "label_repin": int(repin),
+                             "label_click": int(repin or rng.random() < 0.05),
+                             "label_hide": int(not hit and rng.random() < 0.03),
+                             F.PIN_EMBEDDING: emb[pin - 1], F.PIN_TOPIC: int(pin_topic[pin - 1]),
+                             F.PIN_CREATED_MS: start - 5 * DAY})
+    requests = pd.DataFrame(req_rows)
+    impressions = pd.DataFrame(imp_rows)
+    for frame in (requests, impressions):
+        frame[F.EVENT_TIMESTAMP] = pd.to_datetime(
+            requests.set_index(F.REQUEST_ID).loc[frame[F.REQUEST_ID], "request_time_ms"].to_numpy(),
+            unit="ms", utc=True).astype("datetime64[us, UTC]")
+    pins = pd.DataFrame({F.PIN_ID: pin_ids, F.PIN_EMBEDDING: list(emb), F.PIN_TOPIC: pin_topic,
+                         F.PIN_CREATED_MS: start - 5 * DAY})
+    meta = {"embedding_dim": dim, "sequence_length": seq_len, "start_ms": start, "days": 4,
+            "splits": {"train": [1], "valid": [2], "test": [3]},
+            "schema_fingerprint": F.schema_fingerprint(dim, seq_len),
+            "counts": {s: {"requests": int((requests["split"] == s).sum())} for s in ("train", "valid", "test")}}
+    ds = Dataset(path, requests, impressions, pins, meta)
+    save_dataset(ds)
+    return ds
+
+
+# Planted sequences are minutes old: a random time window of hours would hide all but the newest action.
+SMALL = dict(action_emb_dim=8, ff_dim=16, top_k=4, hidden_dim=16, mlp_dims=(32,), dcn_layers=1,
+             time_window_ms=0)
+FAST = TrainConfig(epochs=4, batch_size=128, lr=3e-3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def planted_runs(pipeline, tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    planted_dataset(root / "ds")
+    settings = pipeline.replace(embedding_dim=8, sequence_length=16)
+    run_training(root / "ds", ["none", "transact_v11"], root / "runs", FAST, settings=settings,
+                 model_overrides=SMALL, progress=False)
+    return root
+
+
+def test_dense_features_are_the_same_for_one_user_serving_and_batch_training(tmp_path):
+    ds = planted_dataset(tmp_path / "ds", n_requests=20)
+    data = RankingData(ds.requests, ds.impressions, PinTable(ds.pins, 8), 16, HEADS)
+    assert data.dense.shape == (len(ds.impressions), dense_feature_spec(8)["dim"])
+    # serving: one user's online features (Feast to_dict shape) and its candidates
+    row = ds.requests.iloc[3]
+    cands = ds.impressions[ds.impressions[F.REQUEST_ID] == row[F.REQUEST_ID]]
+    user = {k: [row[k]] for k in (F.SEQ_ACTION_TIMES, *F.PROFILE_FEATURE_NAMES)}
+    cand = {F.PIN_EMBEDDING: list(cands[F.PIN_EMBEDDING]), F.PIN_CREATED_MS: list(cands[F.PIN_CREATED_MS])}
+    served = dense_features(user, cand, int(row["request_time_ms"]))
+    np.testing.assert_allclose(served, data.dense[cands.index.to_numpy()], rtol=1e-6)
+    # a user without a profile or sequence still gets finite features
+    empty = dense_features({F.SEQ_ACTION_TIMES: [[]], **{k: [None] for k in F.PROFILE_FEATURE_NAMES}},
+                           cand, int(row["request_time_ms"]))
+    assert np.isfinite(empty).all() and (empty[:, 1] == 0).all()  # has_profile = 0
+
+
+@pytest.mark.integration
+def test_small_training_run_learns_the_planted_signal_and_beats_the_no_sequence_model(planted_runs):
+    from homefeed.training.evaluate import evaluate_runs, write_comparison
+
+    run = json.loads((planted_runs / "runs" / "transact_v11" / "run.json").read_text())
+    assert run["validation"]["success"] and run["examples_per_s"] > 0
+    assert len(run["history"]) == FAST.epochs and (planted_runs / "runs" / "transact_v11" / "curves.png").is_file()
+    result = evaluate_runs(planted_runs / "runs", n_boot=200)
+    ours, base = result["models"]["transact_v11"], result["models"]["none"]
+    # random ordering finds ~1/3 of them; the sequence tells which topic the user wants now
+    assert ours["repin"]["hit_at_3"] > 0.6 > base["repin"]["hit_at_3"] + 0.1
+    assert ours["repin"]["interval"][0] > 0 and ours["repin"]["auc"] > 0.75
+    assert result["primary_vs"]["none"]["repin"]["interval"][0] > 0
+    paths = write_comparison(result, planted_runs / "report")
+    assert set(paths) == {"md", "csv", "png", "json"}
+    assert "transact_v11" in paths["md"].read_text()
+    assert json.loads(paths["json"].read_text())["models"]["transact_v11"]["repin"]["lift_vs_no_sequence"] > 0
+
+
+@pytest.mark.integration
+def test_training_refuses_a_failing_training_set_unless_forced(pipeline, tmp_path):
+    planted_dataset(tmp_path / "ds", n_requests=120, leak=True)
+    settings = pipeline.replace(embedding_dim=8, sequence_length=16)
+    cfg = TrainConfig(epochs=1, batch_size=256, max_steps_per_epoch=1)
+    with pytest.raises(UserError, match="leakage"):
+        run_training(tmp_path / "ds", ["none"], tmp_path / "runs", cfg, settings=settings, progress=False)
+    assert not (tmp_path / "runs").exists()
+    run_training(tmp_path / "ds", ["none"], tmp_path / "runs", cfg, settings=settings, force=True,
+                 progress=False)
+    stored = json.loads((tmp_path / "runs" / "none" / "run.json").read_text())["validation"]
+    assert stored["success"] is False and "leakage" in [f["check"] for f in stored["failures"]]
+
+
+@pytest.mark.integration
+def test_export_load_round_trip_and_refusal_on_a_fingerprint_mismatch(planted_runs, tmp_path):
+    from homefeed.training.export import ModelSchemaMismatch, export_run, load_exported
+    from homefeed.training.train import load_run
+
+    home = tmp_path / "bentoml"
+    run_dir = planted_runs / "runs" / "transact_v11"
+    tag = export_run(run_dir, name="test-ranker", bentoml_home=home)
+    fingerprint = F.schema_fingerprint(8, 16)
+    model, config, meta = load_exported("test-ranker", fingerprint, bentoml_home=home)  # latest
+    assert meta["tag"] == tag and config.encoder == "transact_v11" and meta["validation"]["success"]
+
+    original, _, _ = load_run(run_dir)
+    ds = load_dataset(planted_runs / "ds")
+    data = RankingData(*ds.split("test"), PinTable(ds.pins, 8), 16, HEADS)
+    batch = data.collate(np.arange(64))
+    torch.testing.assert_close(model.predict(batch), original.predict(batch))
+
+    with pytest.raises(ModelSchemaMismatch, match="feature schema"):
+        load_exported(tag, F.schema_fingerprint(32, 100), bentoml_home=home)
+
+
+def test_cli_groups_register_their_commands():
+    import argparse
+
+    from homefeed.training import bench, cli
+
+    parser = argparse.ArgumentParser(prog="homefeed")
+    groups = parser.add_subparsers(dest="group")
+    for name, register in (("dataset", cli.register_dataset), ("train", cli.register_train),
+                           ("evaluate", cli.register_evaluate), ("export", cli.register_export)):
+        register(groups.add_parser(name))
+    bench.add_bench_train_parser(groups.add_parser("bench").add_subparsers(dest="command"))
+    cases = {
+        ("dataset", "build", "--world", "w", "--out", "d"): cli.cmd_dataset_build,
+        ("dataset", "profiles"): cli.cmd_dataset_profiles,
+        ("dataset", "compact"): cli.cmd_dataset_compact,
+        ("train", "--dataset", "d", "--models", "all"): cli.cmd_train,
+        ("evaluate", "--compare", "--json"): cli.cmd_evaluate,
+        ("export", "runs/transact_v11"): cli.cmd_export,
+        ("bench", "train", "--json"): bench.cmd_bench_train,
+    }
+    for argv, func in cases.items():
+        assert parser.parse_args(list(argv)).func is func
+    assert cli._models("all")[-1] == "transact_v11" and cli._models("none, cnn") == ["none", "cnn"]
