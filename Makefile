@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 DATASET ?= synthetic
-SIZE ?= small
+SIZE ?= tiny
 
 .PHONY: help setup redis-server up down status apply test demo clean
 
@@ -44,6 +44,7 @@ up: setup
 	$(BIN)/homefeed stack up
 
 down:
+	-$(BIN)/homefeed demo --stop
 	$(BIN)/homefeed stack down
 
 status:

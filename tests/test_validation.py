@@ -391,10 +391,18 @@ def test_leakage_sequence_time_at_or_after_request(project):
 
 def test_excessive_nulls(project):
     df = training_rows()
-    df.loc[df.index[:20], F.PROFILE_REPIN_RATE_28D] = None  # 10% > 5%
-    df.loc[df.index[:4], F.PROFILE_DAYS_ACTIVE_28D] = None  # 2%: within the bound
+    df.loc[df.index[:20], F.PIN_EMBEDDING] = None  # 10% > 5%
+    df.loc[df.index[:4], F.SEQ_LENGTH] = None  # 2%: within the bound
+    df.loc[df.index[:80], F.PROFILE_DAYS_ACTIVE_28D] = None  # 40%: new users, within the profile bound
     report = validate("training_set", df, project)
     assert checks(report) == {"null_rate"}
+    assert failure(report, "null_rate").column == F.PIN_EMBEDDING
+
+
+def test_profile_nulls_beyond_their_bound(project):
+    df = training_rows()
+    df.loc[df.index[: int(len(df) * 0.6)], F.PROFILE_REPIN_RATE_28D] = None  # 60% > 50%
+    report = validate("training_set", df, project)
     assert failure(report, "null_rate").column == F.PROFILE_REPIN_RATE_28D
 
 

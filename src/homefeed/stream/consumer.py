@@ -25,6 +25,7 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
+from itertools import groupby
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,6 +47,11 @@ ACTION_EVENTS_TABLE = "action_events"
 # Records whose broker timestamp is this close to the wall clock are "live": they feed the
 # freshness histogram. Replayed history (record timestamp = simulated arrival) does not.
 LIVE_WINDOW_MS = 10 * 60 * 1000
+
+# A micro-batch replaying history can span hours of event time. The offline log keeps one sequence
+# version per user per this much arrival time, so point-in-time joins see the sequence as it was
+# servable then, not as of the end of the batch. Live batches (~100 ms) give one version per user.
+SNAPSHOT_GRANULARITY_MS = 1000
 
 # A batch validator gets the batch's valid events as a frame and returns {row index: detail}
 # for rows it rejects. The default runs the GX `action_events` suite.
@@ -157,42 +163,38 @@ class SequenceBuilder:
     def _apply_actions(self, actions, result: BatchResult) -> None:
         if not actions:
             return
-        by_user: dict[int, list[Action]] = defaultdict(list)
-        arrival: dict[int, int] = {}
+        by_user: dict[int, list[tuple[int, Action]]] = defaultdict(list)  # (arrival ms, action)
         for record, ev in actions:
-            by_user[ev.user_id].append((ev.event_id, ev.pin_id, int(ev.action_type), ev.event_time))
-            arrival[ev.user_id] = max(arrival.get(ev.user_id, 0), record.timestamp)
+            by_user[ev.user_id].append(
+                (record.timestamp, (ev.event_id, ev.pin_id, int(ev.action_type), ev.event_time)))
 
         users = sorted(by_user)
         states = self.load_states(users)
         changed: dict[int, SequenceState] = {}
-        rows = []
+        rows, log_rows = [], []
         for user in users:
             old = states[user]
             known = set(old.event_ids)
-            new_ids = {a[0] for a in by_user[user]}
-            duplicates = len(by_user[user]) - len(new_ids) + len(new_ids & known)
-            result.duplicates += duplicates
-            state, did_change = merge(old, by_user[user], self.settings.sequence_length)
-            if not did_change:
-                result.outside_window += len(new_ids - known)
-                continue
+            new_ids = {a[0] for _, a in by_user[user]}
+            result.duplicates += len(by_user[user]) - len(new_ids) + len(new_ids & known)
+            state, versions = old, []
+            for arrived, group in arrival_groups(by_user[user], SNAPSHOT_GRANULARITY_MS):
+                state, did_change = merge(state, group, self.settings.sequence_length)
+                if did_change:
+                    state.snapshot_ms = next_snapshot_ms(state)
+                    versions.append({F.USER_ID: user, F.EVENT_TIMESTAMP: state.snapshot_ms,
+                                     F.CREATED: max(arrived, state.snapshot_ms), **state.feature_row()})
             result.outside_window += len((new_ids - known) - set(state.event_ids))
-            state.snapshot_ms = next_snapshot_ms(state)
-            changed[user] = state
-            rows.append({
-                F.USER_ID: user,
-                F.EVENT_TIMESTAMP: state.snapshot_ms,
-                F.CREATED: max(arrival[user], state.snapshot_ms),
-                **state.feature_row(),
-            })
+            if versions:
+                changed[user] = state
+                rows.append(versions[-1])  # online: the newest version only
+                log_rows.extend(versions)  # offline: every version, as it became servable
 
         # Durable first (the log is what backfill and training read), then online, then state.
         offline_log.append(self.settings.offline_dir, ACTION_EVENTS_TABLE,
                            events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions]))
         if rows:
-            snapshots = sequence_frame(rows)
-            offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, snapshots)
+            offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_frame(log_rows))
             self.online.write_sequences(rows)
             self.save_states(changed)
         visible = wall_ms()
@@ -237,6 +239,14 @@ class SequenceBuilder:
             )
             M.DEAD_LETTERED.labels(item.reason).inc()
         self.dlq.flush()  # must be on the broker before the offsets are committed
+
+
+def arrival_groups(items: list[tuple[int, Action]], granularity_ms: int):
+    """(latest arrival, actions) per arrival-time window, in arrival order."""
+    items = sorted(items, key=lambda x: x[0])
+    for _, group in groupby(items, key=lambda x: x[0] // granularity_ms):
+        group = list(group)
+        yield group[-1][0], [a for _, a in group]
 
 
 # -- frames (one shape for the log, the push and validation) --------------------------------
