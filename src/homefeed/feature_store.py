@@ -61,6 +61,10 @@ def apply_repo(repo_path: Path | None = None) -> list[str]:
 
     path = Path(repo_path) if repo_path else feature_repo_path()
     ensure_tables(load_settings().offline_dir)  # batch sources point at these directories
+    # Feast imports the repo's files as top-level modules ("definitions"); a module cached from an
+    # earlier apply in this process would register that apply's settings (paths, Kafka servers).
+    for py in path.glob("*.py"):
+        sys.modules.pop(py.stem, None)
     store = open_store(path)
     cli_check_repo(path, path / "feature_store.yaml")
     with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress; keep stdout for results
