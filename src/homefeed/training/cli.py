@@ -6,7 +6,6 @@ Each `register_*` function gets the argparse parser of its group and sets `func`
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -174,34 +173,7 @@ def register_export(parser) -> None:
     parser.set_defaults(func=cmd_export)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The four groups alone: `python -m homefeed.training.cli GROUP ...` runs them without the
-    main `homefeed` entry point (same commands, same logging)."""
-    parser = argparse.ArgumentParser(prog="python -m homefeed.training.cli")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
-    for name, register in (("dataset", register_dataset), ("train", register_train),
-                           ("evaluate", register_evaluate), ("export", register_export)):
-        register(groups.add_parser(name))
-    return parser
+if __name__ == "__main__":  # `python -m homefeed.training.cli train ...` = `homefeed train ...`
+    from homefeed.cli import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    from homefeed.errors import UserError
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("kafka", "feast", "great_expectations", "bentoml", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"homefeed: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
     raise SystemExit(main())
