@@ -209,10 +209,16 @@ def run_demo(dataset: str, size: str) -> int:
     url = f"http://127.0.0.1:{port}"
     start_background(settings, "service", [sys.executable, "-m", "bentoml", "serve",
                                            "bento.service:Ranking", "--port", str(port)])
+    ready_file = settings.run_dir / "consumer.ready"
+    ready_file.unlink(missing_ok=True)
+    metrics_port = free_port()
     start_background(settings, "consumer", [sys.executable, "-m", "homefeed.cli", "stream", "consume",
-                                            "--metrics-port", str(free_port())])
+                                            "--metrics-port", str(metrics_port), "--ready-file", str(ready_file)])
     wait_ready(url)
-    print(f"ranking service ready at {url}")
+    deadline = time.monotonic() + 120
+    while not ready_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(f"ranking service ready at {url}; consumer metrics at http://127.0.0.1:{metrics_port}/metrics")
 
     step("9. live: repins on one topic and a hide on another, through Kafka; /rank before and after")
     live = live_actions(settings, world, url)
