@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -407,3 +408,28 @@ def test_training_is_deterministic_with_a_seed(planted):
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
     torch.testing.assert_close(a.predict(test), b.predict(test), rtol=0, atol=0)
+
+
+def test_pin_embedding_scale_defaults_to_sqrt_dim_and_old_configs_keep_raw_inputs():
+    cfg = ModelConfig(emb_dim=16)
+    assert cfg.pin_emb_scale == 4.0
+    assert ModelConfig.from_dict(cfg.to_dict()).pin_emb_scale == 4.0
+    legacy = {k: v for k, v in cfg.to_dict().items() if k != "pin_emb_scale"}
+    assert ModelConfig.from_dict(legacy).pin_emb_scale == 1.0  # trained on raw embeddings
+    with pytest.raises(ValueError, match="pin_emb_scale"):
+        ModelConfig(pin_emb_scale=0)
+
+
+def test_pin_embedding_scale_is_applied_to_engaged_and_candidate_pins():
+    torch.manual_seed(0)
+    scaled = build_model(ModelConfig(encoder="transact_v11", seq_len=8, emb_dim=8, action_emb_dim=8,
+                                     top_k=2, pin_emb_scale=3.0)).eval()
+    raw = build_model(scaled.config.replace(pin_emb_scale=1.0)).eval()
+    raw.load_state_dict(scaled.state_dict())
+    b = RankingBatch(seq_pin_emb=torch.randn(4, 8, 8), seq_action=torch.randint(1, 4, (4, 8)),
+                     seq_time_ms=torch.zeros(4, 8, dtype=torch.long), seq_mask=torch.ones(4, 8, dtype=torch.bool),
+                     request_time_ms=torch.ones(4, dtype=torch.long), cand_emb=torch.randn(4, 8),
+                     dense=torch.zeros(4, 0))
+    pre = dataclasses.replace(b, seq_pin_emb=b.seq_pin_emb * 3, cand_emb=b.cand_emb * 3)
+    torch.testing.assert_close(scaled.predict(b), raw.predict(pre))
+    assert not torch.allclose(scaled.predict(b), raw.predict(b))

@@ -333,6 +333,18 @@ def test_export_load_round_trip_and_refusal_on_a_fingerprint_mismatch(planted_ru
         load_exported(tag, F.schema_fingerprint(32, 100), bentoml_home=home)
 
 
+
+@pytest.mark.integration
+def test_dataset_build_refuses_a_feature_repo_that_reads_another_log(pipeline, tmp_path):
+    from homefeed.feature_store import open_store
+    from homefeed.training.dataset import check_sources
+
+    store = open_store(pipeline.feature_repo)
+    check_sources(store, pipeline)
+    with pytest.raises(UserError, match="re-apply the feature repo"):
+        check_sources(store, pipeline.replace(home=tmp_path / "elsewhere"))
+
+
 def test_cli_groups_register_their_commands():
     import argparse
 

@@ -48,6 +48,11 @@ class ModelConfig:
     time_window_ms: int = DAY_MS  # training-only random time-window mask, T ~ U[0, window]
     hidden_dim: int = 64  # CNN channels / RNN and LSTM hidden size
     cnn_kernel: int = 3
+    # Multiplies engaged-pin and candidate embeddings at the model input (None: sqrt(emb_dim)).
+    # Why: pin embeddings are unit-length (~0.18 per value at D=32) while nn.Embedding action
+    # vectors start at ~1 per value, so unscaled, the two halves of a token that must be compared
+    # are ~6x smaller than the part that carries no candidate information (docs/training.md).
+    pin_emb_scale: float | None = None
     # -- ranker -----------------------------------------------------------------------------
     dense_dim: int = 0  # F: user profile + pin + context dense features
     mlp_dims: tuple[int, ...] = (128, 64)
@@ -60,6 +65,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         self.mlp_dims = tuple(int(d) for d in self.mlp_dims)
         self.heads = tuple(str(h) for h in self.heads)
+        if self.pin_emb_scale is None:
+            self.pin_emb_scale = float(self.emb_dim) ** 0.5
+        self.pin_emb_scale = float(self.pin_emb_scale)
         self.validate()
 
     # -- derived sizes ------------------------------------------------------------------------
@@ -97,6 +105,7 @@ class ModelConfig:
         need(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         need(self.time_window_ms >= 0, "time_window_ms must be >= 0")
         need(self.dense_dim >= 0, "dense_dim must be >= 0")
+        need(self.pin_emb_scale is not None and self.pin_emb_scale > 0, "pin_emb_scale must be > 0")
         need(self.dcn_layers >= 0 and self.dcn_rank >= 0, "dcn_layers and dcn_rank must be >= 0")
         need(all(d >= 1 for d in self.mlp_dims), "mlp_dims must be positive")
         need(len(self.heads) >= 1, "at least one head")
@@ -123,7 +132,8 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"ModelConfig.from_dict: unknown key(s) {unknown}")
-        return cls(**data)
+        # configs saved before pin_emb_scale existed were trained on raw embeddings
+        return cls(**{"pin_emb_scale": 1.0, **data})
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

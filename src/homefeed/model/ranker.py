@@ -1,5 +1,6 @@
 """The ranker: sequence encoder + candidate embedding + dense features -> one logit per head.
 
+    pins = config.pin_emb_scale * (engaged-pin and candidate embeddings)   (see ModelConfig)
     x0 = concat[encoder(batch), cand_emb, (dense - dense_mean) / dense_std]
     x  = DCN v2 cross layers (x_{l+1} = x0 * (W_l x_l + b_l) + x_l), if config.dcn_layers > 0
     x  = MLP (Linear -> ReLU -> Dropout)*
@@ -10,6 +11,8 @@
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
@@ -71,8 +74,16 @@ class Ranker(nn.Module):
         self.dense_mean.copy_(mean_t)
         self.dense_std.copy_(std_t)
 
+    def scale_pins(self, batch: RankingBatch) -> RankingBatch:
+        """The batch with engaged-pin and candidate embeddings times config.pin_emb_scale."""
+        s = self.config.pin_emb_scale
+        if s == 1.0:
+            return batch
+        return dataclasses.replace(batch, seq_pin_emb=batch.seq_pin_emb * s, cand_emb=batch.cand_emb * s)
+
     def features(self, batch: RankingBatch) -> Tensor:
         """x0: the ranker's input row [B, input_dim]."""
+        batch = self.scale_pins(batch)
         seq = self.encoder(batch)
         dense = (batch.dense - self.dense_mean) / self.dense_std
         return torch.cat([seq, batch.cand_emb, dense], dim=-1)

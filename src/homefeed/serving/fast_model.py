@@ -58,6 +58,7 @@ Execution
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import threading
@@ -102,6 +103,12 @@ class UserTensors:
     def visible(self) -> Tensor:
         """[L] bool: inference mask (padding and future actions hidden)."""
         return self.seq_mask & (self.seq_time_ms <= int(self.request_time_ms))
+
+    def scaled(self, pin_scale: float) -> "UserTensors":
+        """The same user with engaged-pin embeddings times `pin_scale` (ModelConfig.pin_emb_scale)."""
+        if pin_scale == 1.0:
+            return self
+        return dataclasses.replace(self, seq_pin_emb=self.seq_pin_emb * pin_scale)
 
     def to(self, device: torch.device | str) -> "UserTensors":
         return UserTensors(self.seq_pin_emb.to(device), self.seq_action.to(device),
@@ -340,12 +347,14 @@ class ServedRanker:
     it with ``torch.set_num_threads(1)``, so chunks run side by side instead of every small op
     being split across cores (fewer OpenMP barriers; this helps most on a loaded machine).
     ``layer0``: "decomposed" (S+T form, CPU default) or "sdpa" (one attention call, CUDA default).
+    ``compile``: CUDA graphs only: build each bucket's graph from a `torch.compile`d forward
+    (Inductor fuses the LayerNorm/residual/ReLU chains; costs a compile per bucket at start-up).
     """
 
     def __init__(self, ranker: Ranker, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, *, cuda_graphs: bool | None = None,
                  chunk_tokens: int = 4096, workers: int = 1, layer0: str | None = None,
-                 max_graphs: int = 12):
+                 max_graphs: int = 12, compile: bool = False):
         if device is None:
             device = next(iter(ranker.parameters())).device
         self.device = torch.device(device)
@@ -377,6 +386,9 @@ class ServedRanker:
         self._graphs: OrderedDict[tuple, _GraphEntry] = OrderedDict()
         self._graph_lock = threading.Lock()
         self.graph_failures = 0
+        self.compile = bool(compile)
+        self._static_fn = torch.compile(self._transact_static, dynamic=False) if self.compile \
+            else self._transact_static
 
     # -- public API -----------------------------------------------------------------------------
     @property
@@ -390,6 +402,7 @@ class ServedRanker:
     def describe(self) -> dict[str, Any]:
         return {"encoder": self.config.encoder, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "layer0": self.layer0_mode if self.transact else None, "cuda_graphs": self.cuda_graphs,
+                "compiled": self.compile,
                 "graphs_captured": len(self._graphs), "graph_failures": self.graph_failures}
 
     def score(self, user: UserTensors, cand_emb: Any, dense: Any = None) -> np.ndarray:
@@ -456,6 +469,11 @@ class ServedRanker:
             raise ValueError(f"dense must be [N, {F_}] or [{F_}], got {tuple(t.shape)}")
         return t.expand(n, F_)
 
+    def _scale_pins(self, user: UserTensors, cand: Tensor) -> tuple[UserTensors, Tensor]:
+        """What `Ranker.scale_pins` does to a batch: every path starts here (graphs: in-graph)."""
+        scale = self.config.pin_emb_scale
+        return (user, cand) if scale == 1.0 else (user.scaled(scale), cand * scale)
+
     # -- the ranker's top (shared by every path) ------------------------------------------------
     def _top(self, seq_out: Tensor, cand: Tensor, dense: Tensor) -> Tensor:
         m = self.model
@@ -473,6 +491,7 @@ class ServedRanker:
 
     # -- CPU: compaction + chunks ---------------------------------------------------------------
     def _forward_cpu(self, user: UserTensors, cand: Tensor, dense: Tensor) -> Tensor:
+        user, cand = self._scale_pins(user, cand)
         n = cand.shape[0]
         if not self.transact:
             enc = self._user_encoding(user)
@@ -540,6 +559,7 @@ class ServedRanker:
     # -- static shapes (CUDA eager and CUDA graphs; also runs on CPU for tests) -----------------
     def _forward_static(self, user: UserTensors, cand: Tensor, dense: Tensor) -> Tensor:
         """Data-independent control flow: full L, masks as tensors, no host sync."""
+        user, cand = self._scale_pins(user, cand)
         n = cand.shape[0]
         if not self.transact:
             # once per user on [1, L]: fp32 (recurrent kernels need not support bf16)
@@ -627,11 +647,12 @@ class ServedRanker:
         def run() -> Tensor:
             s = inputs
             visible = s["seq_mask"] & (s["seq_time_ms"] <= s["request_time_ms"])
+            scale = self.config.pin_emb_scale
             assert self.params is not None
             with torch.autocast(dev.type, dtype=self.dtype, enabled=self.dtype != torch.float32,
                                 cache_enabled=False):
-                return self._transact_static(self.params, s["seq_pin_emb"], s["seq_action"],
-                                             s["seq_mask"], visible, s["cand"], s["dense"], L)
+                return self._static_fn(self.params, s["seq_pin_emb"] * scale, s["seq_action"],
+                                             s["seq_mask"], visible, s["cand"] * scale, s["dense"], L)
 
         graph, output = self._record(run)
         return _GraphEntry(graph, inputs, output)

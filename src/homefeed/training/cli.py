@@ -85,6 +85,20 @@ def _models(text: str) -> list[str]:
     return list(ENCODER_KINDS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
 
 
+def _overrides(items: list[str]) -> dict:
+    """--set time_window_ms=0 --set mlp_dims=[256,64] -> ModelConfig overrides (JSON values)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def cmd_train(args) -> int:
     from homefeed.training.train import TrainConfig, run_training
 
@@ -93,7 +107,8 @@ def cmd_train(args) -> int:
                       patience=args.patience, max_steps_per_epoch=args.max_steps, device=args.device,
                       threads=args.threads)
     summary = run_training(args.dataset, _models(args.models), args.out, cfg, seq_len=args.seq_len,
-                           force=args.force, progress=not args.quiet)
+                           force=args.force, model_overrides=_overrides(args.set), suffix=args.suffix,
+                           progress=not args.quiet)
     for name, s in summary.items():
         valid = ", ".join(f"{k} {v:.4f}" for k, v in s["valid"].items() if k.startswith("hit@"))
         print(f"{name}: {s['examples_per_s']:,.0f} examples/s, best epoch {s['best_epoch']}; "
@@ -120,6 +135,9 @@ def register_train(parser) -> None:
     parser.add_argument("--seq-len", type=int, help="actions the model reads (default: the feature's length)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="ModelConfig override, repeatable (e.g. --set time_window_ms=0)")
+    parser.add_argument("--suffix", default="", help="appended to each run directory name (ablations)")
     parser.add_argument("--force", action="store_true", help="train even if the training set fails validation")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=cmd_train)

@@ -105,7 +105,7 @@ def dense_features(user: Mapping[str, Any], cand: Mapping[str, Any], request_tim
     visible = np.zeros(u)
     last_ms = np.full(u, -1, dtype=np.int64)
     for i, ts in enumerate(times):
-        ts = np.asarray(ts if ts is not None else [], dtype=np.int64)
+        ts = np.asarray(ts if _is_vector(ts) else [], dtype=np.int64)
         ts = ts[ts < rt[i]]  # only actions before the request count (newest first)
         visible[i] = ts.size
         if ts.size:

@@ -26,6 +26,8 @@ def plot_training_curves(history: list[dict], path: Path, title: str = "") -> No
         bounds = np.cumsum([len(e.get("step_losses", [])) for e in history])[:-1]
         for b in bounds:
             left.axvline(b, color="grey", lw=0.5, ls=":")
+        # the first steps' loss is far above the rest: keep the y-axis on the part that matters
+        left.set_ylim(min(losses) * 0.95, float(np.percentile(losses, 99.5)) * 1.05)
     left.set(xlabel="step", ylabel="weighted BCE", title=f"{title} training loss")
     left.legend(fontsize=8)
     epochs = [e["epoch"] for e in history if "valid" in e]

@@ -172,7 +172,8 @@ def train(model_config: ModelConfig, train_data: RankingData, valid_data: Rankin
         else:
             bad_epochs += 1
             if cfg.patience and bad_epochs >= cfg.patience:
-                log.info("early stop after epoch %d (best %d)", epoch, result.best_epoch)
+                if epoch < cfg.epochs:
+                    log.info("early stop after epoch %d (best %d)", epoch, result.best_epoch)
                 break
     if best_state is not None and cfg.patience:
         model.load_state_dict(best_state)  # early stopping keeps the best epoch's weights
@@ -212,7 +213,7 @@ def validate_training_set(ds: Dataset, force: bool, settings=None) -> dict:
 
 def run_training(dataset_dir: Path | str, encoders: list[str], out_dir: Path | str, cfg: TrainConfig,
                  *, seq_len: int | None = None, force: bool = False, settings=None,
-                 model_overrides: dict | None = None, progress: bool = True) -> dict:
+                 model_overrides: dict | None = None, suffix: str = "", progress: bool = True) -> dict:
     ds = load_dataset(dataset_dir)
     for enc in encoders:
         if enc not in ENCODER_KINDS:
@@ -226,15 +227,17 @@ def run_training(dataset_dir: Path | str, encoders: list[str], out_dir: Path | s
                            seed=cfg.seed) for s in ("train", "valid", "test")}
     spec = dense_feature_spec(dim)
     out_dir = Path(out_dir)
-    summary = {}
+    summary_file = out_dir / "train_summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     for enc in encoders:
         mc = model_config_for(enc, seq_len, dim, spec["dim"], **(model_overrides or {}))
         result = train(mc, data["train"], data["valid"], cfg, progress)
-        run_dir = out_dir / enc
+        run_dir = out_dir / f"{enc}{suffix}"
         save_run(run_dir, result, ds, validation, spec, data["test"])
-        summary[enc] = {"examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.best_epoch,
-                        "valid": result.valid_metrics, "run_dir": str(run_dir)}
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary[run_dir.name] = {"examples_per_s": round(result.examples_per_s, 1),
+                                 "best_epoch": result.best_epoch, "valid": result.valid_metrics,
+                                 "run_dir": str(run_dir)}
+        summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -266,7 +269,7 @@ def save_run(run_dir: Path, result: TrainResult, ds: Dataset, validation: dict, 
         "torch": str(torch.__version__),
     }
     (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
-    plot_training_curves(result.history, run_dir / CURVES_FILE, title=result.model_config.encoder)
+    plot_training_curves(result.history, run_dir / CURVES_FILE, title=run_dir.name)
     scores = predict(model, test, result.train_config.eval_batch_size)
     frame = test.impressions[[F.REQUEST_ID, F.PIN_ID]].copy()
     for j, head in enumerate(model.heads):
