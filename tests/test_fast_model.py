@@ -178,7 +178,7 @@ def test_bench_model_runs_and_imports_nothing_heavy():
         "from homefeed.serving import bench\n"
         "buf = io.StringIO()\n"
         "with contextlib.redirect_stdout(buf):\n"
-        "    bench.main(['model', '--sizes', '8,24', '--repeats', '1', '--threads', '1', '--json'])\n"
+        "    bench.main(['model', '--sizes', '8,24', '--repeats', '1', '--threads', '1', '--device', 'cpu', '--json'])\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('feast', 'bentoml', 'redis', 'pyarrow'))\n"
         "print(json.dumps({'result': json.loads(buf.getvalue()), 'heavy': heavy}))\n"
     )
@@ -211,6 +211,18 @@ def test_cuda_graphs_match_plain(models, kind, dtype):
         for n in (70, 65):  # same bucket: one graph replayed with padding rows
             got = served.score(user, cand[:n], dense[:n])
             np.testing.assert_allclose(got, ref[:n], rtol=0, atol=TOLERANCE[dtype], err_msg=name)
+    assert served.graph_failures == 0
+
+
+@cuda
+def test_compiled_cuda_graphs_match_plain(models):
+    served = ServedRanker(models["transact_v11"], device="cuda", compile=True)
+    cand, dense = candidates(70)
+    for name, spec in USERS.items():
+        user = make_user(seed=5, **spec)
+        got = served.score(user, cand, dense)
+        np.testing.assert_allclose(got, served.reference(user, cand, dense), rtol=0,
+                                   atol=TOLERANCE[torch.bfloat16], err_msg=name)
     assert served.graph_failures == 0
 
 
@@ -262,3 +274,19 @@ def test_static_path_of_baselines(models, kind):
         with torch.inference_mode():
             got = served._forward_static(user, cand, dense).numpy()
         np.testing.assert_allclose(got, served.reference(user, cand, dense), rtol=0, atol=TOL)
+
+
+@pytest.mark.slow
+def test_compiled_graph_forward_matches_plain_on_cpu(models):
+    """`compile=True` captures a torch.compile'd forward; Inductor runs on CPU too, so the
+    compiled function's numerics are checked here (the CUDA graph replaced by an eager replay)."""
+    served = ServedRanker(models["transact_v11"], compile=True)
+    served._record = lambda run: (lambda g: (g, g.output))(_EagerGraph(run))
+    cand, dense = candidates(70, seed=4)
+    with torch.inference_mode():
+        for name, spec in USERS.items():
+            user = make_user(seed=13, **spec)
+            got = served._score_graph(user, cand, dense).numpy()
+            np.testing.assert_allclose(got, served.reference(user, cand, dense), rtol=0, atol=1e-4,
+                                       err_msg=name)
+    assert served.describe()["compiled"] is True

@@ -63,7 +63,8 @@ def _machine() -> dict[str, Any]:
 def run_model_bench(ns: tuple[int, ...] = (100, 1000, 5000), actions: int = 100, repeats: int = 5,
                     device: str | None = None, dtype: str | None = None, threads: int | None = None,
                     encoder: str = "transact_v11", seed: int = 0, chunk_tokens: int = 4096,
-                    cuda_graphs: bool | None = None, workers: int = 1, log=None) -> dict[str, Any]:
+                    cuda_graphs: bool | None = None, workers: int = 1, compile: bool = False,
+                    layer0: str | None = None, log=None) -> dict[str, Any]:
     import torch
 
     from homefeed.model import ModelConfig, build_model
@@ -82,7 +83,7 @@ def run_model_bench(ns: tuple[int, ...] = (100, 1000, 5000), actions: int = 100,
     config = ModelConfig(encoder=encoder)
     model = build_model(config).eval()  # deterministic init (seeded), untrained
     served = ServedRanker(model, device=dev, dtype=torch_dtype, chunk_tokens=chunk_tokens,
-                          cuda_graphs=cuda_graphs, workers=workers)
+                          cuda_graphs=cuda_graphs, workers=workers, compile=compile, layer0=layer0)
     plain_model = served.model  # same weights, fp32, eval, on the device
     L, D = config.seq_len, config.emb_dim
     g = torch.Generator().manual_seed(seed + 1)
@@ -173,7 +174,7 @@ def bench_model(args) -> int:
                              dtype=args.dtype, threads=args.threads, encoder=args.encoder,
                              seed=args.seed, chunk_tokens=args.chunk_tokens,
                              cuda_graphs=False if args.no_cuda_graphs else None,
-                             workers=args.workers, log=log)
+                             workers=args.workers, compile=args.compile, layer0=args.layer0, log=log)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -200,6 +201,10 @@ def add_bench_model_parser(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="CPU: Python threads running candidate chunks side by side (with --threads 1)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: eager autocast only")
+    p.add_argument("--layer0", choices=["decomposed", "sdpa"], default=None,
+                   help="layer-0 formulation (default: decomposed on CPU, sdpa on CUDA)")
+    p.add_argument("--compile", action="store_true",
+                   help="CUDA graphs: capture a torch.compile'd forward (one compile per bucket)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=bench_model)
     return p
