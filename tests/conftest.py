@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,40 @@ def redis_client(stack):
     client = redis.Redis.from_url(stack.effective_redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack, tmp_path_factory):
+    """Settings of a private pipeline: own home (offline log), redis, feature repo, topics, GX
+    project and BentoML home. Exported through the environment (Feast reads the Redis port from
+    settings when a store is opened) and restored afterwards."""
+    from homefeed.feature_store import apply_repo
+    from homefeed.stack import LocalStack, ensure_topics, free_port
+    from homefeed.validation import init_context
+
+    root = tmp_path_factory.mktemp("training")
+    repo = root / "feature_repo"
+    shutil.copytree(REPO_ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    env = {"HOMEFEED_HOME": str(root / "home"), "HOMEFEED_REDIS_PORT": str(free_port()),
+           "HOMEFEED_FEATURE_REPO": str(repo), "HOMEFEED_VALIDATION_DIR": str(root / "validation"),
+           "BENTOML_HOME": str(root / "bentoml")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    redis = LocalStack(load_settings())
+    redis._up_redis()
+    try:
+        init_context(root / "validation")
+        apply_repo(repo)
+        tag = uuid.uuid4().hex[:8]
+        settings = load_settings().replace(
+            actions_topic=f"train-actions-{tag}", pins_topic=f"train-pins-{tag}",
+            dead_letter_topic=f"train-dlq-{tag}", consumer_group=f"train-{tag}", topic_partitions=1)
+        ensure_topics(settings)
+        yield settings
+    finally:
+        redis.down()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

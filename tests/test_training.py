@@ -9,10 +9,6 @@ dataset written in the same on-disk format `homefeed dataset build` writes.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,78 +18,18 @@ import torch
 from homefeed import features as F
 from homefeed.errors import UserError
 from homefeed.events import ActionEvent, ActionType
-from homefeed.settings import Settings, load_settings
 from homefeed.training.data import PinTable, RankingData, dense_feature_spec, dense_features
 from homefeed.training.dataset import (
     SEQUENCE_FEATURES,
-    Dataset,
     historical,
     load_dataset,
-    save_dataset,
     sequence_audit,
 )
 from homefeed.training.train import TrainConfig, run_training
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DAY = 86_400_000
+from helpers import planted_dataset, replay
+
 HEADS = ("repin", "click", "hide")
-
-
-# -- a private pipeline ----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def pipeline(stack, tmp_path_factory):
-    """Settings of a private pipeline: own home (offline log), redis, feature repo, topics, GX
-    project and BentoML home. Exported through the environment (Feast reads the Redis port from
-    settings when a store is opened) and restored afterwards."""
-    from homefeed.feature_store import apply_repo
-    from homefeed.stack import LocalStack, ensure_topics, free_port
-    from homefeed.validation import init_context
-
-    root = tmp_path_factory.mktemp("training")
-    repo = root / "feature_repo"
-    shutil.copytree(REPO_ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    env = {"HOMEFEED_HOME": str(root / "home"), "HOMEFEED_REDIS_PORT": str(free_port()),
-           "HOMEFEED_FEATURE_REPO": str(repo), "HOMEFEED_VALIDATION_DIR": str(root / "validation"),
-           "BENTOML_HOME": str(root / "bentoml")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    redis = LocalStack(load_settings())
-    redis._up_redis()
-    try:
-        init_context(root / "validation")
-        apply_repo(repo)
-        tag = uuid.uuid4().hex[:8]
-        settings = load_settings().replace(
-            actions_topic=f"train-actions-{tag}", pins_topic=f"train-pins-{tag}",
-            dead_letter_topic=f"train-dlq-{tag}", consumer_group=f"train-{tag}", topic_partitions=1)
-        ensure_topics(settings)
-        yield settings
-    finally:
-        redis.down()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def replay(settings: Settings, events: list[tuple[ActionEvent, int]], pins: pd.DataFrame | None = None,
-           start_ms: int = 0, batch_max_events: int = 1) -> None:
-    """Produce (event, arrival_ms) records with record timestamp = arrival, then run the real
-    consumer until idle. One partition: records are consumed in arrival order."""
-    from homefeed.stream.consumer import build_consumer
-    from homefeed.stream.producer import Producer, pin_records
-
-    producer = Producer(settings)
-    if pins is not None:
-        producer.send_all(settings.pins_topic, pin_records(pins, start_ms), total=len(pins))
-    records = sorted(events, key=lambda e: e[1])
-    producer.send_all(settings.actions_topic, ((str(e.user_id).encode(), e.to_json(), arrival)
-                                               for e, arrival in records), total=len(records))
-    producer.close()
-    consumer = build_consumer(settings.replace(batch_max_events=batch_max_events), validate=False)
-    consumer.run(idle_exit_s=3)
 
 
 # -- point in time ----------------------------------------------------------------------------------
@@ -180,69 +116,6 @@ def test_dataset_build_end_to_end_on_a_tiny_world(pipeline, tmp_path):
     merged = ds.impressions.merge(kept, on=[F.REQUEST_ID, F.PIN_ID], suffixes=("", "_w"))
     for col in F.LABEL_COLUMNS:
         assert (merged[col] == merged[f"{col}_w"]).all()
-
-
-# -- a planted dataset --------------------------------------------------------------------------------
-
-def planted_dataset(path: Path, n_requests: int = 800, dim: int = 8, seq_len: int = 16, seed: int = 0,
-                    leak: bool = False) -> Dataset:
-    """Requests whose three newest actions are repins of one 'intent' topic; candidates of that
-    topic get repinned much more often. The profile carries no signal: only the sequence does."""
-    rng = np.random.default_rng(seed)
-    n_topics, n_pins, n_cand = 6, 240, 12
-    centroids = rng.standard_normal((n_topics, dim))
-    pin_topic = np.arange(n_pins) % n_topics
-    emb = centroids[pin_topic] / np.linalg.norm(centroids[pin_topic], axis=1, keepdims=True)
-    emb = emb + 0.25 * rng.standard_normal((n_pins, dim)) / np.sqrt(dim)
-    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
-    pin_ids = np.arange(1, n_pins + 1)
-    start = 1_767_571_200_000
-    req_rows, imp_rows = [], []
-    for r in range(n_requests):
-        day = 1 + 3 * r // n_requests  # days 1..3: train, valid, test
-        rt = start + day * DAY + (r % 500) * 60_000
-        intent = rng.integers(n_topics)
-        length = int(rng.integers(4, seq_len))
-        of_intent = pin_ids[pin_topic == intent]
-        seq_pins = np.concatenate([rng.choice(of_intent, 3), rng.choice(pin_ids, length - 3)])
-        seq_acts = np.concatenate([[1, 1, 1], rng.integers(1, 4, length - 3)]).astype(np.int32)
-        seq_times = rt - 30_000 * np.arange(1, length + 1)
-        if leak and r == 5:
-            seq_times[0] = rt + 1_000  # an action after the request: must fail validation
-        req_rows.append({
-            F.REQUEST_ID: r + 1, F.USER_ID: 1 + r % 40, "request_time_ms": rt, "day": day,
-            "split": ("train", "valid", "test")[day - 1], "segment": "core" if r % 3 else "new",
-            "is_core": bool(r % 3), F.SEQ_PIN_IDS: seq_pins.astype(np.int64),
-            F.SEQ_ACTION_TYPES: seq_acts, F.SEQ_ACTION_TIMES: seq_times.astype(np.int64),
-            F.SEQ_LENGTH: np.int32(length), F.PROFILE_EMBEDDING: emb[rng.integers(n_pins)],
-            F.PROFILE_ACTIONS_28D: 50, F.PROFILE_REPIN_RATE_28D: 0.3, F.PROFILE_HIDE_RATE_28D: 0.05,
-            F.PROFILE_DAYS_ACTIVE_28D: 10})
-        cands = np.concatenate([rng.choice(of_intent, 4, replace=False),
-                                rng.choice(pin_ids[pin_topic != intent], n_cand - 4, replace=False)])
-        for pos, pin in enumerate(rng.permutation(cands)):
-            hit = pin_topic[pin - 1] == intent
-            repin = rng.random() < (0.6 if hit else 0.03)
-            imp_rows.append({F.REQUEST_ID: r + 1, F.USER_ID: 1 + r % 40, F.PIN_ID: int(pin),
-                             "position": pos, "label_repin": int(repin),
-                             "label_click": int(repin or rng.random() < 0.05),
-                             "label_hide": int(not hit and rng.random() < 0.03),
-                             F.PIN_EMBEDDING: emb[pin - 1], F.PIN_TOPIC: int(pin_topic[pin - 1]),
-                             F.PIN_CREATED_MS: start - 5 * DAY})
-    requests = pd.DataFrame(req_rows)
-    impressions = pd.DataFrame(imp_rows)
-    for frame in (requests, impressions):
-        frame[F.EVENT_TIMESTAMP] = pd.to_datetime(
-            requests.set_index(F.REQUEST_ID).loc[frame[F.REQUEST_ID], "request_time_ms"].to_numpy(),
-            unit="ms", utc=True).astype("datetime64[us, UTC]")
-    pins = pd.DataFrame({F.PIN_ID: pin_ids, F.PIN_EMBEDDING: list(emb), F.PIN_TOPIC: pin_topic,
-                         F.PIN_CREATED_MS: start - 5 * DAY})
-    meta = {"embedding_dim": dim, "sequence_length": seq_len, "start_ms": start, "days": 4,
-            "splits": {"train": [1], "valid": [2], "test": [3]},
-            "schema_fingerprint": F.schema_fingerprint(dim, seq_len),
-            "counts": {s: {"requests": int((requests["split"] == s).sum())} for s in ("train", "valid", "test")}}
-    ds = Dataset(path, requests, impressions, pins, meta)
-    save_dataset(ds)
-    return ds
 
 
 # Planted sequences are minutes old: a random time window of hours would hide all but the newest action.
@@ -367,4 +240,4 @@ def test_cli_groups_register_their_commands():
     }
     for argv, func in cases.items():
         assert parser.parse_args(list(argv)).func is func
-    assert cli._models("all")[-1] == "transact_v11" and cli._models("none, cnn") == ["none", "cnn"]
+    assert cli.parse_models("all")[-1] == "transact_v11" and cli.parse_models("none, cnn") == ["none", "cnn"]

@@ -10,6 +10,8 @@ import json
 import logging
 from pathlib import Path
 
+from homefeed.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -79,23 +81,31 @@ def register_dataset(parser) -> None:
 
 # -- train -------------------------------------------------------------------------------------------
 
-def _models(text: str) -> list[str]:
+def parse_models(text: str) -> list[str]:
     from homefeed.model import ENCODER_KINDS
 
     return list(ENCODER_KINDS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
 
 
-def _overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str] | None) -> dict:
     """--set time_window_ms=0 --set mlp_dims=[256,64] -> ModelConfig overrides (JSON values)."""
+    from dataclasses import fields
+
+    from homefeed.model import ModelConfig
+
+    known = {f.name for f in fields(ModelConfig)}
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep:
-            raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {item!r}")
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        if key not in known:
+            raise UserError(f"--set {key}: not a ModelConfig field; fields are {', '.join(sorted(known))}")
         try:
-            out[key.strip()] = json.loads(value)
+            out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key.strip()] = value
+            out[key] = value
     return out
 
 
@@ -106,8 +116,8 @@ def cmd_train(args) -> int:
                       weight_decay=args.weight_decay, seed=args.seed, neg_keep=args.neg_keep,
                       patience=args.patience, max_steps_per_epoch=args.max_steps, device=args.device,
                       threads=args.threads)
-    summary = run_training(args.dataset, _models(args.models), args.out, cfg, seq_len=args.seq_len,
-                           force=args.force, model_overrides=_overrides(args.set), suffix=args.suffix,
+    summary = run_training(args.dataset, parse_models(args.models), args.out, cfg, seq_len=args.seq_len,
+                           force=args.force, model_overrides=parse_overrides(args.set), suffix=args.suffix,
                            progress=not args.quiet)
     for name, s in summary.items():
         valid = ", ".join(f"{k} {v:.4f}" for k, v in s["valid"].items() if k.startswith("hit@"))

@@ -74,7 +74,14 @@ class Dataset:
 
     def split(self, *names: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(requests, impressions) of the given splits."""
-        req = self.requests[self.requests["split"].isin(names)]
+        return self._rows(self.requests["split"].isin(names))
+
+    def days(self, *days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(requests, impressions) of the given request days (0 = the world's first day)."""
+        return self._rows(self.requests["day"].isin([int(d) for d in days]))
+
+    def _rows(self, selected: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+        req = self.requests[selected]
         imp = self.impressions[self.impressions[F.REQUEST_ID].isin(req[F.REQUEST_ID])]
         return req.reset_index(drop=True), imp.reset_index(drop=True)
 

@@ -49,7 +49,7 @@ def test_frame(dataset_dir: Path | str) -> tuple[pd.DataFrame, dict]:
     return frame, ds.meta
 
 
-def _per_request(scores: np.ndarray, frame: pd.DataFrame, heads: tuple[str, ...]) -> dict[str, pd.Series]:
+def per_request_metrics(scores: np.ndarray, frame: pd.DataFrame, heads: tuple[str, ...]) -> dict[str, pd.Series]:
     groups = frame[F.REQUEST_ID].to_numpy()
     out = {h: metrics.hit_at_k_per_request(scores[:, j], frame[f"label_{h}"], groups, K)
            for j, h in enumerate(heads)}
@@ -98,7 +98,7 @@ def evaluate_runs(runs_dir: Path | str, dataset_dir: Path | str | None = None, b
 
     segments = {"all": np.ones(len(frame), bool), "core": frame["is_core"].to_numpy(bool),
                 "non_core": ~frame["is_core"].to_numpy(bool)}
-    per_req = {name: {seg: _per_request(s[mask], frame[mask], heads) for seg, mask in segments.items()}
+    per_req = {name: {seg: per_request_metrics(s[mask], frame[mask], heads) for seg, mask in segments.items()}
                for name, s in scores.items()}
     has_base = baseline in scores
 
