@@ -46,9 +46,10 @@ def open_store(repo_path: Path | None = None):
     """The FeatureStore every stage uses (pipeline, training, serving)."""
     from feast import FeatureStore
 
-    from homefeed.feast_compat import patch_dask_point_in_time_join
+    from homefeed.feast_compat import patch_dask_point_in_time_join, patch_dask_tokenize_of_array_columns
 
     patch_dask_point_in_time_join()
+    patch_dask_tokenize_of_array_columns()
     path = Path(repo_path) if repo_path else feature_repo_path()
     if not (path / "feature_store.yaml").is_file():
         raise UserError(f"no feature_store.yaml in {path}; set HOMEFEED_FEATURE_REPO")
