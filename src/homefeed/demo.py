@@ -1,6 +1,7 @@
 """`homefeed demo` (what `make demo` runs): the main job end to end on embedded defaults.
 
-Each step is a plain call into the same code the stage commands use, printed as it goes.
+Each step is a plain call into the same code the stage commands use, printed as it goes. The run
+ends with a report (markdown + PNGs, see homefeed.demo_report) in the demo's directory.
 """
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +26,50 @@ from homefeed.settings import SOURCE_ROOT, Settings, load_settings
 log = logging.getLogger(__name__)
 
 DEMO_PROCESSES = ("service", "consumer")
-SIZES = {  # users, pins, days
-    "tiny": (200, 600, 4),
-    "small": (1000, 3000, 8),
-    "default": (2000, 5000, 14),
+
+
+@dataclass(frozen=True)
+class Size:
+    users: int
+    pins: int
+    days: int
+    models: str = "all"  # `homefeed train --models`
+    epochs: int = 2
+    n_boot: int = 1000  # bootstrap resamples of the comparison
+    fresh_events: int = 300  # live events for the freshness histogram ...
+    fresh_rate: float = 100.0  # ... at this many per second
+    burst_requests: int = 50  # /rank requests for the stage latencies ...
+    burst_candidates: int = 100  # ... at this many candidates
+
+
+SIZES = {
+    # CI's smoke test (tests/test_demo.py): two models, one epoch; the same steps as the others.
+    "smoke": Size(60, 300, 4, models="none,transact_v11", epochs=1, n_boot=200, fresh_events=100,
+                  fresh_rate=50.0),
+    "tiny": Size(200, 600, 4),
+    "small": Size(1000, 3000, 8),
+    "default": Size(2000, 5000, 14),
 }
+LIVE_TIMEOUT_S = 30.0
 
 
-def step(title: str) -> None:
-    print(f"\n== {title} ==", flush=True)
+class Steps:
+    """Prints each step's title and keeps how long each one took."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._title: str | None = None
+        self._started = 0.0
+
+    def __call__(self, title: str) -> None:
+        self.close()
+        print(f"\n== {title} ==", flush=True)
+        self._title, self._started = title, time.perf_counter()
+
+    def close(self) -> None:
+        if self._title is not None:
+            self.seconds[self._title] = round(time.perf_counter() - self._started, 2)
+            self._title = None
 
 
 def stream_world(settings: Settings, world_dir: Path) -> dict:
@@ -86,21 +124,82 @@ def start_background(settings: Settings, name: str, argv: list[str], env: dict |
     return proc.pid
 
 
-def stop_background(settings: Settings) -> None:
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process (the demo started it) counts as gone
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def stop_background(settings: Settings, timeout_s: float = 20.0) -> None:
+    """SIGTERM the demo's service and consumer (their process groups), wait for them to exit,
+    then SIGKILL whatever is left."""
+    pids = []
     for name in DEMO_PROCESSES:
         pid_file = settings.run_dir / f"{name}.pid"
         if pid_file.exists():
             try:
-                os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
+                pid = int(pid_file.read_text().split()[0])
+                # start_new_session: the pid leads its group (bentoml serve forks workers)
+                os.killpg(pid, signal.SIGTERM)
+                pids.append(pid)
+            except (ProcessLookupError, ValueError, PermissionError):
                 pass
             pid_file.unlink()
+    (settings.run_dir / "consumer.ready").unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout_s
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if process_alive(p)]
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def reset_if_other_world(settings: Settings, demo_dir: Path) -> None:
+    """One world per local stack: user and pin ids of two worlds collide, so when the local
+    Redis, broker and offline log hold another demo's world (another size or dataset), they are
+    stopped and wiped before this one starts. External services (REDIS_URL, ...) are never
+    wiped: the demo refuses instead."""
+    from homefeed.stack import LocalStack
+
+    marker = settings.home / "demo" / "loaded-world.txt"
+    loaded = marker.read_text().strip() if marker.exists() else None
+    has_state = settings.offline_dir.exists() or (settings.run_dir / "redis").exists()
+    if loaded == str(demo_dir) or (loaded is None and not has_state):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{demo_dir}\n")
+        return
+    if settings.redis_external or settings.kafka_external:
+        raise UserError(f"the configured Redis/Kafka hold another world ({loaded or 'unknown'}); the demo "
+                        "does not wipe external services: point it at empty ones or unset REDIS_URL/"
+                        "KAFKA_BOOTSTRAP_SERVERS")
+    print(f"the local stack holds another world ({loaded or 'unknown'}): stopping and wiping it "
+          f"(Redis data, topics, offline log) for {demo_dir.name}")
+    LocalStack(settings).down()
+    shutil.rmtree(settings.offline_dir, ignore_errors=True)
+    shutil.rmtree(settings.run_dir / "redis", ignore_errors=True)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{demo_dir}\n")
 
 
 def post_json(url: str, body: dict) -> dict:
     req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
+
+
+def get_text(url: str, timeout_s: float = 10) -> str:
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        return resp.read().decode()
 
 
 def wait_ready(url: str, timeout_s: float = 180) -> None:
@@ -116,8 +215,25 @@ def wait_ready(url: str, timeout_s: float = 180) -> None:
     raise UserError(f"the ranking service at {url} did not become ready; see its log in the run dir")
 
 
-def live_actions(settings: Settings, world, url: str) -> dict:
-    """Several repins on one topic and a hide on another, through Kafka; /rank before and after."""
+def wait_consumer_ready(ready_file: Path, consumer_pid: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready_file.exists():
+        if not process_alive(consumer_pid):
+            raise UserError("the live consumer exited; see consumer.log in the run dir")
+        if time.monotonic() > deadline:
+            raise UserError(f"the live consumer was not assigned its partitions within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
+def live_actions(settings: Settings, world, url: str, metrics_url: str) -> dict:
+    """Several repins on one topic and a hide on another, through Kafka; /rank before and after.
+
+    The clock starts when the first action is handed to the producer, whose connection and topic
+    metadata are set up beforehand (an app's producer is long-lived), and stops at the first
+    /rank answer whose top k differs. /rank is polled back to back, so detection adds at most one
+    call (tens of ms). The consumer's freshness histogram, scraped before and after, says how much
+    of that was the pipeline (broker arrival -> visible in Redis)."""
+    from homefeed.demo_report import BATCH_METRIC, FRESHNESS_METRIC, parse_histograms
     from homefeed.events import ActionEvent, ActionType
     from homefeed.stream.consumer import make_producer
 
@@ -127,33 +243,151 @@ def live_actions(settings: Settings, world, url: str) -> dict:
     topics = pins["topic_id"].value_counts().index[:2]
     liked, disliked = int(topics[0]), int(topics[1])
     by_topic = {t: pins.loc[pins["topic_id"] == t, "pin_id"].to_numpy() for t in (liked, disliked)}
-    candidates = sorted(set(rng.choice(pins["pin_id"].to_numpy(), 150, replace=False).tolist())
+    candidates = sorted(set(rng.choice(pins["pin_id"].to_numpy(), min(150, len(pins)), replace=False).tolist())
                         | set(by_topic[liked][:10].tolist()) | set(by_topic[disliked][:10].tolist()))
     topic_of = dict(zip(pins["pin_id"], pins["topic_id"]))
+
+    # Fresh pins each run (the candidates' first 10 of each topic stay out): repeating the same
+    # repins on a rerun adds little to a sequence that already holds them.
+    pick = np.random.default_rng()
+    pool = {t: v[10:] if len(v) > 10 else v for t, v in by_topic.items()}
+    repins = pick.choice(pool[liked], min(6, len(pool[liked])), replace=False)
+    hidden = int(pick.choice(pool[disliked]))
 
     def top(result):
         return [(i["pin_id"], int(topic_of[i["pin_id"]])) for i in result["items"]]
 
-    before = post_json(url + "/rank", {"user_id": user, "candidates": candidates, "k": 10})
+    def consumer_histograms():
+        """(freshness, batch seconds) from the live consumer's /metrics, or (None, None)."""
+        try:
+            text = get_text(metrics_url)
+        except OSError:
+            return None, None
+        return (parse_histograms(text, FRESHNESS_METRIC).get(""),
+                parse_histograms(text, BATCH_METRIC).get(""))
+
+    body = {"user_id": user, "candidates": candidates, "k": 10}
+    producer = make_producer(settings, linger_ms=0)
+    producer.partitions_for(settings.actions_topic)  # connect + metadata now, not on the clock
+    for _ in range(3):  # warm the service's pin cache for these candidates
+        before = post_json(url + "/rank", body)
+    fresh_before, batch_before = consumer_histograms()
+
     now = int(time.time() * 1000)
-    live = [ActionEvent(f"live-{now}-{i}", user, int(p), ActionType.REPIN, now + i)
-            for i, p in enumerate(by_topic[liked][10:16])]
-    live.append(ActionEvent(f"live-{now}-hide", user, int(by_topic[disliked][10]), ActionType.HIDE, now + 10))
-    producer = make_producer(settings)
+    live = [ActionEvent(f"live-{now}-{i}", user, int(p), ActionType.REPIN, now + i) for i, p in enumerate(repins)]
+    live.append(ActionEvent(f"live-{now}-hide", user, hidden, ActionType.HIDE, now + 10))
     sent = time.perf_counter()
     for ev in live:
         producer.send(settings.actions_topic, key=str(user).encode(), value=ev.to_json())
     producer.flush()
-    after, took = before, None
-    while time.perf_counter() - sent < 30:
-        after = post_json(url + "/rank", {"user_id": user, "candidates": candidates, "k": 10})
+    send_s = time.perf_counter() - sent
+    after, took, calls = before, None, []
+    while time.perf_counter() - sent < LIVE_TIMEOUT_S:
+        t0 = time.perf_counter()
+        after = post_json(url + "/rank", body)
+        calls.append(time.perf_counter() - t0)
         if top(after) != top(before):
             took = time.perf_counter() - sent
             break
-        time.sleep(0.05)
     producer.close()
-    return {"user": user, "liked_topic": liked, "disliked_topic": disliked, "before": top(before),
-            "after": top(after), "seconds_to_change": None if took is None else round(took, 2)}
+
+    fresh = batches = None
+    deadline = time.monotonic() + 5
+    while fresh_before is not None and time.monotonic() < deadline:  # observed after the write
+        h, b = consumer_histograms()
+        fresh = h.minus(fresh_before) if h is not None else None
+        batches = b.minus(batch_before) if b is not None else None
+        if fresh is not None and fresh.count >= len(live):
+            break
+        time.sleep(0.1)
+    out = {"user": user, "liked_topic": liked, "disliked_topic": disliked, "actions": len(live),
+           "before": top(before), "after": top(after), "changed": took is not None,
+           "seconds_to_change": None if took is None else round(took, 3), "send_s": round(send_s, 4),
+           "polls": len(calls), "rank_call_ms": round(1000 * float(np.median(calls)), 1) if calls else None}
+    if fresh is not None and fresh.count:
+        out["fresh_mean_s"] = round(fresh.mean, 4)
+        out["fresh_max_s"] = next(b for b, c in zip(fresh.bounds, fresh.cumulative) if c >= fresh.count)
+    if batches is not None and batches.count:
+        out["batch_mean_s"] = round(batches.mean, 4)  # GX + log + Feast write + state, per batch
+        out["batches"] = int(batches.count)
+    return out
+
+
+def live_traffic(settings: Settings, world, metrics_url: str, n: int, rate: float,
+                 timeout_s: float = 30.0) -> dict:
+    """n live actions of random users at `rate` per second, for the freshness histogram; waits
+    until the consumer has applied them (its events-applied counter)."""
+    from homefeed.demo_report import APPLIED_METRIC, counter_total
+    from homefeed.events import ActionEvent, ActionType
+    from homefeed.stream.consumer import make_producer
+
+    rng = np.random.default_rng(2)
+    users = world.events["user_id"].unique()
+    pin_ids = world.pins["pin_id"].to_numpy()
+    kinds = [ActionType.REPIN, ActionType.CLICK, ActionType.CLICK, ActionType.HIDE]
+    applied_before = counter_total(get_text(metrics_url), APPLIED_METRIC)
+    producer = make_producer(settings)
+    producer.partitions_for(settings.actions_topic)
+    started = time.perf_counter()
+    stamp = int(time.time() * 1000)
+    for i in range(n):
+        due = started + i / rate
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        user = int(rng.choice(users))
+        ev = ActionEvent(f"fresh-{stamp}-{i}", user, int(rng.choice(pin_ids)),
+                         kinds[int(rng.integers(len(kinds)))], int(time.time() * 1000))
+        producer.send(settings.actions_topic, key=str(user).encode(), value=ev.to_json())
+    producer.flush()
+    producer.close()
+    sent_s = time.perf_counter() - started
+    deadline = time.monotonic() + timeout_s
+    applied = 0.0
+    while time.monotonic() < deadline:
+        applied = counter_total(get_text(metrics_url), APPLIED_METRIC) - applied_before
+        if applied >= n:
+            break
+        time.sleep(0.2)
+    return {"events": n, "rate": rate, "send_s": round(sent_s, 2), "applied": int(applied)}
+
+
+def serving_burst(world, url: str, requests: int, n_candidates: int) -> dict:
+    """Sequential /rank requests (one at a time: the service has one CPU worker) with the
+    service's own per-stage timings; `homefeed bench serve`'s load test."""
+    from homefeed.serving.bench_http import load_test
+
+    users = world.events["user_id"].value_counts().index[:10].astype(int).tolist()
+    max_pin = int(world.pins["pin_id"].max())
+    return load_test(url, min(n_candidates, max_pin), requests, 1, users, max_pin, time_limit_s=120)
+
+
+def build_report(settings: Settings, demo_dir: Path, runs_dir: Path, title: str, steps: Steps, live: dict,
+                 metrics_url: str, service_url: str, burst: dict | None) -> Path:
+    from homefeed.demo_report import FRESHNESS_METRIC, STAGE_METRIC, parse_histograms, write_report
+
+    out = demo_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    consumer_text = get_text(metrics_url)
+    service_text = get_text(service_url + "/metrics")
+    (out / "consumer_metrics.txt").write_text(consumer_text)
+    (out / "service_metrics.txt").write_text(service_text)
+    curves = {p.parent.name: p for p in sorted(runs_dir.glob("*/curves.png"))}
+    ctx = {
+        "title": title,
+        "settings": {"Redis": settings.effective_redis_url, "Kafka": settings.effective_kafka_bootstrap,
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "machine": f"{os.cpu_count()} cores"},
+        "steps": steps.seconds,
+        "comparison_md": runs_dir / "comparison.md",
+        "comparison_png": runs_dir / "comparison.png",
+        "curves": curves,
+        "live": live,
+        "freshness": parse_histograms(consumer_text, FRESHNESS_METRIC).get(""),
+        "burst": burst,
+        "stage_hist": parse_histograms(service_text, STAGE_METRIC, by="stage"),
+    }
+    return write_report(out, ctx)
 
 
 def run_demo(dataset: str, size: str) -> int:
@@ -163,10 +397,14 @@ def run_demo(dataset: str, size: str) -> int:
     from homefeed.world.generate import WorldParams
 
     settings = load_settings()
-    users, pins, days = SIZES[size]
+    preset = SIZES[size]
+    users, pins, days = preset.users, preset.pins, preset.days
     demo_dir = settings.home / "demo" / f"{dataset}-{size}"
     world_dir, dataset_dir, runs_dir = demo_dir / "world", demo_dir / "dataset", demo_dir / "runs"
     stop_background(settings)
+    reset_if_other_world(settings, demo_dir)
+    step = Steps()
+    demo_started = time.perf_counter()
 
     step("1. local stack: redis-server + Kafka-protocol broker")
     for status in LocalStack(settings).up():
@@ -199,43 +437,59 @@ def run_demo(dataset: str, size: str) -> int:
     cli("dataset", "build", "--world", str(world_dir), "--out", str(dataset_dir), "--test-days", test_days)
 
     step("7. train TransAct and the baselines briefly, then compare them")
-    cli("train", "--dataset", str(dataset_dir), "--models", "all", "--out", str(runs_dir),
-        "--epochs", "2", "--neg-keep", "0.2", "--threads", "2")
-    cli("evaluate", "--runs", str(runs_dir), "--compare")
+    cli("train", "--dataset", str(dataset_dir), "--models", preset.models, "--out", str(runs_dir),
+        "--epochs", str(preset.epochs), "--neg-keep", "0.2", "--threads", "2")
+    cli("evaluate", "--runs", str(runs_dir), "--compare", "--n-boot", str(preset.n_boot))
 
     step("8. export TransAct v1.1 to the BentoML model store and serve it")
     cli("export", str(runs_dir / "transact_v11"))
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    local = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host  # where to connect
+    url = f"http://{local}:{port}"
     start_background(settings, "service", [sys.executable, "-m", "bentoml", "serve",
-                                           "bento.service:Ranking", "--port", str(port)])
+                                           "bento.service:Ranking", "--port", str(port),
+                                           "--host", settings.host])
     ready_file = settings.run_dir / "consumer.ready"
     ready_file.unlink(missing_ok=True)
     metrics_port = free_port()
-    start_background(settings, "consumer", [sys.executable, "-m", "homefeed.cli", "stream", "consume",
-                                            "--metrics-port", str(metrics_port), "--ready-file", str(ready_file)])
+    metrics_url = f"http://{local}:{metrics_port}/metrics"
+    consumer_pid = start_background(settings, "consumer", [
+        sys.executable, "-m", "homefeed.cli", "stream", "consume", "--metrics-port", str(metrics_port),
+        "--ready-file", str(ready_file)])
     wait_ready(url)
-    deadline = time.monotonic() + 120
-    while not ready_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    print(f"ranking service ready at {url}; consumer metrics at http://127.0.0.1:{metrics_port}/metrics")
+    wait_consumer_ready(ready_file, consumer_pid)
+    print(f"ranking service ready at {url}; consumer metrics at {metrics_url}")
 
     step("9. live: repins on one topic and a hide on another, through Kafka; /rank before and after")
-    live = live_actions(settings, world, url)
+    live = live_actions(settings, world, url, metrics_url)
     print(f"user {live['user']}: top 10 (pin, topic) before: {live['before']}")
     print(f"user {live['user']}: top 10 (pin, topic) after:  {live['after']}")
     if live["seconds_to_change"] is None:
-        print("the ranking did not change within 30 s")
+        print(f"the ranking did not change within {LIVE_TIMEOUT_S:.0f} s")
     else:
-        print(f"the ranking responded {live['seconds_to_change']} s after the actions were sent "
-              f"(liked topic {live['liked_topic']}, hidden topic {live['disliked_topic']})")
+        fresh = (f"; broker -> Redis took {1000 * live['fresh_mean_s']:.0f} ms on average in the consumer"
+                 if live.get("fresh_mean_s") is not None else "")
+        print(f"the ranking responded {live['seconds_to_change']:.2f} s after the actions were sent "
+              f"(liked topic {live['liked_topic']}, hidden topic {live['disliked_topic']}{fresh}; "
+              f"{live['polls']} /rank polls of ~{live['rank_call_ms']} ms)")
 
-    step("done")
-    print(f"ranking service: {url}/rank   (OpenAPI at {url}/, metrics at {url}/metrics)\n"
+    step(f"10. measure: {preset.fresh_events} live actions at {preset.fresh_rate:.0f}/s (freshness), "
+         f"{preset.burst_requests} /rank requests at {preset.burst_candidates} candidates (latency by stage)")
+    traffic = live_traffic(settings, world, metrics_url, preset.fresh_events, preset.fresh_rate)
+    print(json.dumps(traffic))
+    burst = serving_burst(world, url, preset.burst_requests, preset.burst_candidates)
+    print(json.dumps({k: burst[k] for k in ("requests", "errors", "p50_ms", "p99_ms", "stages_ms")}))
+    step.close()
+
+    report = build_report(settings, demo_dir, runs_dir, f"homefeed demo: {dataset}, size {size}", step, live,
+                          metrics_url, url, burst)
+    print(f"\n== done in {time.perf_counter() - demo_started:.0f} s ==")
+    print(f"report: {report}\n"
+          f"ranking service: {url}/rank   (OpenAPI at {url}/, metrics at {url}/metrics)\n"
           f"comparison report: {runs_dir}/comparison.md (+ .csv, .png, .json)\n"
           f"Redis: {settings.effective_redis_url}   Kafka: {settings.effective_kafka_bootstrap}\n"
           f"offline log: {settings.offline_dir}\n"
-          f"stop everything with: make down")
+          f"stop everything with: make down   (the service and consumer alone: homefeed demo --stop)")
     return 0
 
 
@@ -255,6 +509,7 @@ def cmd_demo(args) -> int:
 
 def register(parser) -> None:
     parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "movielens"])
-    parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
+    parser.add_argument("--size", default="tiny", choices=list(SIZES),
+                        help="smoke (CI), tiny (default), small, default")
     parser.add_argument("--stop", action="store_true", help="stop the demo's service and consumer")
     parser.set_defaults(func=cmd_demo)
