@@ -39,3 +39,28 @@ def test_bentofile_points_at_the_service_and_existing_files():
     assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
     assert f"class {cls}" in (ROOT / (module.replace(".", "/") + ".py")).read_text()
     assert (ROOT / bentofile["python"]["requirements_txt"]).is_file()
+
+
+def test_every_homefeed_command_in_compose_parses_with_the_real_cli():
+    """The compose services run `homefeed ...` command lines; each must be one the CLI accepts
+    (a renamed flag would otherwise only fail inside a container)."""
+    import shlex
+
+    from homefeed.cli import build_parser
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    checked = 0
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if not command:
+            continue
+        line = command[-1] if command[:2] == ["sh", "-c"] else shlex.join(command)
+        for part in line.split("&&"):
+            argv = shlex.split(part)
+            if argv and argv[0] == "homefeed":
+                try:
+                    build_parser().parse_args(argv[1:])
+                except SystemExit:
+                    pytest.fail(f"compose service {name}: `{part.strip()}` is not a valid homefeed command")
+                checked += 1
+    assert checked >= 8
