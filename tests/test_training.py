@@ -241,3 +241,12 @@ def test_cli_groups_register_their_commands():
     for argv, func in cases.items():
         assert parser.parse_args(list(argv)).func is func
     assert cli.parse_models("all")[-1] == "transact_v11" and cli.parse_models("none, cnn") == ["none", "cnn"]
+
+
+def test_point_in_time_calls_group_consecutive_days_up_to_a_row_budget():
+    from homefeed.training.dataset import day_chunks
+
+    rows = pd.Series({1: 10, 2: 10, 3: 25, 4: 60, 5: 5, 6: 5})
+    assert day_chunks(rows, 30) == [[1, 2], [3], [4], [5, 6]]
+    assert day_chunks(rows, 1000) == [[1, 2, 3, 4, 5, 6]]
+    assert day_chunks(pd.Series(dtype=int), 10) == []
