@@ -35,6 +35,9 @@ class Size:
     days: int
     models: str = "all"  # `homefeed train --models`
     epochs: int = 2
+    # batches of 512 per epoch, at most: the demo trains "briefly" (8 models in minutes on 2
+    # cores; TransAct trains at a few hundred examples/s there); 0 = whole epochs
+    max_steps: int = 30
     n_boot: int = 1000  # bootstrap resamples of the comparison
     fresh_events: int = 300  # live events for the freshness histogram ...
     fresh_rate: float = 100.0  # ... at this many per second
@@ -48,7 +51,7 @@ SIZES = {
                   fresh_rate=50.0),
     "tiny": Size(200, 600, 4),
     "small": Size(1000, 3000, 8),
-    "default": Size(2000, 5000, 14),
+    "default": Size(2000, 5000, 14, max_steps=100),
 }
 LIVE_TIMEOUT_S = 30.0
 
@@ -446,7 +449,8 @@ def run_demo(dataset: str, size: str) -> int:
               "see docs/movielens.md")
         force = ["--force"]
     cli("train", "--dataset", str(dataset_dir), "--models", preset.models, "--out", str(runs_dir),
-        "--epochs", str(preset.epochs), "--neg-keep", "0.2", "--threads", "2", *force)
+        "--epochs", str(preset.epochs), "--max-steps", str(preset.max_steps), "--neg-keep", "0.2",
+        "--threads", "2", *force)
     cli("evaluate", "--runs", str(runs_dir), "--compare", "--n-boot", str(preset.n_boot))
 
     step("8. export TransAct v1.1 to the BentoML model store and serve it")
