@@ -109,13 +109,46 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
-def cmd_train(args) -> int:
-    from homefeed.training.train import TrainConfig, run_training
+def add_training_arguments(parser, *, epochs: int) -> None:
+    """The `homefeed train` flags every command that trains models shares (see `train_config`)."""
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--neg-keep", type=float, default=1.0,
+                        help="share of no-action impressions kept for training, reweighted (default 1)")
+    parser.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: all the data)")
+    parser.add_argument("--seq-len", type=int, help="actions the model reads (default: the feature's length)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="ModelConfig override, repeatable (e.g. --set time_window_ms=86400000)")
 
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      weight_decay=args.weight_decay, seed=args.seed, neg_keep=args.neg_keep,
-                      patience=args.patience, max_steps_per_epoch=args.max_steps, device=args.device,
-                      threads=args.threads)
+
+def train_config(args, **extra):
+    """TrainConfig from the flags of `add_training_arguments` (plus command-specific fields)."""
+    from homefeed.training.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                       neg_keep=args.neg_keep, max_steps_per_epoch=args.max_steps, device=args.device,
+                       threads=args.threads, **extra)
+
+
+def print_result(result: dict, paths: dict, as_json: bool) -> None:
+    """A report command's output: the JSON result, or its markdown and the files written."""
+    from homefeed.training.evaluate import jsonable
+
+    if as_json:
+        print(json.dumps(jsonable(result), indent=2))
+    else:
+        print(paths["md"].read_text())
+        print("written:", ", ".join(str(p) for p in paths.values()))
+
+
+def cmd_train(args) -> int:
+    from homefeed.training.train import run_training
+
+    cfg = train_config(args, weight_decay=args.weight_decay, patience=args.patience)
     summary = run_training(args.dataset, parse_models(args.models), args.out, cfg, seq_len=args.seq_len,
                            force=args.force, model_overrides=parse_overrides(args.set), suffix=args.suffix,
                            progress=not args.quiet)
@@ -132,21 +165,10 @@ def register_train(parser) -> None:
                         help="comma-separated encoders or 'all' (none, avg_pool, cnn, rnn, lstm, "
                              "transformer, transact_v10, transact_v11)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="one run directory per model in here")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    add_training_arguments(parser, epochs=3)
     parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--neg-keep", type=float, default=1.0,
-                        help="share of no-action impressions kept for training, reweighted (default 1)")
     parser.add_argument("--patience", type=int, default=0,
                         help="early stopping on validation repin HIT@3 after N worse epochs (0: off)")
-    parser.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: whole split)")
-    parser.add_argument("--seq-len", type=int, help="actions the model reads (default: the feature's length)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="ModelConfig override, repeatable (e.g. --set time_window_ms=0)")
     parser.add_argument("--suffix", default="", help="appended to each run directory name (ablations)")
     parser.add_argument("--force", action="store_true", help="train even if the training set fails validation")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -156,16 +178,11 @@ def register_train(parser) -> None:
 # -- evaluate ------------------------------------------------------------------------------------
 
 def cmd_evaluate(args) -> int:
-    from homefeed.training.evaluate import evaluate_runs, jsonable, write_comparison
+    from homefeed.training.evaluate import evaluate_runs, write_comparison
 
     result = evaluate_runs(args.runs, args.dataset, baseline=args.baseline if args.compare else "",
                            primary=args.primary if args.compare else "", n_boot=args.n_boot)
-    paths = write_comparison(result, args.out or args.runs)
-    if args.json:
-        print(json.dumps(jsonable(result), indent=2))
-    else:
-        print(paths["md"].read_text())
-        print("written:", ", ".join(str(p) for p in paths.values()))
+    print_result(result, write_comparison(result, args.out or args.runs), args.json)
     return 0
 
 

@@ -571,29 +571,22 @@ def write_retrain(result: dict, out_dir: Path | str) -> dict[str, Path]:
 # -- CLI --------------------------------------------------------------------------------------------
 
 def cmd_retrain(args) -> int:
-    from homefeed.training.cli import parse_models, parse_overrides
-    from homefeed.training.evaluate import jsonable
-    from homefeed.training.train import TrainConfig
+    from homefeed.training.cli import parse_models, parse_overrides, print_result, train_config
 
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      neg_keep=args.neg_keep, max_steps_per_epoch=args.max_steps, device=args.device,
-                      threads=args.threads)
-    result = run_retrain_experiment(args.dataset, parse_models(args.models), cfg, train_days=args.train_days,
-                                    window=args.window or args.train_days, every=args.every,
-                                    tail_days=args.tail_days, baseline=args.baseline, seq_len=args.seq_len,
-                                    model_overrides=parse_overrides(args.set), n_boot=args.n_boot, force=args.force,
-                                    progress=not args.quiet)
+    result = run_retrain_experiment(args.dataset, parse_models(args.models), train_config(args),
+                                    train_days=args.train_days, window=args.window or args.train_days,
+                                    every=args.every, tail_days=args.tail_days, baseline=args.baseline,
+                                    seq_len=args.seq_len, model_overrides=parse_overrides(args.set),
+                                    n_boot=args.n_boot, force=args.force, progress=not args.quiet)
     paths = write_retrain(result, args.out)
     log.info("written: %s", ", ".join(str(p) for p in paths.values()))
-    if args.json:
-        print(json.dumps(jsonable(result), indent=2))
-    else:
-        print(paths["md"].read_text())
-        print("written:", ", ".join(str(p) for p in paths.values()))
+    print_result(result, paths, args.json)
     return 0
 
 
 def register(parser) -> None:
+    from homefeed.training.cli import add_training_arguments
+
     sub = parser.add_subparsers(dest="command", metavar="EXPERIMENT", required=True)
     p = sub.add_parser("retrain", help="HIT@3 per day of frozen vs periodically retrained models "
                                        "(popularity drift), with and without the sequence")
@@ -605,18 +598,8 @@ def register(parser) -> None:
                    help="retrained models: the W days before each refresh (default: --train-days)")
     p.add_argument("--every", type=int, default=2, help="refresh the retrained model every E days (default 2)")
     p.add_argument("--tail-days", type=int, default=2, help="last evaluated days pooled for the decay (default 2)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--neg-keep", type=float, default=1.0,
-                   help="share of no-action impressions kept for training, reweighted (default 1)")
-    p.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: whole window)")
-    p.add_argument("--seq-len", type=int, help="actions the model reads (default: the feature's length)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="ModelConfig override, repeatable")
+    add_training_arguments(p, epochs=2)
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--out", type=Path, default=Path("runs/retrain"), help="where retrain.{json,md,csv,png} go")
     p.add_argument("--force", action="store_true", help="run even if the dataset failed validation")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of markdown")
