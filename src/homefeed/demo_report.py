@@ -24,6 +24,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from homefeed.jsonable import jsonable  # noqa: E402
+
 FRESHNESS_METRIC = "homefeed_stream_freshness_seconds"
 STAGE_METRIC = "homefeed_rank_stage_seconds"
 APPLIED_METRIC = "homefeed_stream_events_applied_total"
@@ -68,6 +70,11 @@ class Histogram:
                 return lower_bound + (bound - lower_bound) * (rank - lower_count) / (cum - lower_count)
             lower_bound, lower_count = bound, cum
         return None
+
+    def to_json(self) -> dict:
+        """What report.json keeps of a histogram (the +Inf bound as null)."""
+        return {"bounds": [None if math.isinf(b) else b for b in self.bounds], "counts": self.counts(),
+                "count": self.count, "sum": self.total, "p50": self.quantile(0.5), "p99": self.quantile(0.99)}
 
     def minus(self, earlier: "Histogram | None") -> "Histogram":
         """The observations made since `earlier` (same series scraped before)."""
@@ -307,20 +314,5 @@ def write_report(out_dir: Path | str, ctx: dict, name: str = "report.md") -> Pat
                                                 f"/rank stages, {ctx['burst']['candidates']} candidates")
     path = out / name
     path.write_text(report_markdown(ctx, out))
-    (out / "report.json").write_text(json.dumps(_jsonable(ctx), indent=2) + "\n")
+    (out / "report.json").write_text(json.dumps(jsonable(ctx), indent=2) + "\n")
     return path
-
-
-def _jsonable(value):
-    if isinstance(value, Histogram):
-        return {"bounds": [None if math.isinf(b) else b for b in value.bounds], "counts": value.counts(),
-                "count": value.count, "sum": value.total, "p50": value.quantile(0.5), "p99": value.quantile(0.99)}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

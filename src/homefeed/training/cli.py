@@ -136,7 +136,7 @@ def train_config(args, **extra):
 
 def print_result(result: dict, paths: dict, as_json: bool) -> None:
     """A report command's output: the JSON result, or its markdown and the files written."""
-    from homefeed.training.evaluate import jsonable
+    from homefeed.jsonable import jsonable
 
     if as_json:
         print(json.dumps(jsonable(result), indent=2))

@@ -19,6 +19,7 @@ import pandas as pd
 from homefeed import features as F
 from homefeed import metrics
 from homefeed.errors import UserError
+from homefeed.jsonable import jsonable
 from homefeed.model import DEFAULT_HEADS
 from homefeed.training.dataset import load_dataset
 from homefeed.training.train import PREDICTIONS_FILE, RUN_FILE
@@ -152,16 +153,3 @@ def write_comparison(result: dict, out_dir: Path | str) -> dict[str, Path]:
         paths.pop("png")
     paths["json"].write_text(json.dumps(jsonable(result), indent=2) + "\n")
     return paths
-
-
-def jsonable(value):
-    """Plain JSON: numpy scalars to Python, NaN/inf to null (json.dumps would write NaN)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value

@@ -556,7 +556,7 @@ def plot_retrain(result: dict, path: Path) -> None:
 
 
 def write_retrain(result: dict, out_dir: Path | str) -> dict[str, Path]:
-    from homefeed.training.evaluate import jsonable
+    from homefeed.jsonable import jsonable
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
