@@ -25,8 +25,11 @@ def pipeline_client(settings: Settings):
 
 def serving_kwargs(settings: Settings) -> dict:
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError
     from redis.retry import Retry
 
     timeout = settings.serving_redis_timeout_ms / 1000
+    # One immediate retry, on a dropped connection only (a pooled socket that died with a Redis
+    # restart); a timeout is not retried: the caller degrades instead.
     return {"socket_timeout": timeout, "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 1), "retry_on_timeout": False}
+            "retry": Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))}
