@@ -23,12 +23,10 @@ import torch
 
 from homefeed import features as F
 from homefeed.feature_store import open_store
-from homefeed.model import ModelConfig, build_model
 from homefeed.stack import LocalStack, free_port
 from homefeed.stream.online_writer import OnlineWriter
-from homefeed.training.data import PinTable, RankingData, dense_feature_spec
-from homefeed.training.export import current_fingerprint, export_run
-from homefeed.training.train import CONFIG_FILE, RUN_FILE, WEIGHTS_FILE
+from homefeed.training.data import PinTable, RankingData
+from homefeed.training.export import export_untrained
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,22 +57,8 @@ def http(method: str, url: str, body: dict | None = None, raw: bytes | None = No
         return err.code, err.read().decode()
 
 
-def tiny_model(tmp: Path) -> tuple[str, object, Path]:
-    torch.manual_seed(0)
-    spec = dense_feature_spec(DIM)
-    config = ModelConfig(encoder="transact_v11", seq_len=100, emb_dim=DIM, dense_dim=spec["dim"],
-                         n_layers=1, mlp_dims=(32,), dcn_layers=1)
-    model = build_model(config).eval()
-    run = tmp / "run"
-    run.mkdir()
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / WEIGHTS_FILE))
-    (run / CONFIG_FILE).write_text(json.dumps(config.to_dict()))
-    (run / RUN_FILE).write_text(json.dumps({"schema_fingerprint": current_fingerprint(),
-                                            "dense_features": spec, "validation": {"success": True}}))
-    tag = export_run(run, bentoml_home=tmp / "bentoml")
-    return tag, model, run
+def tiny_model(tmp: Path) -> tuple[str, object]:
+    return export_untrained(tmp / "run", emb_dim=DIM, bentoml_home=tmp / "bentoml")
 
 
 def write_features(store) -> None:
@@ -103,7 +87,7 @@ def service(feature_repo, stack, tmp_path_factory):
     log_path = tmp / "service.log"
     try:
         write_features(open_store(feature_repo))
-        tag, model, run = tiny_model(tmp)
+        tag, model = tiny_model(tmp)
         env = dict(os.environ, BENTOML_HOME=str(tmp / "bentoml"), HOMEFEED_MODEL=tag,
                    BENTOML_DO_NOT_TRACK="true")
         proc = subprocess.Popen(

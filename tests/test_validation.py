@@ -166,10 +166,17 @@ def test_id_above_max_id(project):
 
 def test_duplicate_event_id(project):
     df = events()
-    df.loc[6, "event_id"] = df.loc[7, "event_id"]
+    df.loc[6, ["user_id", "event_id"]] = df.loc[7, ["user_id", "event_id"]].to_numpy()
     report = validate("action_events", df, project)
     assert checks(report) == {"duplicate_event_id"}
     assert failure(report, "duplicate_event_id").unexpected_count == 2
+
+
+def test_same_event_id_for_two_users_is_two_events(project):
+    df = events()
+    df.loc[6, "event_id"] = df.loc[7, "event_id"]
+    df.loc[6, "user_id"] = int(df.loc[7, "user_id"]) + 1
+    assert validate("action_events", df, project).success
 
 
 def test_future_event_time(project):
@@ -457,7 +464,7 @@ def test_failing_rows_for_the_dead_letter_path(project):
     df = events(20).assign(arrival_time=NOW)
     assert runner.failing_rows("action_events", df, project_dir=project, settings=SETTINGS) == {}
     df.loc[3, "action_type"] = "like"
-    df.loc[5, "event_id"] = df.loc[4, "event_id"]  # the first occurrence (row 4) stays valid
+    df.loc[5, ["user_id", "event_id"]] = df.loc[4, ["user_id", "event_id"]].to_numpy()  # row 4 stays valid
     df.loc[7, "event_time"] = NOW + 120_000
     rejected = runner.failing_rows("action_events", df, project_dir=project, settings=SETTINGS,
                                    now_ms=NOW, max_future_skew_ms=60_000)

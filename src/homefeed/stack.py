@@ -209,8 +209,8 @@ class LocalStack:
         self._up_kafka()
         return self.status()
 
-    def down(self, timeout_s: float = 10.0) -> None:
-        for name in ("kafka", "redis"):
+    def down(self, timeout_s: float = 10.0, services: tuple[str, ...] = ("kafka", "redis")) -> None:
+        for name in services:
             pid = self._running_pid(name)
             if pid is None:
                 self._pid_file(name).unlink(missing_ok=True)

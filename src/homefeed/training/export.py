@@ -101,6 +101,31 @@ def export_run(run_dir: Path | str, name: str = DEFAULT_NAME, metrics: dict | No
     return tag
 
 
+def export_untrained(out_dir: Path | str, *, emb_dim: int | None = None, seed: int = 0,
+                     bentoml_home: Path | str | None = None) -> tuple[str, Ranker]:
+    """Export a small randomly initialised TransAct v1.1 (for service and fault tests, which
+    need a real model in a real store, not a good one). Returns (tag, model)."""
+    from safetensors.torch import save_file
+
+    from homefeed.settings import load_settings
+
+    settings = load_settings()
+    dim = emb_dim or settings.embedding_dim
+    torch.manual_seed(seed)
+    spec = dense_feature_spec(dim)
+    config = ModelConfig(encoder="transact_v11", seq_len=settings.sequence_length, emb_dim=dim,
+                         dense_dim=spec["dim"], n_layers=1, mlp_dims=(32,), dcn_layers=1)
+    model = build_model(config).eval()
+    run = Path(out_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / WEIGHTS_FILE))
+    (run / CONFIG_FILE).write_text(json.dumps(config.to_dict()))
+    (run / RUN_FILE).write_text(json.dumps({"schema_fingerprint": current_fingerprint(settings),
+                                            "dense_features": spec, "validation": {"success": True},
+                                            "untrained": True}))
+    return export_run(run, bentoml_home=bentoml_home), model
+
+
 def load_exported(tag_or_name: str, expected_fingerprint: str | None = None,
                   bentoml_home: Path | str | None = None) -> tuple[Ranker, ModelConfig, dict]:
     """Load an exported model for serving: (model in eval mode, its config, its metadata).

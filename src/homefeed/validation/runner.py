@@ -390,6 +390,10 @@ def failing_rows(
             positions: Iterable[int] = everything
         elif config.type == "expect_column_values_to_be_unique" and column in df.columns:
             positions = np.flatnonzero(df[column].duplicated(keep="first").to_numpy())
+        elif (config.type == "expect_compound_columns_to_be_unique"
+              and set(config.kwargs.get("column_list", [])) <= set(df.columns)):
+            keys = list(config.kwargs["column_list"])  # the first occurrence stays valid
+            positions = np.flatnonzero(df.duplicated(subset=keys, keep="first").to_numpy())
         else:
             positions = df.index.get_indexer(pd.Index(index))
         for pos in positions:
