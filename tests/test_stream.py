@@ -328,3 +328,30 @@ def test_status_and_backfill_recover_online_sequences_from_the_log(pipeline, tmp
             os.environ["HOMEFEED_REDIS_PORT"] = saved
     finally:
         redis_stack.down()
+
+
+def test_a_record_that_fails_its_batch_is_isolated_and_dead_lettered(pipeline):
+    """A record that passes every check but makes its batch fail (here: a batch validator that
+    raises on it, standing in for a bug further down) costs only itself: the batch is bisected,
+    the record is dead-lettered as apply_failed, everything around it is applied, and the counters
+    add up."""
+    users = user_block(5)
+    evs = make_events(users, 20, now_ms() - 600_000, "iso")
+    poison = evs[37].event_id
+    produce(pipeline, evs)
+
+    def validator(frame):
+        if poison in set(frame["event_id"]):
+            raise ValueError(f"cannot apply {poison}")
+        return {}
+
+    consumer = build_consumer(pipeline, validate=False)
+    consumer.builder.validator = validator
+    stats = consumer.run(idle_exit_s=3)
+    assert stats.dead_lettered == 1 and stats.applied == len(evs) - 1
+    assert stats.records == stats.applied + stats.duplicates + stats.dead_lettered + stats.pin_upserts
+    (value, headers), = dead_letters(pipeline)
+    assert headers["reason"] == E.REASON_APPLY_FAILED and poison in headers["detail"]
+    assert json.loads(value)["event_id"] == poison
+    rest = [e for e in evs if e.event_id != poison]
+    assert online_sequences(users) == expected_sequences(rest)
