@@ -58,3 +58,28 @@ def test_config_file_is_found_in_parent_directories(tmp_path, monkeypatch):
     monkeypatch.delenv("HOMEFEED_CONFIG", raising=False)
     monkeypatch.delenv("HOMEFEED_KAFKA_PORT", raising=False)
     assert load_settings().kafka_port == 7777
+
+
+def test_redis_topology_settings(tmp_path):
+    cfg = write(tmp_path, "redis_port = 7000\n")
+    local = load_settings(env={"HOMEFEED_REDIS_MODE": "cluster"}, config_file=cfg)
+    assert local.redis_node_list == [("127.0.0.1", 7000), ("127.0.0.1", 7001), ("127.0.0.1", 7002)]
+    assert local.feast_redis_connection_string.startswith("127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002,")
+    assert not local.redis_external  # a local cluster: `homefeed stack up` starts it
+    managed = load_settings(env={"HOMEFEED_REDIS_MODE": "sentinel", "HOMEFEED_REDIS_NODES": "s1:26379,s2:26379",
+                                 "HOMEFEED_REDIS_SENTINEL_MASTER": "feats"}, config_file=cfg)
+    assert managed.redis_external and managed.redis_node_list == [("s1", 26379), ("s2", 26379)]
+    with pytest.raises(ValueError, match="only database 0"):
+        load_settings(env={"HOMEFEED_REDIS_MODE": "cluster", "REDIS_URL": "redis://c:7000/3"},
+                      config_file=cfg).feast_redis_connection_string
+    with pytest.raises(ValueError, match="redis_mode"):
+        load_settings(env={"HOMEFEED_REDIS_MODE": "clustered"}, config_file=cfg)
+
+
+def test_redis_password_only_from_the_environment(tmp_path):
+    with pytest.raises(ValueError, match="environment"):
+        load_settings(env={}, config_file=write(tmp_path, 'redis_password = "x"\n'))
+    s = load_settings(env={"REDIS_PASSWORD": "p@ss/word"}, config_file=write(tmp_path, "redis_port = 7000\n"))
+    assert s.effective_redis_url == "redis://:p%40ss%2Fword@127.0.0.1:7000/0"
+    assert "password=p@ss/word" in s.feast_redis_connection_string
+    assert "p@ss" not in repr(s)  # never printed with the settings

@@ -83,3 +83,31 @@ def test_external_redis_url_is_used_and_nothing_is_started(private_env, stack, t
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("external") == 2
     assert not (tmp_path / "home" / "run" / "redis.pid").exists()
+
+
+def test_redis_with_a_password_requires_it_and_pid_files_guard_strangers(tmp_path):
+    import redis
+
+    from homefeed.settings import load_settings
+    from homefeed.stack import LocalStack, read_pid_file, write_pid_file
+
+    port = free_port()
+    settings = load_settings().replace(home=tmp_path / "home", redis_port=port, redis_password="s3cret")
+    local = LocalStack(settings)
+    local._up_redis()
+    try:
+        assert redis.Redis(port=port, password="s3cret").ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        assert "s3cret" not in (tmp_path / "home" / "run" / "redis.pid").read_text()
+    finally:
+        local.down(services=("redis",))
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:  # a pid file whose pid now belongs to an unrelated program is not ours to signal
+        write_pid_file(tmp_path / "x.pid", stranger.pid, ["/usr/bin/redis-server", "--port", "1"])
+        assert read_pid_file(tmp_path / "x.pid") is None
+        write_pid_file(tmp_path / "y.pid", stranger.pid, ["sleep", "30"])
+        assert read_pid_file(tmp_path / "y.pid") == stranger.pid
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -2,8 +2,9 @@
 
 feature_repo/feature_store.yaml names ``homefeed.feature_store.HomefeedRedisOnlineStore`` as its
 online store type. It is Feast's own Redis store; the only difference is that its connection
-string defaults to the one in homefeed settings (``REDIS_URL`` or the local stack's port), so
-the YAML holds no second copy of it and plain ``feast apply`` works on a fresh clone.
+string, ``redis_type`` (standalone / cluster / sentinel) and sentinel master default to homefeed
+settings (``REDIS_URL``, ``HOMEFEED_REDIS_MODE``, ... or the local stack's ports), so the YAML holds
+no second copy of them and plain ``feast apply`` works on a fresh clone.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
 from pydantic import Field, StrictStr
 
 from homefeed.errors import UserError
@@ -27,11 +28,22 @@ def _connection_from_settings() -> str:
     return load_settings().feast_redis_connection_string
 
 
+def _redis_type_from_settings() -> RedisType:
+    return {"standalone": RedisType.redis, "cluster": RedisType.redis_cluster,
+            "sentinel": RedisType.redis_sentinel}[load_settings().redis_mode]
+
+
+def _sentinel_master_from_settings() -> str:
+    return load_settings().redis_sentinel_master
+
+
 class HomefeedRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     type: Literal["homefeed.feature_store.HomefeedRedisOnlineStore"] = (
         "homefeed.feature_store.HomefeedRedisOnlineStore"
     )
     connection_string: StrictStr = Field(default_factory=_connection_from_settings)
+    redis_type: RedisType = Field(default_factory=_redis_type_from_settings)
+    sentinel_master: StrictStr = Field(default_factory=_sentinel_master_from_settings)
 
 
 class HomefeedRedisOnlineStore(RedisOnlineStore):

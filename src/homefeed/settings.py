@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
 ENV_PREFIX = "HOMEFEED_"
+REDIS_MODES = ("standalone", "cluster", "sentinel")
 
 
 # The source checkout (editable install); installed elsewhere, set HOMEFEED_FEATURE_REPO.
@@ -72,11 +73,33 @@ class Settings:
     redis_bind: str = "127.0.0.1"
     # Only from the environment (REDIS_PASSWORD or HOMEFEED_REDIS_PASSWORD), never from a file.
     redis_password: str = field(default="", repr=False)
+    # Redis topology: standalone | cluster | sentinel. `redis_nodes` lists host:port pairs (cluster
+    # startup nodes, or the sentinels); empty means REDIS_URL's host, or for a local cluster
+    # `redis_cluster_size` nodes on redis_port, redis_port+1, ...
+    redis_mode: str = "standalone"
+    redis_nodes: str = ""
+    redis_sentinel_master: str = "mymaster"
+    redis_cluster_size: int = 3
 
     # -- derived values ---------------------------------------------------------------------
     @property
     def redis_external(self) -> bool:
-        return bool(self.redis_url)
+        return bool(self.redis_url) or (self.redis_mode != "standalone" and bool(self.redis_nodes))
+
+    @property
+    def redis_node_list(self) -> list[tuple[str, int]]:
+        """(host, port) of every Redis node clients start from (one for standalone)."""
+        if self.redis_nodes:
+            out = []
+            for part in self.redis_nodes.split(","):
+                host, _, port = part.strip().rpartition(":")
+                out.append((host or "127.0.0.1", int(port)))
+            return out
+        if self.redis_url:
+            url = urlparse(self.redis_url)
+            return [(url.hostname or "localhost", url.port or 6379)]
+        size = self.redis_cluster_size if self.redis_mode == "cluster" else 1
+        return [(self.redis_address, self.redis_port + i) for i in range(size)]
 
     @property
     def kafka_external(self) -> bool:
@@ -104,10 +127,15 @@ class Settings:
 
     @property
     def feast_redis_connection_string(self) -> str:
-        """Feast's Redis store wants ``host:port,db=N,password=...,ssl=true``, not a URL."""
+        """Feast's Redis store wants ``host:port[,host:port...],db=N,password=...,ssl=true``."""
         url = urlparse(self.effective_redis_url)
-        parts = [f"{url.hostname or 'localhost'}:{url.port or 6379}"]
+        if self.redis_mode == "standalone":
+            parts = [f"{url.hostname or 'localhost'}:{url.port or 6379}"]
+        else:
+            parts = [f"{h}:{p}" for h, p in self.redis_node_list]
         db = (url.path or "/0").lstrip("/") or "0"
+        if db != "0" and self.redis_mode == "cluster":
+            raise ValueError("Redis Cluster has only database 0: drop the /N from REDIS_URL")
         if db != "0":
             parts.append(f"db={db}")
         if url.password:
@@ -192,4 +220,6 @@ def load_settings(env: dict[str, str] | None = None, config_file: Path | None = 
     settings = Settings(**values)
     if settings.embedding_dim <= 0 or settings.sequence_length <= 0:
         raise ValueError("embedding_dim and sequence_length must be positive")
+    if settings.redis_mode not in REDIS_MODES:
+        raise ValueError(f"redis_mode={settings.redis_mode!r}; expected one of {REDIS_MODES}")
     return settings

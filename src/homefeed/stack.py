@@ -63,6 +63,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def free_port_block(n: int, host: str = "127.0.0.1", bus_offset: int = 10000) -> int:
+    """A first port P with P..P+n-1 free, and their cluster bus ports (+10000) free too."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(20000, 50000 - n)
+        ports = [first + i for i in range(n)] + [first + i + bus_offset for i in range(n)]
+        try:
+            socks = []
+            for port in ports:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.bind((host, port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise UserError(f"no block of {n} free ports found")
+
+
 def redis_healthy(url: str) -> bool:
     import redis
 
@@ -158,14 +181,28 @@ class LocalStack:
             )
 
     # services ----------------------------------------------------------------------------
+    def _redis_names(self) -> list[str]:
+        """Pid-file names of the local Redis: "redis", or "redis-0".."redis-N" for a cluster."""
+        s = self.settings
+        if s.redis_mode == "cluster":
+            return [f"redis-{i}" for i in range(len(s.redis_node_list))]
+        return ["redis"]
+
     def _up_redis(self) -> None:
+        from homefeed.redis_client import healthy
+
         s = self.settings
         if s.redis_external:
-            if not redis_healthy(s.effective_redis_url):
-                raise UserError(f"REDIS_URL={s.redis_url} does not answer PING")
+            if not healthy(s, timeout_s=2.0):
+                where = s.redis_nodes or s.redis_url
+                raise UserError(f"the Redis at {where} ({s.redis_mode}) does not answer PING")
             return
-        if self._running_pid("redis") and redis_healthy(s.effective_redis_url):
-            log.info("redis already running on %s:%d", s.host, s.redis_port)
+        if s.redis_mode == "sentinel":
+            raise UserError("redis_mode=sentinel needs existing sentinels: set HOMEFEED_REDIS_NODES "
+                            "to their host:port list (`homefeed stack` starts standalone or cluster)")
+        names = self._redis_names()
+        if all(self._running_pid(n) for n in names) and healthy(s):
+            log.info("redis already running on %s", ", ".join(f"{h}:{p}" for h, p in s.redis_node_list))
             return
         binary = shutil.which("redis-server")
         if not binary:
@@ -174,17 +211,65 @@ class LocalStack:
             raise UserError(
                 f"redis_bind={s.redis_bind} exposes Redis beyond this machine: set REDIS_PASSWORD in "
                 "the environment (the server then requires it), or keep the default 127.0.0.1")
-        self._check_port_free("redis", s.redis_port, "HOMEFEED_REDIS_PORT")
-        data_dir = self.run_dir / "redis"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        # AOF with fsync every second: the pipeline commits Kafka offsets only after its Redis
-        # writes are acknowledged, and a restarted stack keeps the online features.
-        argv = [binary, "--bind", s.redis_bind, "--port", str(s.redis_port), "--dir", str(data_dir),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                "--protected-mode", "yes", "--daemonize", "no"]
-        pid = self._spawn("redis", argv, cwd=data_dir, secret_args=_redis_auth_args(s))
-        self._wait_healthy("redis", pid, lambda: redis_healthy(s.effective_redis_url))
-        log.info("redis started on %s:%d (pid %d)", s.redis_bind, s.redis_port, pid)
+        cluster = s.redis_mode == "cluster"
+        pids = []
+        for name, (_, port) in zip(names, s.redis_node_list):
+            if self._running_pid(name):
+                continue
+            self._check_port_free("redis", port, "HOMEFEED_REDIS_PORT")
+            data_dir = self.run_dir / name
+            data_dir.mkdir(parents=True, exist_ok=True)
+            # AOF with fsync every second: the pipeline commits Kafka offsets only after its Redis
+            # writes are acknowledged, and a restarted stack keeps the online features.
+            argv = [binary, "--bind", s.redis_bind, "--port", str(port), "--dir", str(data_dir),
+                    "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                    "--protected-mode", "yes", "--daemonize", "no"]
+            if cluster:  # the cluster bus listens on port + 10000
+                argv += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                         "--cluster-node-timeout", "2000"]
+            pids.append((name, port, self._spawn(name, argv, cwd=data_dir, secret_args=_redis_auth_args(s))))
+        for name, port, pid in pids:
+            url = f"redis://{':' + s.redis_password + '@' if s.redis_password else ''}{s.redis_address}:{port}/0"
+            self._wait_healthy(name, pid, lambda u=url: redis_healthy(u))
+            log.info("%s started on %s:%d (pid %d)", name, s.redis_bind, port, pid)
+        if cluster:
+            self._form_cluster()
+
+    def _form_cluster(self, timeout_s: float = 30.0) -> None:
+        """`redis-cli --cluster create` over the local nodes (once), then wait for state ok."""
+        import redis
+
+        s = self.settings
+        nodes = s.redis_node_list
+        first = redis.Redis(host=nodes[0][0], port=nodes[0][1], password=s.redis_password or None,
+                            socket_timeout=2)
+        try:
+            if first.cluster("info").get("cluster_state") != "ok" and int(first.dbsize()) == 0:
+                cli = shutil.which("redis-cli")
+                if not cli:
+                    raise UserError("redis-cli is missing (it comes with redis-server's package: "
+                                    "`apt-get install -y redis-tools`)")
+                cmd = [cli, "--cluster", "create", *[f"{h}:{p}" for h, p in nodes],
+                       "--cluster-replicas", "0", "--cluster-yes"]
+                env = {**os.environ, "REDISCLI_AUTH": s.redis_password} if s.redis_password else None
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+                if done.returncode != 0:
+                    raise UserError(f"redis-cli --cluster create failed: {done.stdout[-500:]}{done.stderr[-500:]}")
+            deadline = time.monotonic() + timeout_s
+            while True:
+                states = []
+                for h, p in nodes:
+                    node = redis.Redis(host=h, port=p, password=s.redis_password or None, socket_timeout=2)
+                    states.append(node.cluster("info").get("cluster_state"))
+                    node.close()
+                if all(st == "ok" for st in states):
+                    break
+                if time.monotonic() > deadline:
+                    raise UserError(f"the local Redis Cluster did not reach state ok within {timeout_s:.0f}s")
+                time.sleep(0.2)
+        finally:
+            first.close()
+        log.info("redis cluster of %d nodes ready", len(nodes))
 
     def _up_kafka(self) -> None:
         s = self.settings
@@ -210,7 +295,9 @@ class LocalStack:
         return self.status()
 
     def down(self, timeout_s: float = 10.0, services: tuple[str, ...] = ("kafka", "redis")) -> None:
-        for name in services:
+        names = [n for service in services
+                 for n in (self._redis_names() if service == "redis" else [service])]
+        for name in names:
             pid = self._running_pid(name)
             if pid is None:
                 self._pid_file(name).unlink(missing_ok=True)
@@ -226,11 +313,17 @@ class LocalStack:
             log.info("%s stopped (pid %d)", name, pid)
 
     def status(self) -> list[ServiceStatus]:
+        from homefeed.redis_client import healthy
+
         s = self.settings
+        address = (",".join(f"{h}:{p}" for h, p in s.redis_node_list) if s.redis_mode != "standalone"
+                   else s.effective_redis_url.split("@")[-1])
+        first = self._redis_names()[0]
         return [
-            ServiceStatus("redis", s.effective_redis_url.split("@")[-1], not s.redis_external,
-                          None if s.redis_external else self._running_pid("redis"),
-                          redis_healthy(s.effective_redis_url), self._log_file("redis")),
+            ServiceStatus("redis" if s.redis_mode == "standalone" else f"redis ({s.redis_mode})",
+                          address, not s.redis_external,
+                          None if s.redis_external else self._running_pid(first),
+                          healthy(s), self._log_file(first)),
             ServiceStatus("kafka", s.effective_kafka_bootstrap, not s.kafka_external,
                           None if s.kafka_external else self._running_pid("kafka"),
                           kafka_healthy(s.effective_kafka_bootstrap), self._log_file("kafka")),
@@ -331,6 +424,8 @@ def _settings_from_args(args) -> Settings:
     changes = {}
     if getattr(args, "redis_port", None):
         changes["redis_port"] = args.redis_port
+    if getattr(args, "redis_cluster", None):
+        changes.update(redis_mode="cluster", redis_cluster_size=args.redis_cluster)
     if getattr(args, "kafka_port", None):
         changes["kafka_port"] = args.kafka_port
     return settings.replace(**changes) if changes else settings
@@ -346,7 +441,12 @@ def cmd_up(args) -> int:
     stack = LocalStack(_settings_from_args(args))
     ok = _print_status(stack.up())
     s = stack.settings
-    print(f"\nREDIS_URL={s.effective_redis_url}\nKAFKA_BOOTSTRAP_SERVERS={s.effective_kafka_bootstrap}")
+    if s.redis_mode == "cluster":
+        print(f"\nHOMEFEED_REDIS_MODE=cluster\nHOMEFEED_REDIS_CLUSTER_SIZE={s.redis_cluster_size}\n"
+              f"HOMEFEED_REDIS_PORT={s.redis_port}")
+    else:
+        print(f"\nREDIS_URL={s.effective_redis_url}")
+    print(f"KAFKA_BOOTSTRAP_SERVERS={s.effective_kafka_bootstrap}")
     return 0 if ok else 1
 
 
@@ -369,4 +469,8 @@ def register(parser) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--redis-port", type=int, help="override HOMEFEED_REDIS_PORT")
         p.add_argument("--kafka-port", type=int, help="override HOMEFEED_KAFKA_PORT")
+        p.add_argument("--redis-cluster", type=int, metavar="N",
+                       help="a local Redis Cluster of N nodes on redis_port, redis_port+1, ... (same as "
+                            "HOMEFEED_REDIS_MODE=cluster HOMEFEED_REDIS_CLUSTER_SIZE=N: set those for "
+                            "every later command)")
         p.set_defaults(func=func)

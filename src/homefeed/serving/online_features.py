@@ -410,22 +410,11 @@ class OnlineFeatureReader:
 
     # -- connection -------------------------------------------------------------------------------
     def _make_client(self, online_config: Any) -> Any:
-        import redis
-        from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
+        """The serving client from settings (standalone, cluster or sentinel; see
+        homefeed.redis_client), with this reader's timeout and at most one immediate retry."""
+        from homefeed.redis_client import make_client, serving_kwargs
 
-        from homefeed.redis_client import serving_kwargs
-
-        nodes, kwargs = RedisOnlineStore._parse_connection_string(online_config.connection_string)
-        kwargs = {**kwargs, **serving_kwargs(self.settings),
-                  "socket_timeout": self.timeout_s, "socket_connect_timeout": self.timeout_s}
-        kind = getattr(online_config, "redis_type", RedisType.redis)
-        if kind == RedisType.redis_cluster:
-            from redis.cluster import ClusterNode, RedisCluster
-
-            return RedisCluster(startup_nodes=[ClusterNode(n["host"], int(n["port"])) for n in nodes], **kwargs)
-        if kind == RedisType.redis_sentinel:  # Feast's own client (sentinel master lookup)
-            return RedisOnlineStore()._get_client(online_config)
-        return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **kwargs)
+        return make_client(self.settings, self.timeout_s, **serving_kwargs(self.settings))
 
     def _hmget_many(self, keys: Sequence[bytes], fields: Sequence[bytes | str]) -> list[list[bytes | None]]:
         """One non-transactional pipeline of HMGETs (what Feast's online_read sends)."""

@@ -52,6 +52,10 @@ STATE_KEY = "homefeed:seqstate:{project}:{user_id}"
 # (one MULTI) after every batch, so `homefeed stream status` can show that they add up.
 COUNTERS_KEY = "homefeed:consumer:{project}:{group}"
 COUNTER_FIELDS = ("records", "applied", "duplicates", "dead_lettered", "pin_upserts")
+_ADD_COUNTERS = """
+for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
 ACTION_EVENTS_TABLE = "action_events"
 # Records whose broker timestamp is this close to the wall clock are "live": they feed the
 # freshness histogram. Replayed history (record timestamp = simulated arrival) does not.
@@ -152,12 +156,17 @@ class SequenceBuilder:
         return STATE_KEY.format(project=self.project, user_id=user_id)
 
     def load_states(self, user_ids: list[int]) -> dict[int, SequenceState]:
-        raw = self.redis.mget([self.state_key(u) for u in user_ids]) if user_ids else []
+        keys = [self.state_key(u) for u in user_ids]
+        # Each user's state is one key. On a cluster the keys of a batch span slots: the
+        # non-atomic variants split them per node (MGET/MSET would fail with CROSSSLOT).
+        mget = getattr(self.redis, "mget_nonatomic", self.redis.mget)
+        raw = mget(keys) if keys else []
         return {u: SequenceState.from_bytes(r) for u, r in zip(user_ids, raw)}
 
     def save_states(self, states: dict[int, SequenceState]) -> None:
         if states:
-            self.redis.mset({self.state_key(u): s.to_bytes() for u, s in states.items()})
+            mset = getattr(self.redis, "mset_nonatomic", self.redis.mset)
+            mset({self.state_key(u): s.to_bytes() for u, s in states.items()})
 
     def counters_key(self) -> str:
         return COUNTERS_KEY.format(project=self.project, group=self.settings.consumer_group)
@@ -166,11 +175,8 @@ class SequenceBuilder:
         """Add a batch to the group's counters in Redis (atomically: they always add up)."""
         values = dict(zip(COUNTER_FIELDS, (result.records, result.applied, result.duplicates,
                                            len(result.dead), result.pins_pushed)))
-        try:
-            with self.redis.pipeline(transaction=True) as pipe:
-                for name, n in values.items():
-                    pipe.hincrby(self.counters_key(), name, n)
-                pipe.execute()
+        try:  # one key, one script: atomic on a single node and on a cluster alike
+            self.redis.eval(_ADD_COUNTERS, 1, self.counters_key(), *[x for kv in values.items() for x in kv])
         except transient_errors() as exc:  # observability only: never hold up ingestion
             log.warning("consumer counters not updated for one batch (%s)", exc)
 
