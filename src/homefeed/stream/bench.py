@@ -10,6 +10,10 @@ Three measurements in one run, so their ratios are comparable on a noisy machine
   in the online store minus the record's broker timestamp.
 
 Every valid event produced must be in the offline log afterwards: `lost` counts those that are not.
+Each backlog run starts from an empty Redis and ends with `state_digest`, a SHA-256 over every
+user's online sequence (pins, action types, times, read back as the service reads them): every
+run replays the same events, so every digest must equal the first run's, whatever the number of
+consumers, partitions or Redis nodes (`--redis-cluster 3`).
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ def _env(settings: Settings) -> dict:
                 HOMEFEED_CONSUMER_GROUP=settings.consumer_group,
                 HOMEFEED_TOPIC_PARTITIONS=str(settings.topic_partitions),
                 HOMEFEED_BATCH_MAX_EVENTS=str(settings.batch_max_events),
-                HOMEFEED_BATCH_MAX_MS=str(settings.batch_max_ms))
+                HOMEFEED_BATCH_MAX_MS=str(settings.batch_max_ms),
+                HOMEFEED_REDIS_MODE=settings.redis_mode,
+                HOMEFEED_REDIS_CLUSTER_SIZE=str(settings.redis_cluster_size))
 
 
 def _fresh(settings: Settings, root: Path, partitions: int, label: str) -> Settings:
@@ -123,18 +129,45 @@ def _logged_ids(settings: Settings) -> set:
     return set(frame["event_id"]) if not frame.empty else set()
 
 
+def state_digest(settings: Settings, user_ids) -> str:
+    """SHA-256 over every user's online sequence (sorted by user), read as the service reads it."""
+    import hashlib
+
+    from homefeed.feature_store import open_store
+    from homefeed.serving.online_features import OnlineFeatureReader
+
+    reader = OnlineFeatureReader(open_store(settings.feature_repo), settings, max_staleness_s=0,
+                                 timeout_s=settings.redis_timeout_ms / 1000)
+    digest = hashlib.sha256()
+    users = sorted(int(u) for u in user_ids)
+    try:
+        for start in range(0, len(users), 1000):
+            for u in reader.users_features(users[start: start + 1000]):
+                digest.update(np.int64(u.user_id).tobytes())
+                for part in (u.seq_pin_ids, u.seq_action_types, u.seq_action_times):
+                    digest.update(np.asarray(part, dtype=np.int64).tobytes())
+    finally:
+        reader.close()
+    return digest.hexdigest()
+
+
 def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int], live_rate: float,
-                     live_seconds: float) -> dict:
+                     live_seconds: float, redis_cluster: int = 0) -> dict:
     from homefeed.feature_store import apply_repo
-    from homefeed.stack import LocalStack, free_port
+    from homefeed.stack import LocalStack, free_port, free_port_block
 
     # A private stack on free ports: the benchmark never touches your Redis or topics.
     root = Path(tempfile.mkdtemp(prefix="homefeed-bench-"))
-    base = load_settings().replace(home=root / "stack", redis_port=free_port(), kafka_port=free_port(),
-                                   redis_url="", kafka_bootstrap_servers="")
+    topology = ({"redis_mode": "cluster", "redis_cluster_size": redis_cluster,
+                 "redis_port": free_port_block(redis_cluster)} if redis_cluster
+                else {"redis_mode": "standalone", "redis_port": free_port()})
+    base = load_settings().replace(home=root / "stack", kafka_port=free_port(), redis_url="",
+                                   kafka_bootstrap_servers="", redis_nodes="", **topology)
     # In-process Feast clients read settings from the environment: point it at the same stack.
     os.environ.update(HOMEFEED_HOME=str(base.home), HOMEFEED_REDIS_PORT=str(base.redis_port),
-                      HOMEFEED_KAFKA_PORT=str(base.kafka_port))
+                      HOMEFEED_KAFKA_PORT=str(base.kafka_port), HOMEFEED_REDIS_MODE=base.redis_mode,
+                      HOMEFEED_REDIS_CLUSTER_SIZE=str(base.redis_cluster_size))
+    os.environ.pop("HOMEFEED_REDIS_NODES", None)
     for name in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
         os.environ.pop(name, None)
     stack = LocalStack(base)
@@ -150,14 +183,21 @@ def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], con
          live_rate: float, live_seconds: float) -> dict:
     from homefeed.stream.producer import Producer, event_records, load_world_tables
 
+    from homefeed.redis_client import pipeline_client
+
     events, _, _ = load_world_tables(world_dir)
     valid_ids = set(events["event_id"])
-    report: dict = {"events": len(events), "world": str(world_dir), "runs": []}
+    users = events["user_id"].unique()
+    report: dict = {"events": len(events), "world": str(world_dir), "redis_mode": base.redis_mode,
+                    "redis_nodes": len(base.redis_node_list), "runs": []}
 
     # Throughput: drain a backlog.
     for p in partitions:
         for c in consumers:
             s = _fresh(base, root, p, f"p{p}c{c}")
+            client = pipeline_client(s)
+            client.flushall()  # every run builds the same sequences from nothing (the digest)
+            client.close()
             prefix = f"{s.consumer_group}-"  # new events each run, not replays of the last one
             producer = Producer(s)
             producer.send_all(s.actions_topic, event_records(events, True, id_prefix=prefix),
@@ -178,7 +218,8 @@ def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], con
                    "events_per_s": round(applied / max(last - first, 1e-9), 1),
                    "dead_lettered": sum(st["dead_lettered"] for st in stats),
                    "bad_events_sent": len(bad), "lost": lost,
-                   "batches": sum(st["batches"] for st in stats)}
+                   "batches": sum(st["batches"] for st in stats),
+                   "state_digest": state_digest(s, users)[:16]}
             report["runs"].append(run)
             log.info("backlog run %s", run)
 
@@ -206,6 +247,7 @@ def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], con
     report["best_events_per_s"] = best["events_per_s"]
     report["dead_lettered"] = single["dead_lettered"]
     report["lost"] = sum(r["lost"] for r in report["runs"]) + report["live_lost"]
+    report["digests_equal"] = len({r["state_digest"] for r in report["runs"]}) == 1
     ceilings = report["ceilings"]
     report["efficiency"] = {
         "vs_kafka_consume": round(single["events_per_s"] / ceilings["kafka_consume_per_s"], 3),
@@ -245,7 +287,8 @@ def cmd_bench_ingest(args) -> int:
         world = Path(tempfile.mkdtemp(prefix="homefeed-bench-world-"))
         generate_world(WorldParams(users=args.users, pins=args.pins, days=args.days, seed=args.seed), world)
     report = run_ingest_bench(world, [int(p) for p in args.partitions.split(",")],
-                              [int(c) for c in args.consumers.split(",")], args.live_rate, args.live_seconds)
+                              [int(c) for c in args.consumers.split(",")], args.live_rate, args.live_seconds,
+                              redis_cluster=args.redis_cluster)
     report["machine"] = f"{os.cpu_count()} cores"
     report["date"] = pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
     print(json.dumps(report, indent=None if args.json else 2))
@@ -263,5 +306,7 @@ def add_parser(bench_sub) -> None:
     p.add_argument("--consumers", default="1,2", help="comma-separated consumer process counts")
     p.add_argument("--live-rate", type=float, default=10_000, help="events/s in the freshness phase")
     p.add_argument("--live-seconds", type=float, default=10)
+    p.add_argument("--redis-cluster", type=int, default=0, metavar="N",
+                   help="run against a local Redis Cluster of N nodes (default: one redis-server)")
     p.add_argument("--json", action="store_true", help="one-line JSON")
     p.set_defaults(func=cmd_bench_ingest)
