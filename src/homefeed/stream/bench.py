@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from homefeed import offline_log
-from homefeed.settings import Settings, load_settings
+from homefeed.settings import KAFKA_ENV, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ def _wait(procs) -> list[dict]:
 def raw_kafka_consume_rate(settings: Settings, expected: int) -> float:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.effective_kafka_bootstrap,
-                             max_poll_records=5000, fetch_max_wait_ms=50)
+    consumer = KafkaConsumer(**settings.kafka_client_config(), max_poll_records=5000, fetch_max_wait_ms=50)
     parts = [TopicPartition(settings.actions_topic, p)
              for p in consumer.partitions_for_topic(settings.actions_topic)]
     consumer.assign(parts)
@@ -130,12 +129,12 @@ def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int
 
     # A private stack on free ports: the benchmark never touches your Redis or topics.
     root = Path(tempfile.mkdtemp(prefix="homefeed-bench-"))
-    base = load_settings().replace(home=root / "stack", redis_port=free_port(), kafka_port=free_port(),
-                                   redis_url="", kafka_bootstrap_servers="")
+    base = load_settings().local_kafka(home=root / "stack", redis_port=free_port(), kafka_port=free_port(),
+                                       redis_url="")
     # In-process Feast clients read settings from the environment: point it at the same stack.
     os.environ.update(HOMEFEED_HOME=str(base.home), HOMEFEED_REDIS_PORT=str(base.redis_port),
                       HOMEFEED_KAFKA_PORT=str(base.kafka_port))
-    for name in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+    for name in ("REDIS_URL", *KAFKA_ENV):
         os.environ.pop(name, None)
     stack = LocalStack(base)
     stack.up()
