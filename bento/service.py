@@ -7,7 +7,9 @@
 Configuration (environment): HOMEFEED_MODEL (BentoML model tag, default homefeed-ranker:latest),
 HOMEFEED_RANK_BLEND ("repin=1,click=0.25,hide=-1"), HOMEFEED_PIN_CACHE_S (pin-feature staleness
 bound, default 60), plus the usual homefeed settings (REDIS_URL, ...). /livez, /readyz, /metrics and
-the OpenAPI docs at / come from BentoML; /readyz is false while Redis cannot be read.
+the OpenAPI docs at / come from BentoML. /readyz means "this replica can answer" (model loaded):
+a Redis outage does not take replicas out of a load balancer, it makes answers `degraded`
+(see docs/reliability.md); Redis health is the `homefeed_redis_up` gauge in /metrics.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from typing import Annotated
 import bentoml
 from pydantic import Field
 
-from homefeed.events import MAX_ID
+from homefeed.events import MAX_ID, MIN_EVENT_TIME_MS
+from homefeed.serving.http import BodyLimit, install_client_error_filter
 
 MAX_CANDIDATES = 2000
-MAX_BODY_BYTES = 256 * 1024  # 2,000 ids and options fit in ~30 KB
+MAX_REQUEST_TIME_MS = 4_102_444_800_000  # 2100-01-01: past this an epoch-ms value is a unit bug
+MAX_BLEND_WEIGHT = 1000.0
 
 log = logging.getLogger("homefeed.service")
 
@@ -31,29 +35,17 @@ STAGE_SECONDS = bentoml.metrics.Histogram(
     name="homefeed_rank_stage_seconds", documentation="Time per ranking stage",
     labelnames=["stage"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 DEGRADED = bentoml.metrics.Counter(
-    name="homefeed_rank_degraded_total", documentation="Requests ranked without Redis (cache only)")
+    name="homefeed_degraded_answers_total",
+    documentation="Answers ranked without Redis (pin cache and an empty sequence)")
 UNKNOWN_PINS = bentoml.metrics.Counter(
     name="homefeed_rank_unknown_pins_total", documentation="Candidates with no pin features")
+REDIS_UP = bentoml.metrics.Gauge(
+    name="homefeed_redis_up", documentation="1 while the online store answers, 0 while the breaker is open")
+REDIS_ERRORS = bentoml.metrics.Counter(
+    name="homefeed_redis_errors_total", documentation="Failed online-store reads (each opens the breaker)")
 
 PinId = Annotated[int, Field(gt=0, le=MAX_ID)]
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies over MAX_BODY_BYTES with 413 before parsing them."""
-
-    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and int(length) > self.max_bytes:
-                body = f'{{"error": "request body over {self.max_bytes} bytes"}}'.encode()
-                await send({"type": "http.response.start", "status": 413,
-                            "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+Weight = Annotated[float, Field(ge=-MAX_BLEND_WEIGHT, le=MAX_BLEND_WEIGHT, allow_inf_nan=False)]
 
 
 @bentoml.service(name="homefeed-ranker", traffic={"timeout": 10}, resources={"cpu": "1"})
@@ -68,6 +60,7 @@ class Ranking:
         from homefeed.settings import load_settings
         from homefeed.training.export import load_exported
 
+        install_client_error_filter()
         settings = load_settings()
         if not torch.cuda.is_available():
             torch.set_num_threads(1)  # one thread per worker: OpenMP barriers thrash on shared cores
@@ -76,29 +69,38 @@ class Ranking:
         model, config, meta = load_exported(tag)
         served = ServedRanker(model)
         reader = OnlineFeatureReader(open_store(settings.feature_repo), settings,
-                                     max_staleness_s=float(os.environ.get("HOMEFEED_PIN_CACHE_S", 60)))
+                                     max_staleness_s=float(os.environ.get("HOMEFEED_PIN_CACHE_S", 60)),
+                                     on_health_change=lambda up: REDIS_UP.set(1 if up else 0))
+        REDIS_UP.set(1 if reader.ping() else 0)
         self.engine = RankingEngine(served, reader, meta["tag"], parse_blend(os.environ.get("HOMEFEED_RANK_BLEND")))
         served.warmup()
         gc.freeze()  # start-up objects never need collecting: keeps full GC passes off the p99
         log.info("serving %s (%s) on %s", meta["tag"], config.encoder, served.describe())
 
     def __is_ready__(self) -> bool:
-        return self.engine.reader.ping()
+        return True  # the model is loaded (__init__ finished): this replica can answer
 
     @bentoml.api(route="/rank")
     def rank(
         self,
         user_id: Annotated[int, Field(gt=0, le=MAX_ID, description="the user to rank for")],
         candidates: Annotated[list[PinId], Field(min_length=1, max_length=MAX_CANDIDATES,
-                                                 description="candidate pin ids")],
+                                                 description="candidate pin ids (duplicates ranked once)")],
         k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES, description="how many to return")] = 10,
-        request_time_ms: Annotated[int | None, Field(gt=0, description="epoch ms; default now")] = None,
-        blend: Annotated[dict[str, float] | None, Field(description="head weights, e.g. {'repin': 1}")] = None,
+        request_time_ms: Annotated[int | None, Field(ge=MIN_EVENT_TIME_MS, le=MAX_REQUEST_TIME_MS,
+                                                     description="epoch ms; default now")] = None,
+        blend: Annotated[dict[str, Weight] | None,
+                         Field(description="head weights, e.g. {'repin': 1}; finite, |w| <= 1000")] = None,
     ) -> dict:
+        from homefeed.serving.ranking import BadRequest
+
+        errors_before = self.engine.reader.stats.errors
         try:
             result = self.engine.rank(user_id, candidates, k=k, request_time_ms=request_time_ms, blend=blend)
-        except ValueError as exc:  # e.g. a blend naming a head the model does not have
-            raise bentoml.exceptions.InvalidArgument(f"blend: {exc}") from None
+        except BadRequest as exc:
+            raise bentoml.exceptions.InvalidArgument(str(exc)) from None
+        finally:
+            REDIS_ERRORS.inc(self.engine.reader.stats.errors - errors_before)
         for stage, ms in result["timings_ms"].items():
             STAGE_SECONDS.labels(stage=stage).observe(ms / 1000)
         if result["degraded"]:

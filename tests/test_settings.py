@@ -33,7 +33,8 @@ def test_conventional_urls_mean_external_infrastructure(tmp_path):
     assert s.redis_external and s.kafka_external
     assert s.effective_kafka_bootstrap == "k1:9092,k2:9092"
     # Feast wants its own connection-string format, derived from the same single value.
-    assert s.feast_redis_connection_string == "cache.internal:6380,db=2,password=s3cret,ssl=true"
+    assert s.feast_redis_connection_string == (
+        "cache.internal:6380,db=2,password=s3cret,ssl=true,socket_timeout=5,socket_connect_timeout=2")
 
 
 def test_paths_in_config_file_are_relative_to_the_file(tmp_path):

@@ -141,14 +141,16 @@ def test_duplicates_and_replays_change_nothing(pipeline):
     evs = make_events(users, 40, now_ms() - 600_000, "d")
     produce(pipeline, evs + evs[::3])  # producer retries: every third event twice
     first = consume(pipeline)
-    assert first.duplicates == len(evs[::3])
+    assert first.duplicates == len(evs[::3]) and first.applied == len(evs)
+    assert first.records == first.applied + first.duplicates
     before = online_sequences(users)
     assert before == {u: s for u, s in expected_sequences(evs).items()}
 
     # Replay the whole topic with a fresh group (as after an offset reset).
     replay = pipeline.replace(consumer_group=pipeline.consumer_group + "-replay")
     again = consume(replay)
-    assert again.applied == len(evs) + len(evs[::3]) and again.duplicates == again.applied
+    # Every record of the replay is a duplicate, none is applied twice, and they all add up.
+    assert again.applied == 0 and again.duplicates == again.records == len(evs) + len(evs[::3])
     assert online_sequences(users) == before
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from homefeed.errors import UserError
 from homefeed.settings import SOURCE_ROOT, Settings, load_settings
+from homefeed.stack import read_pid_file, write_pid_file
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def start_background(settings: Settings, name: str, argv: list[str], env: dict |
     proc = subprocess.Popen(argv, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, **(env or {})}, cwd=SOURCE_ROOT)
-    (settings.run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
+    write_pid_file(settings.run_dir / f"{name}.pid", proc.pid, argv)
     return proc.pid
 
 
@@ -146,15 +147,15 @@ def stop_background(settings: Settings, timeout_s: float = 20.0) -> None:
     pids = []
     for name in DEMO_PROCESSES:
         pid_file = settings.run_dir / f"{name}.pid"
-        if pid_file.exists():
+        pid = read_pid_file(pid_file)  # None for a stale file whose pid another program reused
+        if pid is not None:
             try:
-                pid = int(pid_file.read_text().split()[0])
                 # start_new_session: the pid leads its group (bentoml serve forks workers)
                 os.killpg(pid, signal.SIGTERM)
                 pids.append(pid)
-            except (ProcessLookupError, ValueError, PermissionError):
+            except (ProcessLookupError, PermissionError):
                 pass
-            pid_file.unlink()
+        pid_file.unlink(missing_ok=True)
     (settings.run_dir / "consumer.ready").unlink(missing_ok=True)
     deadline = time.monotonic() + timeout_s
     while pids and time.monotonic() < deadline:

@@ -112,6 +112,7 @@ class InvalidEvent(ValueError):
 
 
 # Stable reason codes, one per way an event can be rejected.
+REASON_EMPTY = "empty"  # a tombstone (null value) or zero bytes
 REASON_NOT_JSON = "not_json"
 REASON_NOT_OBJECT = "not_object"
 REASON_TOO_LARGE = "too_large"
@@ -124,15 +125,64 @@ REASON_FUTURE_TIME = "future_time"
 REASON_ANCIENT_TIME = "ancient_time"
 REASON_BATCH_SUITE = "batch_suite"  # caught by the micro-batch GX suite, not the cheap checks
 
+REASON_APPLY_FAILED = "apply_failed"  # passed every check but could not be applied (see detail)
+
 DEAD_LETTER_REASONS = (
-    REASON_NOT_JSON, REASON_NOT_OBJECT, REASON_TOO_LARGE, REASON_MISSING_FIELD,
+    REASON_EMPTY, REASON_NOT_JSON, REASON_NOT_OBJECT, REASON_TOO_LARGE, REASON_MISSING_FIELD,
     REASON_WRONG_TYPE, REASON_SCHEMA_VERSION, REASON_UNKNOWN_ACTION, REASON_BAD_ID,
-    REASON_FUTURE_TIME, REASON_ANCIENT_TIME, REASON_BATCH_SUITE,
+    REASON_FUTURE_TIME, REASON_ANCIENT_TIME, REASON_BATCH_SUITE, REASON_APPLY_FAILED,
 )
+
+
+MAX_INT64 = 2**63 - 1
+MAX_FLOAT32 = 3.4028234663852886e38
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_text(value: Any) -> bool:
+    """A str that survives UTF-8 encoding (JSON can carry lone surrogates, parquet cannot)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _load_json_object(raw: bytes | None, max_bytes: int) -> dict:
+    """Bytes -> a JSON object, or InvalidEvent. The shared first step of every topic's parser:
+    no input (a tombstone, a huge value, deep nesting, bad UTF-8) raises anything else."""
+    if raw is None or len(raw) == 0:
+        raise InvalidEvent(REASON_EMPTY, "record has no value (tombstone or empty message)")
+    if len(raw) > max_bytes:
+        raise InvalidEvent(REASON_TOO_LARGE, f"{len(raw)} bytes > {max_bytes}")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(REASON_NOT_JSON, str(exc)) from None
+    except RecursionError:
+        raise InvalidEvent(REASON_NOT_JSON, "JSON nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(REASON_NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def check_time(name: str, value: int, *, now_ms: int, max_future_skew_ms: int) -> None:
+    """One time rule for every epoch-ms field: not before 2000 (a unit bug), not ahead of the
+    consumer clock by more than the allowed skew (a far-future time would freeze the entity:
+    Feast only accepts strictly newer rows)."""
+    if value > now_ms + max_future_skew_ms:
+        raise InvalidEvent(
+            REASON_FUTURE_TIME,
+            f"{name} {value} is {value - now_ms} ms ahead of the consumer clock "
+            f"(allowed skew {max_future_skew_ms} ms)",
+        )
+    if value < MIN_EVENT_TIME_MS:
+        raise InvalidEvent(REASON_ANCIENT_TIME, f"{name} {value} is before year 2000")
 
 
 def parse_event(
@@ -143,14 +193,7 @@ def parse_event(
     These run on every message (microseconds each); the Great Expectations suite runs
     once per micro-batch on top of them.
     """
-    if len(raw) > MAX_EVENT_BYTES:
-        raise InvalidEvent(REASON_TOO_LARGE, f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent(REASON_NOT_JSON, str(exc)) from None
-    if not isinstance(obj, dict):
-        raise InvalidEvent(REASON_NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    obj = _load_json_object(raw, MAX_EVENT_BYTES)
     for name, kind in REQUIRED_FIELDS.items():
         if name not in obj:
             raise InvalidEvent(REASON_MISSING_FIELD, f"field {name!r} is missing")
@@ -174,19 +217,14 @@ def parse_event(
     event_id = obj["event_id"]
     if not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
         raise InvalidEvent(REASON_BAD_ID, f"event_id must be 1..{MAX_EVENT_ID_CHARS} characters")
+    if not _is_text(event_id):
+        raise InvalidEvent(REASON_BAD_ID, "event_id is not valid UTF-8 text (lone surrogate)")
     event_time = obj["event_time"]
-    if event_time > now_ms + max_future_skew_ms:
-        raise InvalidEvent(
-            REASON_FUTURE_TIME,
-            f"event_time {event_time} is {event_time - now_ms} ms ahead of the consumer clock "
-            f"(allowed skew {max_future_skew_ms} ms)",
-        )
-    if event_time < MIN_EVENT_TIME_MS:
-        raise InvalidEvent(REASON_ANCIENT_TIME, f"event_time {event_time} is before year 2000")
+    check_time("event_time", event_time, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
     surface = obj.get("surface", "homefeed")
     metadata = obj.get("metadata") or {}
-    if not isinstance(surface, str) or not isinstance(metadata, dict):
-        raise InvalidEvent(REASON_WRONG_TYPE, "surface must be a string and metadata an object")
+    if not _is_text(surface) or not isinstance(metadata, dict):
+        raise InvalidEvent(REASON_WRONG_TYPE, "surface must be UTF-8 text and metadata an object")
     return ActionEvent(
         event_id=event_id,
         user_id=obj["user_id"],
@@ -223,15 +261,10 @@ class PinUpsert:
 MAX_PIN_UPSERT_BYTES = 64 * 1024
 
 
-def parse_pin_upsert(raw: bytes, *, embedding_dim: int) -> PinUpsert:
-    if len(raw) > MAX_PIN_UPSERT_BYTES:
-        raise InvalidEvent(REASON_TOO_LARGE, f"{len(raw)} bytes > {MAX_PIN_UPSERT_BYTES}")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent(REASON_NOT_JSON, str(exc)) from None
-    if not isinstance(obj, dict):
-        raise InvalidEvent(REASON_NOT_OBJECT, "expected a JSON object")
+def parse_pin_upsert(raw: bytes | None, *, embedding_dim: int, now_ms: int,
+                     max_future_skew_ms: int = MAX_FUTURE_SKEW_MS) -> PinUpsert:
+    """Checks for the pin topic: the same envelope and time rules as actions."""
+    obj = _load_json_object(raw, MAX_PIN_UPSERT_BYTES)
     for name in ("schema_version", "pin_id", "topic_id", "created_ms", "event_time"):
         if name not in obj:
             raise InvalidEvent(REASON_MISSING_FIELD, f"field {name!r} is missing")
@@ -241,9 +274,14 @@ def parse_pin_upsert(raw: bytes, *, embedding_dim: int) -> PinUpsert:
         raise InvalidEvent(REASON_SCHEMA_VERSION, f"schema_version {obj['schema_version']}")
     if not 0 < obj["pin_id"] <= MAX_ID:
         raise InvalidEvent(REASON_BAD_ID, f"pin_id {obj['pin_id']} outside 1..{MAX_ID}")
+    if not 0 <= obj["topic_id"] <= MAX_INT64:
+        raise InvalidEvent(REASON_BAD_ID, f"topic_id {obj['topic_id']} outside 0..{MAX_INT64}")
+    check_time("event_time", obj["event_time"], now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+    check_time("created_ms", obj["created_ms"], now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
     emb = obj.get("embedding")
     if not isinstance(emb, list) or len(emb) != embedding_dim or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in emb):
-        raise InvalidEvent(REASON_WRONG_TYPE, f"embedding must be {embedding_dim} finite numbers")
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and abs(v) <= MAX_FLOAT32 for v in emb):
+        raise InvalidEvent(REASON_WRONG_TYPE, f"embedding must be {embedding_dim} finite float32 numbers")
     return PinUpsert(obj["pin_id"], obj["topic_id"], tuple(float(v) for v in emb),
                      obj["created_ms"], obj["event_time"])

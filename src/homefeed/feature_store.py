@@ -42,6 +42,14 @@ def feature_repo_path() -> Path:
     return load_settings().feature_repo
 
 
+def repo_project(repo_path: Path | None = None) -> str:
+    """The Feast project a repo declares (without opening the store)."""
+    import yaml
+
+    path = Path(repo_path) if repo_path else feature_repo_path()
+    return str(yaml.safe_load((path / "feature_store.yaml").read_text())["project"])
+
+
 def open_store(repo_path: Path | None = None):
     """The FeatureStore every stage uses (pipeline, training, serving)."""
     from feast import FeatureStore

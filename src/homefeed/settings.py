@@ -27,7 +27,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 ENV_PREFIX = "HOMEFEED_"
 # The variables that point Kafka clients at external brokers (a private local stack unsets them).
@@ -89,6 +89,17 @@ class Settings:
     max_future_skew_ms: int = 5 * 60 * 1000
     batch_max_events: int = 5000
     batch_max_ms: int = 100
+    # Redis client timeouts. The pipeline (consumer, backfill, Feast writes) waits a while and
+    # retries its batch; serving answers from its cache instead of waiting (see docs/reliability.md).
+    redis_timeout_ms: int = 5000
+    redis_connect_timeout_ms: int = 2000
+    serving_redis_timeout_ms: int = 250
+    # Address the local stack's redis-server listens on. Loopback by default; any other address
+    # requires REDIS_PASSWORD in the environment (the server then runs with protected mode and
+    # requirepass). `host` is only where our own HTTP/metrics endpoints bind.
+    redis_bind: str = "127.0.0.1"
+    # Only from the environment (REDIS_PASSWORD or HOMEFEED_REDIS_PASSWORD), never from a file.
+    redis_password: str = field(default="", repr=False)
 
     # -- derived values ---------------------------------------------------------------------
     @property
@@ -100,8 +111,20 @@ class Settings:
         return bool(self.kafka_bootstrap_servers)
 
     @property
+    def redis_address(self) -> str:
+        """Where clients reach the local stack's redis-server."""
+        return "127.0.0.1" if self.redis_bind in ("", "0.0.0.0", "::", "*") else self.redis_bind
+
+    @property
+    def redis_bind_is_loopback(self) -> bool:
+        return self.redis_bind in ("127.0.0.1", "::1", "localhost") or self.redis_bind.startswith("127.")
+
+    @property
     def effective_redis_url(self) -> str:
-        return self.redis_url or f"redis://{self.host}:{self.redis_port}/0"
+        if self.redis_url:
+            return self.redis_url
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}{self.redis_address}:{self.redis_port}/0"
 
     @property
     def effective_kafka_bootstrap(self) -> str:
@@ -162,9 +185,12 @@ class Settings:
         if db != "0":
             parts.append(f"db={db}")
         if url.password:
-            parts.append(f"password={url.password}")
+            parts.append(f"password={unquote(url.password)}")
         if url.scheme == "rediss":
             parts.append("ssl=true")
+        # Feast's store passes these to redis-py: no Feast write can block forever.
+        parts.append(f"socket_timeout={self.redis_timeout_ms / 1000:g}")
+        parts.append(f"socket_connect_timeout={self.redis_connect_timeout_ms / 1000:g}")
         return ",".join(parts)
 
     @property
@@ -224,6 +250,9 @@ def load_settings(env: dict[str, str] | None = None, config_file: Path | None = 
         with open(path, "rb") as fh:
             file_values = tomllib.load(fh)
         unknown = sorted(set(file_values) - set(types))
+        if "redis_password" in file_values:
+            raise ValueError(f"{path}: redis_password belongs in the environment (REDIS_PASSWORD), "
+                             "never in a file")
         if unknown:
             raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(types)}")
         secrets = sorted(set(file_values) & set(SECRET_FIELDS))
@@ -244,6 +273,8 @@ def load_settings(env: dict[str, str] | None = None, config_file: Path | None = 
         values["redis_url"] = env["REDIS_URL"]
     if env.get("KAFKA_BOOTSTRAP_SERVERS"):
         values["kafka_bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+    if env.get("REDIS_PASSWORD"):
+        values["redis_password"] = env["REDIS_PASSWORD"]
 
     settings = Settings(**values)
     if settings.embedding_dim <= 0 or settings.sequence_length <= 0:

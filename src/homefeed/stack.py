@@ -119,22 +119,18 @@ class LocalStack:
         return self.run_dir / f"{name}.log"
 
     def _running_pid(self, name: str) -> int | None:
-        path = self._pid_file(name)
-        try:
-            pid = int(path.read_text().split()[0])
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, ValueError, IndexError, ProcessLookupError, PermissionError):
-            return None
+        return read_pid_file(self._pid_file(name))
 
-    def _spawn(self, name: str, argv: list[str], cwd: Path) -> int:
+    def _spawn(self, name: str, argv: list[str], cwd: Path, secret_args: list[str] = ()) -> int:
+        """Start a service; the pid file records its argv (without `secret_args`) so that later
+        commands can check a pid is still ours before signalling it."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log_fh = open(self._log_file(name), "ab")
         # New session: the service survives the CLI process and ignores its Ctrl-C.
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=log_fh, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([*argv, *secret_args], cwd=cwd, stdout=log_fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log_fh.close()
-        self._pid_file(name).write_text(f"{proc.pid}\n{json.dumps(argv)}\n")
+        write_pid_file(self._pid_file(name), proc.pid, argv)
         return proc.pid
 
     def _wait_healthy(self, name: str, pid: int, check, timeout_s: float = 20.0) -> None:
@@ -174,18 +170,21 @@ class LocalStack:
         binary = shutil.which("redis-server")
         if not binary:
             raise UserError(REDIS_INSTALL_HINT)
+        if not s.redis_bind_is_loopback and not s.redis_password:
+            raise UserError(
+                f"redis_bind={s.redis_bind} exposes Redis beyond this machine: set REDIS_PASSWORD in "
+                "the environment (the server then requires it), or keep the default 127.0.0.1")
         self._check_port_free("redis", s.redis_port, "HOMEFEED_REDIS_PORT")
         data_dir = self.run_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
         # AOF with fsync every second: the pipeline commits Kafka offsets only after its Redis
         # writes are acknowledged, and a restarted stack keeps the online features.
-        pid = self._spawn("redis", [
-            binary, "--bind", s.host, "--port", str(s.redis_port), "--dir", str(data_dir),
-            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-            "--protected-mode", "no", "--daemonize", "no",
-        ], cwd=data_dir)
+        argv = [binary, "--bind", s.redis_bind, "--port", str(s.redis_port), "--dir", str(data_dir),
+                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                "--protected-mode", "yes", "--daemonize", "no"]
+        pid = self._spawn("redis", argv, cwd=data_dir, secret_args=_redis_auth_args(s))
         self._wait_healthy("redis", pid, lambda: redis_healthy(s.effective_redis_url))
-        log.info("redis started on %s:%d (pid %d)", s.host, s.redis_port, pid)
+        log.info("redis started on %s:%d (pid %d)", s.redis_bind, s.redis_port, pid)
 
     def _up_kafka(self) -> None:
         s = self.settings
@@ -236,6 +235,54 @@ class LocalStack:
                           None if s.kafka_external else self._running_pid("kafka"),
                           kafka_healthy(s.effective_kafka_bootstrap), self._log_file("kafka")),
         ]
+
+
+def _redis_auth_args(s: Settings) -> list[str]:
+    return ["--requirepass", s.redis_password] if s.redis_password else []
+
+
+def write_pid_file(path: Path, pid: int, argv: list[str]) -> None:
+    """A pid file: the pid, then the argv it was started with (JSON), for `read_pid_file`."""
+    path.write_text(f"{pid}\n{json.dumps(argv)}\n")
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid in a pid file, only if that process is alive and still the program the file
+    recorded: a stale file whose pid was reused by another program never gets our signals."""
+    try:
+        lines = path.read_text().splitlines()
+        pid = int(lines[0])
+        argv = json.loads(lines[1]) if len(lines) > 1 else None
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError, PermissionError):
+        return None
+    if not is_our_process(pid, argv):
+        log.warning("%s names pid %d, which is no longer the process we started (pid reused); "
+                    "ignoring it", path, pid)
+        return None
+    return pid
+
+
+def is_our_process(pid: int, argv: list[str] | None) -> bool:
+    """Is `pid` running the program `argv` started? Its executable (/proc/<pid>/exe) must be the
+    one argv[0] resolves to, and where its command line still lists arguments (redis-server
+    rewrites its own), they must be argv's. Without procfs (macOS) the pid file is trusted."""
+    if not argv:
+        return False  # no recorded argv: not a pid file of ours
+    if not Path("/proc/self").exists():
+        return True
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    expected = shutil.which(argv[0]) or argv[0]
+    if os.path.realpath(exe.removesuffix(" (deleted)")) != os.path.realpath(expected):
+        return False
+    running = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    if len(running) > 1:
+        return running[1: len(argv)] == argv[1:]
+    return True
 
 
 def _alive(pid: int) -> bool:

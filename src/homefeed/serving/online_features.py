@@ -27,6 +27,12 @@ Read path
   re-reads entries about to expire (a background task can call it so requests rarely miss).
 * **Errors**: any Redis failure (refused, timeout, reset) raises `FeatureStoreUnavailable`; the
   service decides how to degrade (e.g. serve from cache only with `pin_features(..., cache_only=True)`).
+  Calls are bounded: a short socket timeout and at most one immediate retry on a dropped
+  connection (`homefeed.redis_client.serving_kwargs`).
+* **Circuit breaker** (`RedisHealth`): the first failure opens it; while open, reads fail at once
+  without touching the network, and a background thread pings Redis every `probe_interval_s`
+  (1 s); the first answer closes it. So a dead or paused Redis costs one request one timeout, not
+  every request, and no request ever waits for a probe.
 
 Thread safety: the cache is guarded by a lock held only for dict/array work, never during I/O.
 """
@@ -51,6 +57,63 @@ log = logging.getLogger(__name__)
 
 class FeatureStoreUnavailable(RuntimeError):
     """The online store (Redis) could not be read: connection refused, timeout, reset, ..."""
+
+
+class RedisHealth:
+    """Circuit breaker over the online store, probed in the background (see module docstring).
+
+    ``ping``: a bounded health check (True when Redis answers); ``on_change(up: bool)`` is called
+    on every transition (the service sets its `homefeed_redis_up` gauge from it)."""
+
+    def __init__(self, ping: Callable[[], bool], probe_interval_s: float = 1.0,
+                 on_change: Callable[[bool], None] | None = None):
+        self._ping = ping
+        self.probe_interval_s = float(probe_interval_s)
+        self.on_change = on_change
+        self._up = True
+        self._lock = threading.Lock()
+        self._prober: threading.Thread | None = None
+        self._closed = threading.Event()
+        self.opened = 0  # how many times the breaker opened
+        self.last_error = ""
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def check(self) -> None:
+        """Raise at once (no I/O) while the breaker is open."""
+        if not self._up:
+            raise FeatureStoreUnavailable(f"online store marked down ({self.last_error}); "
+                                          f"probing every {self.probe_interval_s:g}s")
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            if not self._up:
+                return
+            self._up = False
+            self.opened += 1
+            if self._prober is None or not self._prober.is_alive():
+                self._prober = threading.Thread(target=self._probe, name="redis-probe", daemon=True)
+                self._prober.start()
+        log.warning("online store down (%s): answering from the pin cache, probing every %gs",
+                    self.last_error, self.probe_interval_s)
+        if self.on_change:
+            self.on_change(False)
+
+    def _probe(self) -> None:
+        while not self._closed.wait(self.probe_interval_s):
+            if self._ping():
+                with self._lock:
+                    self._up = True
+                log.warning("online store back: reading Redis again")
+                if self.on_change:
+                    self.on_change(True)
+                return
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,21 +350,25 @@ class OnlineFeatureReader:
     ``store``: the `feast.FeatureStore` (its registry, project, key serialization version and Redis
     connection are used); ``settings``: homefeed settings (embedding_dim, sequence_length).
     ``max_staleness_s``: how long a cached pin entry may be served (0 disables the cache).
-    ``max_entries``: cache capacity (pins). ``timeout_s``: Redis socket timeout.
-    ``client``: a redis-py client to use instead of one built from the store's config.
-    ``clock``: monotonic time source (tests inject one).
+    ``max_entries``: cache capacity (pins). ``timeout_s``: Redis socket timeout (default:
+    settings.serving_redis_timeout_ms). ``client``: a redis-py client to use instead of one built
+    from the store's config. ``clock``: monotonic time source (tests inject one).
+    ``probe_interval_s`` and ``on_health_change``: the circuit breaker (`RedisHealth`).
     """
 
     def __init__(self, store: Any, settings: Settings, max_staleness_s: float = 60.0, *,
-                 max_entries: int = 500_000, timeout_s: float = 0.5, client: Any = None,
-                 clock: Callable[[], float] = time.monotonic, seed: int = 0):
+                 max_entries: int = 500_000, timeout_s: float | None = None, client: Any = None,
+                 clock: Callable[[], float] = time.monotonic, seed: int = 0,
+                 probe_interval_s: float = 1.0,
+                 on_health_change: Callable[[bool], None] | None = None):
         self.store = store
         self.settings = settings
         self.dim = int(settings.embedding_dim)
         self.seq_len = int(settings.sequence_length)
         self.max_staleness_s = float(max_staleness_s)
         self.max_entries = int(max_entries)
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = (settings.serving_redis_timeout_ms / 1000 if timeout_s is None
+                          else float(timeout_s))
         self.clock = clock
         self._rng = np.random.default_rng(seed)
         config = store.config
@@ -327,6 +394,7 @@ class OnlineFeatureReader:
         self._user_keys = _Int64KeyTemplate(self.project, F.USER_ID, version)
         self._emb = _FloatListDecoder(self.dim)
         self._client = client if client is not None else self._make_client(config.online_store)
+        self.health = RedisHealth(self.ping, probe_interval_s, on_health_change)
         # cache: slot arrays + id -> slot
         self._lock = threading.Lock()
         self._slot_of: dict[int, int] = {}
@@ -345,8 +413,11 @@ class OnlineFeatureReader:
         import redis
         from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
 
+        from homefeed.redis_client import serving_kwargs
+
         nodes, kwargs = RedisOnlineStore._parse_connection_string(online_config.connection_string)
-        kwargs = dict(kwargs, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s)
+        kwargs = {**kwargs, **serving_kwargs(self.settings),
+                  "socket_timeout": self.timeout_s, "socket_connect_timeout": self.timeout_s}
         kind = getattr(online_config, "redis_type", RedisType.redis)
         if kind == RedisType.redis_cluster:
             from redis.cluster import ClusterNode, RedisCluster
@@ -360,6 +431,7 @@ class OnlineFeatureReader:
         """One non-transactional pipeline of HMGETs (what Feast's online_read sends)."""
         import redis
 
+        self.health.check()
         try:
             with self._client.pipeline(transaction=False) as pipe:
                 for key in keys:
@@ -367,6 +439,7 @@ class OnlineFeatureReader:
                 out = pipe.execute()
         except (redis.RedisError, OSError) as exc:
             self.stats.errors += 1
+            self.health.failed(exc)
             raise FeatureStoreUnavailable(f"online store read failed: {exc}") from exc
         self.stats.pipelines += 1
         return out
@@ -380,6 +453,7 @@ class OnlineFeatureReader:
             return False
 
     def close(self) -> None:
+        self.health.close()
         close = getattr(self._client, "close", None)
         if close:
             close()

@@ -3,6 +3,15 @@
 bento/service.py is a thin shell around `RankingEngine.rank`; tests and benchmarks call it too.
 Tensors are built by the same functions training uses (`UserTensors.from_sequence`, the model's
 padding rules, `homefeed.training.data.dense_features`), so serving cannot drift from training.
+
+What a request can count on:
+1. duplicate candidate ids are ranked once (first occurrence kept; `duplicates_dropped` says how
+   many were removed);
+2. a pin without features gets a neutral (all-zero) embedding and `unknown_pin: true`; a user
+   without a sequence is ranked as a cold start (`cold_start: true`);
+3. when Redis cannot be read, the answer comes from the pin cache and an empty sequence, flagged
+   `degraded: true`: never an error;
+4. `BadRequest` (a blend naming a head the model does not have) is the only error a caller causes.
 """
 
 from __future__ import annotations
@@ -21,6 +30,10 @@ from homefeed.training.data import dense_features
 log = logging.getLogger(__name__)
 
 DEFAULT_BLEND = {"repin": 1.0, "click": 0.25, "hide": -1.0}
+
+
+class BadRequest(ValueError):
+    """The caller's request cannot be served as asked (HTTP 400)."""
 
 
 def parse_blend(text: str | None) -> dict[str, float]:
@@ -75,7 +88,7 @@ class RankingEngine:
     def _check_blend(self, blend: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(blend) - set(self.heads))
         if unknown:
-            raise ValueError(f"blend names unknown heads {unknown}; the model has {self.heads}")
+            raise BadRequest(f"blend names unknown heads {unknown}; the model has {self.heads}")
         return blend
 
     def features(self, user_id: int, candidates: np.ndarray):
@@ -84,14 +97,14 @@ class RankingEngine:
         try:
             user = self.reader.user_features(user_id)
             degraded = False
-        except FeatureStoreUnavailable as exc:
-            log.warning("online store unavailable, ranking degraded: %s", exc)
+        except FeatureStoreUnavailable as exc:  # the breaker logs transitions; this is per request
+            log.debug("ranking degraded: %s", exc)
             user, degraded = cold_start_user(user_id), True
         ids = np.concatenate([user.seq_pin_ids[: self.config.seq_len], candidates])
         try:
             pins = self.reader.pin_features(ids, cache_only=degraded)
         except FeatureStoreUnavailable as exc:
-            log.warning("online store unavailable, pins from cache only: %s", exc)
+            log.debug("pins from cache only: %s", exc)
             pins, degraded = self.reader.pin_features(ids, cache_only=True), True
         n_seq = ids.size - candidates.size
         return user, pins, n_seq, degraded
@@ -101,6 +114,10 @@ class RankingEngine:
         timer = StageTimer()
         request_time_ms = int(request_time_ms if request_time_ms is not None else time.time() * 1000)
         cand = np.asarray(candidates, dtype=np.int64)
+        _, first = np.unique(cand, return_index=True)
+        duplicates = cand.size - first.size
+        if duplicates:
+            cand = cand[np.sort(first)]
         weights = self._check_blend(blend) if blend else self.blend
         user, pins, n_seq, degraded = self.features(user_id, cand)
         timer.lap("features")
@@ -115,7 +132,8 @@ class RankingEngine:
             F.PIN_EMBEDDING: [e if ok else None for e, ok in zip(cand_emb, known)],
             F.PIN_CREATED_MS: np.where(known, pins.created_ms[n_seq:], np.nan),
         }
-        dense = dense_features(user_feature_dict(user), cand_features, request_time_ms)
+        dense = dense_features(user_feature_dict(user), cand_features, request_time_ms,
+                               embedding_dim=self.config.emb_dim)
         timer.lap("tensors")
 
         probs = self.served.score(user_tensors, cand_emb, dense)  # [N, H]
@@ -137,6 +155,7 @@ class RankingEngine:
             "request_time_ms": request_time_ms,
             "cold_start": not user.has_sequence,
             "unknown_pins": [int(p) for p in cand[~known]],
+            "duplicates_dropped": int(duplicates),
             "degraded": degraded,
             "timings_ms": {s: round(v, 3) for s, v in timer.marks.items()},
         }

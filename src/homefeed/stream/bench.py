@@ -102,9 +102,9 @@ def raw_kafka_consume_rate(settings: Settings, expected: int) -> float:
 
 
 def raw_redis_write_rate(settings: Settings, n_keys: int = 20_000, value_bytes: int = 3_000) -> float:
-    import redis
+    from homefeed.redis_client import pipeline_client
 
-    client = redis.Redis.from_url(settings.effective_redis_url)
+    client = pipeline_client(settings)
     value = os.urandom(value_bytes)
     start = time.perf_counter()
     for chunk in range(0, n_keys, 1000):

@@ -74,6 +74,11 @@ def cmd_status(args) -> int:
             lag = sum(p["lag"] for p in parts if p["lag"] is not None)
             print(f"{topic:<20} partitions={len(parts):<3} records={end:<10} group lag={lag}")
         print(f"dead-lettered: {status['dead_lettered']}")
+        c = status.get("consumer")
+        if c:
+            print(f"consumed: {c['records']} records = {c['applied']} applied + {c['duplicates']} "
+                  f"duplicates + {c['dead_lettered']} dead-lettered + {c['pin_upserts']} pin upserts"
+                  + ("" if c["accounted"] else "  (DOES NOT ADD UP)"))
     return 0
 
 

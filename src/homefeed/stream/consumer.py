@@ -5,20 +5,25 @@ One micro-batch at a time, at least once:
 
 1. poll up to `batch_max_events` records or `batch_max_ms`;
 2. cheap per-message checks (homefeed.events.parse_event); failures go to the dead-letter topic
-   with the original bytes and a reason header;
+   with the original bytes and a reason header (a summary instead, when the value is too big for
+   the topic); no record can raise out of this step;
 3. the `action_events` Great Expectations suite once per micro-batch (never per message);
 4. merge each touched user's events into the sequence state kept in Redis (homefeed.sequence);
 5. make the batch durable: raw events and sequence snapshots to the offline log (fsync'd),
    then one Feast push of every changed sequence, then the sequence states;
 6. only then commit the Kafka offsets.
 
-A crash anywhere before 6 replays the batch; every step is idempotent (dedup by event_id,
+A crash anywhere before 6 replays the batch; every step is idempotent (dedup by (user, event_id),
 Feast's strictly-newer timestamp rule, append-only log read with dedup), so replays change
-nothing. Redis errors are retried with backoff without committing.
+nothing. Outages (Redis, the broker, the disk) are retried with backoff without committing; any
+other error is a poison record: the batch is split until the record that fails alone is found,
+and that record is dead-lettered with reason `apply_failed`. So every record is exactly one of
+applied, duplicate, dead-lettered or pin upsert (`BatchResult.accounted`), and none stops ingestion.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -43,6 +48,10 @@ from homefeed.stream.online_writer import OnlineWriter
 log = logging.getLogger(__name__)
 
 STATE_KEY = "homefeed:seqstate:{project}:{user_id}"
+# Per consumer group: records, applied, duplicates, dead_lettered, pin_upserts, incremented together
+# (one MULTI) after every batch, so `homefeed stream status` can show that they add up.
+COUNTERS_KEY = "homefeed:consumer:{project}:{group}"
+COUNTER_FIELDS = ("records", "applied", "duplicates", "dead_lettered", "pin_upserts")
 ACTION_EVENTS_TABLE = "action_events"
 # Records whose broker timestamp is this close to the wall clock are "live": they feed the
 # freshness histogram. Replayed history (record timestamp = simulated arrival) does not.
@@ -58,6 +67,13 @@ SNAPSHOT_GRANULARITY_MS = 1000
 BatchValidator = Callable[[pd.DataFrame], dict[int, str]]
 
 
+# A dead letter carries the whole original value up to this size; above it (a value near the
+# broker's message limit would make the dead-letter send itself fail) a JSON summary instead:
+# reason, source, length and SHA-256 of the value, so the record can still be found and audited.
+DEAD_LETTER_MAX_VALUE_BYTES = 256 * 1024
+DEAD_LETTER_MAX_KEY_BYTES = 1024
+
+
 @dataclass
 class DeadLetter:
     record: object  # kafka ConsumerRecord
@@ -68,13 +84,41 @@ class DeadLetter:
 @dataclass
 class BatchResult:
     records: int = 0
-    applied: int = 0
+    applied: int = 0  # new action events, made durable (outside_window ones included)
     duplicates: int = 0
     outside_window: int = 0
     sequences_pushed: int = 0
     pins_pushed: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
     freshness_ms: list[int] = field(default_factory=list)
+
+    @property
+    def accounted(self) -> int:
+        """applied + duplicates + dead-lettered + pin upserts: always equals `records`."""
+        return self.applied + self.duplicates + len(self.dead) + self.pins_pushed
+
+    def merge(self, other: "BatchResult") -> "BatchResult":
+        for name in ("records", "applied", "duplicates", "outside_window", "sequences_pushed",
+                     "pins_pushed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.dead.extend(other.dead)
+        self.freshness_ms.extend(other.freshness_ms)
+        return self
+
+
+class DeadLetterUnavailable(RuntimeError):
+    """The dead-letter topic could not take a record (broker down): retry the batch."""
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a dependency (Redis, the broker, the disk), never of a record: retried with
+    backoff, offsets not committed. Anything else raised while applying a batch is a poison
+    record and is isolated (StreamConsumer.apply_isolating)."""
+    from kafka.errors import KafkaError
+    from redis import exceptions as R
+
+    return (R.ConnectionError, R.TimeoutError, R.ReadOnlyError, R.TryAgainError, R.ClusterDownError,
+            R.MasterDownError, OSError, KafkaError, DeadLetterUnavailable)
 
 
 def wall_ms() -> int:
@@ -115,35 +159,84 @@ class SequenceBuilder:
         if states:
             self.redis.mset({self.state_key(u): s.to_bytes() for u, s in states.items()})
 
+    def counters_key(self) -> str:
+        return COUNTERS_KEY.format(project=self.project, group=self.settings.consumer_group)
+
+    def record_counters(self, result: BatchResult) -> None:
+        """Add a batch to the group's counters in Redis (atomically: they always add up)."""
+        values = dict(zip(COUNTER_FIELDS, (result.records, result.applied, result.duplicates,
+                                           len(result.dead), result.pins_pushed)))
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                for name, n in values.items():
+                    pipe.hincrby(self.counters_key(), name, n)
+                pipe.execute()
+        except transient_errors() as exc:  # observability only: never hold up ingestion
+            log.warning("consumer counters not updated for one batch (%s)", exc)
+
     # -- one micro-batch ---------------------------------------------------------------
     def apply(self, records: list) -> BatchResult:
+        """Apply one micro-batch. Raises only on an outage (`transient_errors`) or, for a record
+        that passed every check but cannot be applied, on the error it caused."""
         result = BatchResult(records=len(records))
-        now = wall_ms()
-        actions: list[tuple[object, E.ActionEvent]] = []
-        pins: list[tuple[object, E.PinUpsert]] = []
-        for topic, n in Counter(r.topic for r in records).items():
-            M.EVENTS_IN.labels(topic).inc(n)
-        for record in records:
-            try:
-                if record.topic == self.settings.pins_topic:
-                    pins.append((record, E.parse_pin_upsert(
-                        record.value, embedding_dim=self.settings.embedding_dim)))
-                else:
-                    actions.append((record, E.parse_event(
-                        record.value, now_ms=now, max_future_skew_ms=self.settings.max_future_skew_ms)))
-            except E.InvalidEvent as exc:
-                result.dead.append(DeadLetter(record, exc.reason, exc.detail))
-
+        actions, pins = self._parse(records, result)
         # Redelivered copies within one batch are duplicates, not invalid: drop them before the
-        # suite (whose event-id uniqueness check is for corruption, not for at-least-once).
-        unique = list({ev.event_id: (rec, ev) for rec, ev in reversed(actions)}.values())[::-1]
+        # suite (whose uniqueness check is for corruption, not for at-least-once). Event ids are
+        # unique per user: two users' events that share an id are two events.
+        unique = list({(ev.user_id, ev.event_id): (rec, ev)
+                       for rec, ev in reversed(actions)}.values())[::-1]
         result.duplicates += len(actions) - len(unique)
-        result.applied += len(actions) - len(unique)
         actions = self._validate_batch(unique, result)
         self._apply_actions(actions, result)
         self._apply_pins(pins, result)
         self._dead_letter(result.dead)
+        self._count(records, result)
         return result
+
+    def _parse(self, records: list, result: BatchResult):
+        now = wall_ms()
+        skew = self.settings.max_future_skew_ms
+        actions: list[tuple[object, E.ActionEvent]] = []
+        pins: list[tuple[object, E.PinUpsert]] = []
+        for record in records:
+            try:
+                if record.topic == self.settings.pins_topic:
+                    pins.append((record, E.parse_pin_upsert(
+                        record.value, embedding_dim=self.settings.embedding_dim, now_ms=now,
+                        max_future_skew_ms=skew)))
+                else:
+                    actions.append((record, E.parse_event(record.value, now_ms=now, max_future_skew_ms=skew)))
+            except E.InvalidEvent as exc:
+                result.dead.append(DeadLetter(record, exc.reason, exc.detail))
+            except Exception as exc:  # a parser bug must not stop ingestion: dead-letter, say why
+                log.warning("record %s:%s:%s could not be parsed", record.topic, record.partition,
+                            record.offset, exc_info=True)
+                result.dead.append(DeadLetter(record, E.REASON_APPLY_FAILED, f"{type(exc).__name__}: {exc}"))
+        return actions, pins
+
+    def dead_letter_alone(self, record, exc: BaseException) -> BatchResult:
+        """The poison-record exit: `record` failed to apply on its own; dead-letter it."""
+        detail = f"{type(exc).__name__}: {exc}"
+        log.warning("record %s:%s:%s cannot be applied (%s): dead-lettered", record.topic,
+                    record.partition, record.offset, detail[:300])
+        result = BatchResult(records=1, dead=[DeadLetter(record, E.REASON_APPLY_FAILED, detail)])
+        self._dead_letter(result.dead)
+        self._count([record], result)
+        return result
+
+    def _count(self, records: list, result: BatchResult) -> None:
+        """Metrics of a batch that went through (never of a failed attempt)."""
+        for topic, n in Counter(r.topic for r in records).items():
+            M.EVENTS_IN.labels(topic).inc(n)
+        M.EVENTS_APPLIED.inc(result.applied)
+        M.DUPLICATES.inc(result.duplicates)
+        M.OUTSIDE_WINDOW.inc(result.outside_window)
+        M.SEQUENCES_PUSHED.inc(result.sequences_pushed)
+        M.PINS_PUSHED.inc(result.pins_pushed)
+        for item in result.dead:
+            M.DEAD_LETTERED.labels(item.reason).inc()
+        for ms in result.freshness_ms:
+            M.FRESHNESS_SECONDS.observe(ms / 1000)
 
     def _validate_batch(self, actions, result: BatchResult):
         if not actions or self.validator is None:
@@ -172,11 +265,12 @@ class SequenceBuilder:
         states = self.load_states(users)
         changed: dict[int, SequenceState] = {}
         rows, log_rows = [], []
+        already = 0  # events this user's state already holds (a replay)
         for user in users:
             old = states[user]
             known = set(old.event_ids)
-            new_ids = {a[0] for _, a in by_user[user]}
-            result.duplicates += len(by_user[user]) - len(new_ids) + len(new_ids & known)
+            new_ids = {a[0] for _, a in by_user[user]}  # unique per user (deduped in apply)
+            already += len(new_ids & known)
             state, versions = old, []
             for arrived, group in arrival_groups(by_user[user], SNAPSHOT_GRANULARITY_MS):
                 state, did_change = merge(state, group, self.settings.sequence_length)
@@ -201,16 +295,11 @@ class SequenceBuilder:
         for record, _ in actions:
             if 0 <= visible - record.timestamp < LIVE_WINDOW_MS:
                 result.freshness_ms.append(visible - record.timestamp)
-        for ms in result.freshness_ms:
-            M.FRESHNESS_SECONDS.observe(ms / 1000)
         for action, n in Counter(ev.action_type.wire_name for _, ev in actions).items():
             M.ACTIONS.labels(action).inc(n)
-        result.applied += len(actions)
+        result.duplicates += already
+        result.applied += len(actions) - already
         result.sequences_pushed += len(rows)
-        M.EVENTS_APPLIED.inc(len(actions))
-        M.DUPLICATES.inc(result.duplicates)
-        M.OUTSIDE_WINDOW.inc(result.outside_window)
-        M.SEQUENCES_PUSHED.inc(len(rows))
 
     def _apply_pins(self, pins, result: BatchResult) -> None:
         if not pins:
@@ -223,22 +312,49 @@ class SequenceBuilder:
         offline_log.append(self.settings.offline_dir, F.PIN_FEATURES, pin_frame(pd.DataFrame(rows)))
         self.online.write_pins(rows)
         result.pins_pushed += len(rows)
-        M.PINS_PUSHED.inc(len(rows))
 
     def _dead_letter(self, dead: list[DeadLetter]) -> None:
+        """Every dead letter is on the broker before this returns (offsets are committed after)."""
+        from kafka.errors import KafkaError, MessageSizeTooLargeError
+
         if not dead:
             return
         if self.dlq is None:
             raise RuntimeError("invalid records but no dead-letter producer configured")
-        for item in dead:
-            rec = item.record
-            self.dlq.send(
-                self.settings.dead_letter_topic, value=rec.value, key=rec.key,
-                headers=[("reason", item.reason.encode()), ("detail", item.detail[:500].encode()),
-                         ("source", f"{rec.topic}:{rec.partition}:{rec.offset}".encode())],
-            )
-            M.DEAD_LETTERED.labels(item.reason).inc()
-        self.dlq.flush()  # must be on the broker before the offsets are committed
+        sent = [(item, self._send_dead_letter(item, summary=False)) for item in dead]
+        self.dlq.flush(timeout=30)
+        for item, future in sent:
+            try:
+                future.get(timeout=0)
+            except MessageSizeTooLargeError:  # the topic's limit is below ours: send the summary
+                self._send_dead_letter(item, summary=True).get(timeout=30)
+            except KafkaError as exc:
+                raise DeadLetterUnavailable(f"dead-letter topic unavailable: {exc}") from exc
+
+    def _send_dead_letter(self, item: DeadLetter, summary: bool):
+        rec = item.record
+        value = rec.value if rec.value is not None else None
+        key = rec.key
+        headers = [("reason", item.reason.encode()), ("detail", item.detail[:500].encode("utf-8", "replace")),
+                   ("source", f"{rec.topic}:{rec.partition}:{rec.offset}".encode())]
+        if summary or (value is not None and len(value) > DEAD_LETTER_MAX_VALUE_BYTES):
+            value = dead_letter_summary(item)
+            headers.append(("summarized", b"true"))
+        if key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES:
+            key = hashlib.sha256(key).hexdigest().encode()
+        return self.dlq.send(self.settings.dead_letter_topic, value=value, key=key, headers=headers)
+
+
+def dead_letter_summary(item: DeadLetter) -> bytes:
+    """What a dead letter carries instead of a value too large for the topic."""
+    rec = item.record
+    value = rec.value or b""
+    return json.dumps({
+        "summarized": True, "reason": item.reason, "detail": item.detail[:500],
+        "topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
+        "timestamp": rec.timestamp, "length": len(value), "sha256": hashlib.sha256(value).hexdigest(),
+        "head": value[:256].decode("utf-8", "replace"),
+    }).encode()
 
 
 def arrival_groups(items: list[tuple[int, Action]], granularity_ms: int):
@@ -332,9 +448,11 @@ class ConsumeStats:
     applied: int = 0
     dead_lettered: int = 0
     duplicates: int = 0
+    pin_upserts: int = 0
     outside_window: int = 0
     batches: int = 0
     retries: int = 0
+    broker_errors: int = 0
     first_batch_at: float | None = None  # wall-clock seconds; throughput = applied / span
     last_batch_at: float | None = None
     freshness_ms: list[int] = field(default_factory=list)
@@ -346,6 +464,7 @@ class ConsumeStats:
         self.applied += r.applied
         self.dead_lettered += len(r.dead)
         self.duplicates += r.duplicates
+        self.pin_upserts += r.pins_pushed
         self.outside_window += r.outside_window
         self.batches += 1
         self.freshness_ms.extend(r.freshness_ms)
@@ -354,6 +473,19 @@ class ConsumeStats:
         out = {k: v for k, v in self.__dict__.items() if k != "freshness_ms"}
         out["freshness_samples"] = len(self.freshness_ms)
         return out
+
+
+class Backoff:
+    """Jittered exponential backoff (0.1 s doubling to `cap_s`), interruptible by `stop`."""
+
+    def __init__(self, stop: threading.Event, cap_s: float = 5.0):
+        self.stop, self.cap_s, self.delay = stop, cap_s, 0.1
+
+    def wait(self) -> float:
+        waited = self.delay
+        self.stop.wait(waited)
+        self.delay = min(self.delay * 2, self.cap_s) * (0.8 + 0.4 * random.random())
+        return waited
 
 
 class StreamConsumer:
@@ -366,40 +498,93 @@ class StreamConsumer:
         self._last_lag = 0.0
 
     def poll_batch(self) -> list:
+        """Up to batch_max_events records within batch_max_ms; a broker error ends the window
+        early (the client reconnects on the next poll)."""
+        from kafka.errors import KafkaError
+
         batch: list = []
         deadline = time.monotonic() + self.settings.batch_max_ms / 1000
         while len(batch) < self.settings.batch_max_events and not self.stop.is_set():
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 break
-            polled = self.consumer.poll(timeout_ms=remaining_ms,
-                                        max_records=self.settings.batch_max_events - len(batch))
+            try:
+                polled = self.consumer.poll(timeout_ms=remaining_ms,
+                                            max_records=self.settings.batch_max_events - len(batch))
+            except KafkaError as exc:
+                self._broker_error("poll", exc)
+                break
             for records in polled.values():
                 batch.extend(records)
         return batch
 
-    def apply_with_retry(self, batch: list) -> BatchResult:
-        import redis
+    def _broker_error(self, what: str, exc: BaseException) -> None:
+        self.stats.broker_errors += 1
+        M.BROKER_ERRORS.labels(what).inc()
+        log.warning("broker error during %s (%s: %s); retrying", what, type(exc).__name__, exc)
+        self.stop.wait(0.5)
 
-        delay = 0.1
+    def apply_with_retry(self, batch: list) -> BatchResult:
+        """Apply a batch: outages are retried until they pass, poison records are isolated."""
+        transient = transient_errors()
+        backoff = Backoff(self.stop)
         while True:
             try:
                 with M.BATCH_SECONDS.time():
                     return self.builder.apply(batch)
-            except (redis.RedisError, OSError) as exc:
+            except transient as exc:
                 if self.stop.is_set():
                     raise
                 self.stats.retries += 1
                 M.RETRIES.inc()
-                log.warning("batch of %d records not applied (%s); retrying in %.1fs, offsets not "
-                            "committed", len(batch), exc, delay)
-                self.stop.wait(delay)
-                delay = min(delay * 2, 5.0) * (0.8 + 0.4 * random.random())
+                log.warning("batch of %d records not applied (%s: %s); retrying in %.1fs, offsets "
+                            "not committed", len(batch), type(exc).__name__, exc, backoff.delay)
+                backoff.wait()
+            except Exception as exc:  # not an outage: some record in the batch is poison
+                return self.apply_isolating(batch, exc)
+
+    def apply_isolating(self, batch: list, exc: BaseException) -> BatchResult:
+        """Bisect a batch that failed for a non-transient reason: halves are applied in order
+        (apply is idempotent, so a half that had been partly written is a replay), and a record
+        that fails on its own is dead-lettered. Cost: O(log n) extra applies per poison record."""
+        if len(batch) == 1:
+            transient = transient_errors()
+            while True:
+                try:
+                    return self.builder.dead_letter_alone(batch[0], exc)
+                except transient as dlq_exc:  # the dead-letter topic is down: wait for it
+                    if self.stop.is_set():
+                        raise
+                    log.warning("dead letter not sent (%s); retrying", dlq_exc)
+                    self.stop.wait(1.0)
+        log.warning("batch of %d records failed (%s: %s); isolating the record that causes it",
+                    len(batch), type(exc).__name__, str(exc)[:300])
+        mid = len(batch) // 2
+        return self.apply_with_retry(batch[:mid]).merge(self.apply_with_retry(batch[mid:]))
+
+    def commit(self) -> None:
+        """Commit the consumed offsets; broker errors are retried (positions only move forward,
+        so a later commit covers this batch too: at-least-once either way). A rebalance means
+        the new owner replays the batch."""
+        from kafka.errors import CommitFailedError, KafkaError
+
+        backoff = Backoff(self.stop)
+        while not self.stop.is_set():
+            try:
+                self.consumer.commit()
+                return
+            except CommitFailedError as exc:
+                log.warning("commit failed after rebalance (%s); the new owner replays", exc)
+                return
+            except KafkaError as exc:
+                self.stats.broker_errors += 1
+                M.BROKER_ERRORS.labels("commit").inc()
+                log.warning("commit failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc,
+                            backoff.delay)
+                backoff.wait()
 
     def run(self, idle_exit_s: float | None = None, max_records: int | None = None,
             ready_file=None) -> ConsumeStats:
-        from kafka.errors import CommitFailedError
-
         self.builder.warm_up()
         idle_since = time.monotonic()
         log.info("consuming %s and %s as group %s", self.settings.actions_topic,
@@ -407,11 +592,11 @@ class StreamConsumer:
         try:
             while not self.stop.is_set():
                 batch = self.poll_batch()
-                if ready_file and self.consumer.assignment():
+                if ready_file and self._assignment():
                     Path(ready_file).touch()  # partitions assigned: orchestration may start producing
                     ready_file = None
                 if not batch:
-                    if not self.consumer.assignment():  # still joining the group: not idle
+                    if not self._assignment():  # still joining the group: not idle
                         idle_since = time.monotonic()
                     elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
@@ -420,11 +605,9 @@ class StreamConsumer:
                 self.stats.first_batch_at = self.stats.first_batch_at or time.time()
                 M.BATCH_SIZE.observe(len(batch))
                 result = self.apply_with_retry(batch)
-                try:
-                    self.consumer.commit()
-                except CommitFailedError as exc:  # partitions moved during the batch: they replay
-                    log.warning("commit failed after rebalance (%s); the new owner replays", exc)
+                self.commit()
                 self.stats.add(result)
+                self.builder.record_counters(result)
                 if result.dead:
                     log.info("dead-lettered %d records: %s", len(result.dead),
                              sorted({d.reason for d in result.dead}))
@@ -435,28 +618,36 @@ class StreamConsumer:
             self.consumer.close(autocommit=False)
         return self.stats
 
+    def _assignment(self) -> set:
+        from kafka.errors import KafkaError
+
+        try:
+            return self.consumer.assignment()
+        except KafkaError:
+            return set()
+
     def _update_lag(self) -> None:
+        from kafka.errors import KafkaError
+
         if time.monotonic() - self._last_lag < 5:
             return
         self._last_lag = time.monotonic()
-        assigned = list(self.consumer.assignment())
-        if not assigned:
-            return
-        for tp in assigned:
-            # The fetch response's high watermark (exact on every broker; see ops.high_watermarks).
-            end = self.consumer.highwater(tp)
-            if end is not None:
-                M.LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - self.consumer.position(tp)))
+        try:
+            for tp in list(self.consumer.assignment()):
+                # The fetch response's high watermark (exact on every broker; see ops.high_watermarks).
+                end = self.consumer.highwater(tp)
+                if end is not None:
+                    M.LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - self.consumer.position(tp)))
+        except KafkaError as exc:  # a metric, never a reason to stop
+            log.debug("lag not updated: %s", exc)
 
 
 def build_consumer(settings: Settings, validate: bool = True, **consumer_overrides) -> StreamConsumer:
-    import redis
-
     from homefeed.feature_store import open_store
+    from homefeed.redis_client import pipeline_client
 
     store = open_store(settings.feature_repo)
-    client = redis.Redis.from_url(settings.effective_redis_url, socket_timeout=5,
-                                  socket_connect_timeout=2)
+    client = pipeline_client(settings)
     builder = SequenceBuilder(settings, store, client, make_producer(settings),
                               gx_validator(settings) if validate else None)
     return StreamConsumer(settings, builder, make_consumer(settings, **consumer_overrides))

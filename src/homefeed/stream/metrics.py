@@ -26,5 +26,7 @@ FRESHNESS_SECONDS = Histogram(
     "homefeed_stream_freshness_seconds",
     "Event arrival at the broker (record timestamp) to visible in the online store",
     buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10))
+BROKER_ERRORS = Counter("homefeed_stream_broker_errors_total",
+                        "Kafka errors survived by retrying (poll, commit)", ["operation"])
 RETRIES = Counter("homefeed_stream_write_retries_total", "Batches retried after a Redis/storage error")
 LAG = Gauge("homefeed_stream_consumer_lag", "Records behind the end of the log", ["topic", "partition"])

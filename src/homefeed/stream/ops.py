@@ -79,10 +79,38 @@ def stream_status(settings: Settings) -> dict:
                              ends[tp] - (done_offset if done_offset is not None else starts[tp])})
             topics[topic] = rows
         dead = sum(r["end"] - r["start"] for r in topics[settings.dead_letter_topic])
-        return {"group": settings.consumer_group, "topics": topics, "dead_lettered": dead}
+        return {"group": settings.consumer_group, "topics": topics, "dead_lettered": dead,
+                "consumer": consumer_counters(settings)}
     finally:
         consumer.close()
         admin.close()
+
+
+def consumer_counters(settings: Settings, project: str | None = None) -> dict | None:
+    """The group's record counters (written by the consumer after every batch), with the check
+    that every record is accounted for exactly once; None when Redis has none or cannot be read."""
+    import redis
+
+    from homefeed.redis_client import pipeline_client
+    from homefeed.stream.consumer import COUNTER_FIELDS, COUNTERS_KEY
+
+    if project is None:
+        from homefeed.feature_store import repo_project
+
+        project = repo_project(settings.feature_repo)
+    client = pipeline_client(settings)
+    try:
+        raw = client.hgetall(COUNTERS_KEY.format(project=project, group=settings.consumer_group))
+    except (redis.RedisError, OSError) as exc:
+        log.warning("consumer counters unavailable: %s", exc)
+        return None
+    finally:
+        client.close()
+    if not raw:
+        return None
+    counts = {name: int(raw.get(name.encode(), 0)) for name in COUNTER_FIELDS}
+    counts["accounted"] = counts["records"] == sum(counts[n] for n in COUNTER_FIELDS[1:])
+    return counts
 
 
 def parse_time_ms(value: str) -> int:
@@ -99,22 +127,24 @@ def parse_time_ms(value: str) -> int:
 
 def backfill(settings: Settings, since: str, users: list[int] | None = None, store=None,
              redis_client=None) -> dict:
-    import redis
-
+    """Rebuild online sequences (users with events since `since`) and re-write every pin's
+    latest logged features: after Redis lost its data, both come back."""
     from homefeed.feature_store import open_store
+    from homefeed.redis_client import pipeline_client
     from homefeed.stream.consumer import SequenceBuilder, sequence_frame
 
     since_ms = parse_time_ms(str(since))
+    store = store or open_store(settings.feature_repo)
+    client = redis_client or pipeline_client(settings)
+    builder = SequenceBuilder(settings, store, client)
+    pins = restore_pins(settings, builder) if users is None else 0
     events = offline_log.read(settings.offline_dir, "action_events")
     if events.empty:
-        return {"users": 0, "events": 0}
-    events = events.drop_duplicates("event_id")
+        return {"users": 0, "events": 0, "pins": pins}
+    events = events.drop_duplicates([F.USER_ID, "event_id"])  # event ids are unique per user
     arrived = events["arrival_time"] >= since_ms
     targets = set(events.loc[arrived, F.USER_ID].astype(int)) if users is None else set(users)
     events = events[events[F.USER_ID].isin(targets)]
-    store = store or open_store(settings.feature_repo)
-    client = redis_client or redis.Redis.from_url(settings.effective_redis_url)
-    builder = SequenceBuilder(settings, store, client)
     states = builder.load_states(sorted(targets))
     action_id = {a.wire_name: int(a) for a in ActionType}
     rows, new_states = [], {}
@@ -132,5 +162,25 @@ def backfill(settings: Settings, since: str, users: list[int] | None = None, sto
         offline_log.append(settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_frame(rows))
         builder.online.write_sequences(rows)
         builder.save_states(new_states)
-    log.info("backfilled %d users from %d logged events", len(rows), len(events))
-    return {"users": len(rows), "events": int(len(events)), "since_ms": since_ms}
+    log.info("backfilled %d users from %d logged events, %d pins", len(rows), len(events), pins)
+    return {"users": len(rows), "events": int(len(events)), "since_ms": since_ms, "pins": pins}
+
+
+def restore_pins(settings: Settings, builder) -> int:
+    """Write each pin's newest logged feature row to the online store. Feast's strictly-newer
+    rule makes this a no-op for pins Redis still has, so it is safe at any time."""
+    logged = offline_log.read(settings.offline_dir, F.PIN_FEATURES)
+    if logged.empty:
+        return 0
+    latest = (logged.sort_values([F.PIN_ID, F.EVENT_TIMESTAMP, F.CREATED], kind="stable")
+              .drop_duplicates(F.PIN_ID, keep="last"))
+    ms = {col: latest[col].astype("datetime64[us, UTC]").astype("int64") // 1000
+          for col in (F.EVENT_TIMESTAMP, F.CREATED)}
+    rows = [{F.PIN_ID: int(pid), F.PIN_EMBEDDING: [float(v) for v in emb], F.PIN_TOPIC: int(topic),
+             F.PIN_CREATED_MS: int(created), F.EVENT_TIMESTAMP: int(ts), F.CREATED: int(cr)}
+            for pid, emb, topic, created, ts, cr in zip(
+                latest[F.PIN_ID], latest[F.PIN_EMBEDDING], latest[F.PIN_TOPIC],
+                latest[F.PIN_CREATED_MS], ms[F.EVENT_TIMESTAMP], ms[F.CREATED])]
+    for start in range(0, len(rows), 5000):
+        builder.online.write_pins(rows[start: start + 5000])
+    return len(rows)
