@@ -125,3 +125,25 @@ def test_a_client_connection_error_during_a_command_is_translated(capsys, monkey
 
     with pytest.raises(KeyError):
         cli.run(argparse.Namespace(func=bug, verbose=False))
+
+
+def test_library_deprecation_warnings_stay_out_of_the_log(tmp_path):
+    """After Feast's `simplefilter("once", DeprecationWarning)` and GX's captureWarnings, a
+    library's DeprecationWarning used to be logged as a WARNING line; other warnings and
+    homefeed's own deprecations still are."""
+    own = Path(cli.__file__).resolve().parent / "stream" / "consumer.py"
+    code = ("import warnings\n"
+            "from homefeed.cli import setup_logging\n"
+            "setup_logging(False)\n"
+            "warnings.simplefilter('once', DeprecationWarning)  # what importing feast does\n"
+            "warnings.warn_explicit('sre_parse is deprecated', DeprecationWarning, '/venv/lib/gx/x.py', 6)\n"
+            "warnings.warn_explicit('old api', PendingDeprecationWarning, '/venv/lib/kafka/y.py', 1)\n"
+            "warnings.warn_explicit('disk almost full', UserWarning, '/venv/lib/lib/z.py', 3)\n"
+            f"warnings.warn_explicit('use --since', DeprecationWarning, {str(own)!r}, 9)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    logged = [line.split(" WARNING py.warnings: ")[1] for line in result.stderr.splitlines()
+              if " WARNING py.warnings: " in line]  # (a warning's source line follows it)
+    assert logged == [
+        "/venv/lib/lib/z.py:3: UserWarning: disk almost full",
+        f"{own}:9: DeprecationWarning: use --since"], result.stderr

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 import traceback
+from pathlib import Path
 
 from homefeed.errors import UserError
 
@@ -51,6 +53,24 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="debug logging, and full tracebacks on errors")
 
 
+class LibraryDeprecations(logging.Filter):
+    """Drops other packages' DeprecationWarnings from the `py.warnings` log.
+
+    Feast's modules call ``warnings.simplefilter("once", DeprecationWarning)`` at import,
+    which re-enables every library's deprecation warnings for the whole process, and Great
+    Expectations calls ``logging.captureWarnings(True)``, which logs them as WARNING lines
+    (``py.warnings: .../file_path_data_connector.py:6: DeprecationWarning: module
+    'sre_constants' is deprecated``). They are for those libraries' developers, not for
+    users; Python's own default hides them. homefeed's own deprecations still show."""
+
+    PATTERN = re.compile(r"^(?P<file>.*?):\d+: (?:Pending)?DeprecationWarning: ")
+    OWN = str(Path(__file__).resolve().parent) + "/"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = self.PATTERN.match(record.getMessage())
+        return match is None or match["file"].startswith(self.OWN)
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -59,6 +79,11 @@ def setup_logging(verbose: bool) -> None:
     # Client libraries log every connection at INFO; keep our own logs readable.
     for noisy in ("kafka", "feast", "great_expectations", "bentoml", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Warnings go to the log (as GX would make them anyway), without libraries' deprecations.
+    logging.captureWarnings(True)
+    warnings_log = logging.getLogger("py.warnings")
+    if not verbose and not any(isinstance(f, LibraryDeprecations) for f in warnings_log.filters):
+        warnings_log.addFilter(LibraryDeprecations())
 
 
 def run(args: argparse.Namespace, prog: str = "homefeed") -> int:

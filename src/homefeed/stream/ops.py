@@ -61,7 +61,8 @@ def stream_status(settings: Settings) -> dict:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     admin = KafkaAdminClient(**settings.kafka_client_config(), client_id="homefeed-status")
-    consumer = KafkaConsumer(**settings.kafka_client_config(), client_id="homefeed-status")
+    consumer = KafkaConsumer(**settings.kafka_client_config(), client_id="homefeed-status",
+                             enable_auto_commit=False)  # no group: reads offsets only
     try:
         committed = committed_offsets(settings, admin)
         topics = {}
