@@ -789,6 +789,10 @@ def test_great_expectations_checkpoint_run_exit_codes(project, cli_env, capsys):
     assert gx_command(["-c", str(project), "checkpoint", "run", "nope", "--data", str(good)], capsys)[0] == 2
     assert gx_command(run + [str(cli_env / "missing.parquet")], capsys)[0] == 2
     assert gx_command(["-c", str(project), "checkpoint"], capsys)[0] == 2
+    code, out, _ = gx_command(["-c", str(project), "docs", "build", "--no-view", "--site-name", "local_site"],
+                              capsys)
+    assert code == 0 and Path(out.strip()).name == "index.html"
+    assert gx_command(["-c", str(project), "docs", "build", "--site-name", "s3_site"], capsys)[0] == 2
     code, _, err = gx_command(["-c", str(cli_env), "checkpoint", "list"], capsys)
     assert code == 2 and err.startswith("great_expectations: error: no Great Expectations context")
 

@@ -29,6 +29,7 @@ from homefeed.validation import cli as vcli
 from homefeed.validation import suites as S
 
 PROG = "great_expectations"
+DOCS_SITE = "local_site"  # the one Data Docs site in great_expectations.yml
 
 
 def project_dir(config: Path | None) -> Path:
@@ -76,6 +77,8 @@ def cmd_checkpoint_run(args) -> int:
 
 
 def cmd_docs_build(args) -> int:
+    if args.site_name not in (None, DOCS_SITE):
+        raise UserError(f"unknown Data Docs site {args.site_name!r}; the context has one: {DOCS_SITE}")
     args.project_dir = project_dir(args.config)
     return vcli.cmd_docs(args)
 
@@ -114,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-view", action="store_true",
                        help="accepted for GX 0.x compatibility; no browser is ever opened")
     build.add_argument("--site-name", default=None,
-                       help="accepted for GX 0.x compatibility; the context has one site")
+                       help=f"the Data Docs site (the context has one: {DOCS_SITE})")
     build.set_defaults(func=cmd_docs_build)
     return parser
 
