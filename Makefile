@@ -9,17 +9,17 @@ PYTEST_ARGS ?=
 DATASET ?= synthetic
 SIZE ?= tiny
 
-.PHONY: help setup redis-server up down status apply test demo clean
+.PHONY: help setup redis-server promtool up down status apply test demo clean
 
 help:
-	@echo "make setup   venv + project + dev deps (+ redis-server via apt-get when root)"
+	@echo "make setup   venv + project + dev deps (+ redis-server and promtool via apt-get when root)"
 	@echo "make up      start local redis-server and Kafka-protocol broker (homefeed stack up)"
 	@echo "make down    stop them"
 	@echo "make apply   feast apply the feature repo"
 	@echo "make test    run the test suite (starts and stops its own services on free ports)"
 	@echo "make demo    run the main job end to end on a small world"
 
-setup: $(VENV)/.installed redis-server
+setup: $(VENV)/.installed redis-server promtool
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,20 @@ redis-server:
 		echo "redis-server is missing: install it (sudo apt-get install -y redis-server, or brew install redis)"; \
 		echo "or set REDIS_URL to an existing Redis"; \
 		exit 1; \
+	fi
+
+# promtool (Debian's prometheus package) checks monitoring/'s alert rules in the tests; optional:
+# without it (and not root) those tests are skipped. Only the tool is wanted: the package's
+# server is not left running.
+promtool:
+	@if command -v promtool >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing promtool (prometheus) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+	else \
+		echo "promtool is missing: the alert-rule tests will be skipped (sudo apt-get install prometheus)"; \
 	fi
 
 up: setup

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -315,3 +316,16 @@ def test_client_errors_are_logged_at_info_without_traceback(service):
     rejected = [line for line in text.splitlines() if "rejected" in line and "/rank" in line]
     assert rejected and all("INFO" in line for line in rejected), text[-3000:]
     assert "Traceback" not in text, text[-3000:]
+
+
+def test_metrics_used_by_the_dashboard_and_alerts_are_served(service):
+    """Every ranker-side metric that monitoring/ queries is on the live /metrics (BentoML's HTTP
+    histogram included); test_monitoring.py checks the rest against the code."""
+    from test_monitoring import used_metric_names
+
+    rank(service, user_id=USER, candidates=PINS[:5])
+    status, text = http("GET", service["url"] + "/metrics")
+    assert status == 200
+    served = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{|\s)", text, flags=re.M))
+    wanted = {m for m in used_metric_names() if not m.startswith("homefeed_stream_") and m != "up"}
+    assert wanted and wanted <= served, sorted(wanted - served)

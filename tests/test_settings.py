@@ -83,3 +83,91 @@ def test_redis_password_only_from_the_environment(tmp_path):
     assert s.effective_redis_url == "redis://:p%40ss%2Fword@127.0.0.1:7000/0"
     assert "password=p@ss/word" in s.feast_redis_connection_string
     assert "p@ss" not in repr(s)  # never printed with the settings
+
+
+# -- Kafka client security ------------------------------------------------------------------------
+
+def test_kafka_client_config_defaults_to_plaintext(tmp_path):
+    s = load_settings(env={}, config_file=write(tmp_path, ""))
+    assert s.kafka_client_config() == {"bootstrap_servers": f"127.0.0.1:{Settings.kafka_port}",
+                                       "security_protocol": "PLAINTEXT"}
+
+
+def test_kafka_sasl_ssl_from_file_and_environment(tmp_path):
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    cfg = write(tmp_path, 'kafka_security_protocol = "SASL_SSL"\nkafka_sasl_mechanism = "SCRAM-SHA-512"\n'
+                          'kafka_sasl_username = "homefeed"\nkafka_ssl_cafile = "ca.pem"\n')
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "b1.cloud:9093,b2.cloud:9093", "HOMEFEED_KAFKA_SASL_PASSWORD": "s3cret"}
+    s = load_settings(env=env, config_file=cfg)
+    assert s.kafka_client_config() == {
+        "bootstrap_servers": "b1.cloud:9093,b2.cloud:9093", "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "homefeed",
+        "sasl_plain_password": "s3cret", "ssl_cafile": str((tmp_path / "ca.pem").resolve()),
+    }
+    assert "s3cret" not in repr(s)
+    # every kwarg is one that kafka-python's clients accept
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    for client in (KafkaAdminClient, KafkaConsumer, KafkaProducer):
+        assert set(s.kafka_client_config()) <= set(client.DEFAULT_CONFIG), client.__name__
+    # environment overrides the file, as for every setting
+    s = load_settings(env={**env, "HOMEFEED_KAFKA_SASL_MECHANISM": "PLAIN"}, config_file=cfg)
+    assert s.kafka_client_config()["sasl_mechanism"] == "PLAIN"
+
+
+def test_kafka_secrets_only_from_the_environment(tmp_path):
+    with pytest.raises(ValueError, match="HOMEFEED_KAFKA_SASL_PASSWORD in the environment"):
+        load_settings(env={}, config_file=write(tmp_path, 'kafka_sasl_password = "oops"\n'))
+    with pytest.raises(ValueError, match="HOMEFEED_KAFKA_SSL_PASSWORD"):
+        load_settings(env={}, config_file=write(tmp_path, 'kafka_ssl_password = "oops"\n'))
+    s = load_settings(env={"HOMEFEED_KAFKA_SSL_PASSWORD": "k3y", "HOMEFEED_KAFKA_SECURITY_PROTOCOL": "ssl"},
+                      config_file=write(tmp_path, ""))
+    assert s.kafka_client_config() == {"bootstrap_servers": s.effective_kafka_bootstrap,
+                                       "security_protocol": "SSL", "ssl_password": "k3y"}
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"HOMEFEED_KAFKA_SECURITY_PROTOCOL": "TLS"}, "use one of PLAINTEXT"),
+    ({"HOMEFEED_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs kafka_sasl_mechanism"),
+    ({"HOMEFEED_KAFKA_SASL_MECHANISM": "PLAIN"}, "takes no SASL mechanism"),
+    ({"HOMEFEED_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "HOMEFEED_KAFKA_SASL_MECHANISM": "OAUTHBEARER"},
+     "use one of PLAIN"),
+    ({"HOMEFEED_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "HOMEFEED_KAFKA_SASL_MECHANISM": "PLAIN",
+      "HOMEFEED_KAFKA_SASL_USERNAME": "u"}, "HOMEFEED_KAFKA_SASL_PASSWORD"),
+    ({"HOMEFEED_KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "security protocol is PLAINTEXT"),
+    ({"HOMEFEED_KAFKA_SECURITY_PROTOCOL": "SSL", "HOMEFEED_KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"},
+     "is not a file"),
+])
+def test_inconsistent_kafka_security_is_a_clear_error(tmp_path, env, message):
+    from homefeed.errors import UserError
+
+    s = load_settings(env=env, config_file=write(tmp_path, ""))
+    with pytest.raises(UserError, match=message):
+        s.kafka_client_config()
+
+
+@pytest.mark.integration
+def test_kafka_client_config_reaches_the_local_broker(stack):
+    """The same kwargs build a working admin client, producer and consumer (PLAINTEXT: the local
+    broker has no SASL/TLS listener)."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    config = stack.kafka_client_config()
+    admin = KafkaAdminClient(**config, client_id="homefeed-test")
+    try:
+        assert stack.actions_topic in admin.list_topics()
+    finally:
+        admin.close()
+    producer = KafkaProducer(**config)
+    producer.close()
+    consumer = KafkaConsumer(**config)
+    try:
+        assert consumer.partitions_for_topic(stack.actions_topic)
+    finally:
+        consumer.close()
+
+
+def test_local_kafka_drops_external_brokers_and_security(tmp_path):
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "b1.cloud:9093", "HOMEFEED_KAFKA_SECURITY_PROTOCOL": "SSL"}
+    s = load_settings(env=env, config_file=write(tmp_path, "")).local_kafka(kafka_port=7001)
+    assert s.kafka_client_config() == {"bootstrap_servers": "127.0.0.1:7001", "security_protocol": "PLAINTEXT"}

@@ -722,3 +722,114 @@ def test_bench_validate_json(project, capsys):
     passing = [r for r in data["results"] if r["passing"]]
     assert [r["events"] for r in passing] == [200]
     assert passing[0]["median_ms"] > 0 and passing[0]["p95_ms"] >= passing[0]["median_ms"]
+
+
+# ----------------------------------------------------------- plain GX and `great_expectations`
+
+
+def test_plain_gx_runs_the_stored_checkpoints_without_parameters(project):
+    """GX 1.x has no default for a $PARAMETER: the stored suites hold the defaults, so a plain
+    `checkpoint.run(batch_parameters={"dataframe": df})` works (after derive_columns, for the
+    suites with list columns) and still catches defects."""
+    context = runner.get_project(project).context  # a plain GX FileDataContext
+    good = {S.ACTION_EVENTS: events(), S.SEQUENCE_FEATURES: sequence_rows(),
+            S.PIN_FEATURES: pin_rows(), S.TRAINING_SET: training_rows()}
+    for name, df in good.items():
+        data = df if name == S.ACTION_EVENTS else S.derive_columns(name, df)
+        result = context.checkpoints.get(name).run(batch_parameters={"dataframe": data})
+        assert result.success, name
+    bad = events()
+    bad.loc[4, "action_type"] = "like"
+    result = context.checkpoints.get(S.ACTION_EVENTS).run(batch_parameters={"dataframe": bad})
+    assert not result.success
+    # the stored default of a parameter is what plain GX checks; the runner still fills it in
+    far = events()
+    far.loc[0, "event_time"] = S.DEFAULT_MAX_EVENT_TIME_MS + 1
+    assert not context.checkpoints.get(S.ACTION_EVENTS).run(batch_parameters={"dataframe": far}).success
+    soon = events()
+    soon.loc[0, "event_time"] = NOW + 86_400_000
+    assert context.checkpoints.get(S.ACTION_EVENTS).run(batch_parameters={"dataframe": soon}).success
+    assert checks(validate(S.ACTION_EVENTS, soon, project)) == {"future_time"}
+
+
+def gx_command(argv: list[str], capsys) -> tuple[int, str, str]:
+    from homefeed.validation import gx_cli
+
+    try:
+        code = gx_cli.main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_great_expectations_command_lists(project, capsys):
+    code, out, _ = gx_command(["-c", str(project), "checkpoint", "list"], capsys)
+    assert code == 0 and out.startswith("Found 4 Checkpoints.")
+    assert [line.strip(" -") for line in out.splitlines()[1:]] == sorted(S.CHECKPOINT_NAMES)
+    for config in (project / "gx", project / "gx" / "great_expectations.yml"):
+        assert gx_command(["--config", str(config), "suite", "list"], capsys)[1].splitlines()[0] == \
+            "4 Expectation Suites found:"
+
+
+def test_great_expectations_checkpoint_run_exit_codes(project, cli_env, capsys):
+    run = ["-c", str(project), "checkpoint", "run", "action_events", "--now-ms", str(NOW), "--data"]
+    good = cli_env / "good.parquet"
+    events().to_parquet(good)
+    code, out, _ = gx_command(run + [str(good)], capsys)
+    assert code == 0 and "action_events: OK" in out and "Validation succeeded!" in out
+    defects = {
+        "unknown_action": lambda df: df.assign(action_type=["like"] + list(df.action_type[1:])),
+        "bad_id": lambda df: df.assign(user_id=[0] + list(df.user_id[1:])),
+        "duplicate_event_id": lambda df: df.assign(event_id=[df.event_id[1]] + list(df.event_id[1:])),
+        "future_time": lambda df: df.assign(event_time=[NOW + 3_600_000] + list(df.event_time[1:])),
+        "ancient_time": lambda df: df.assign(event_time=[NOW // 1000] + list(df.event_time[1:])),
+        "missing_column": lambda df: df.drop(columns="pin_id"),
+        "wrong_type": lambda df: df.assign(user_id=df.user_id.astype(float)),
+    }
+    for check, plant in defects.items():
+        path = cli_env / f"{check}.parquet"
+        plant(events()).to_parquet(path)
+        code, out, _ = gx_command(run + [str(path)], capsys)
+        assert code == 1, (check, out)
+        assert f"[{check}]" in out and "Validation failed!" in out
+    assert gx_command(["-c", str(project), "checkpoint", "run", "nope", "--data", str(good)], capsys)[0] == 2
+    assert gx_command(run + [str(cli_env / "missing.parquet")], capsys)[0] == 2
+    assert gx_command(["-c", str(project), "checkpoint"], capsys)[0] == 2
+    code, out, _ = gx_command(["-c", str(project), "docs", "build", "--no-view", "--site-name", "local_site"],
+                              capsys)
+    assert code == 0 and Path(out.strip()).name == "index.html"
+    assert gx_command(["-c", str(project), "docs", "build", "--site-name", "s3_site"], capsys)[0] == 2
+    code, _, err = gx_command(["-c", str(cli_env), "checkpoint", "list"], capsys)
+    assert code == 2 and err.startswith("great_expectations: error: no Great Expectations context")
+
+
+def test_great_expectations_checkpoint_run_defaults_to_the_offline_log(project, cli_env, capsys,
+                                                                       monkeypatch):
+    from homefeed import offline_log
+
+    monkeypatch.setenv("HOMEFEED_HOME", str(cli_env / "home"))
+    run = ["-c", str(project), "checkpoint", "run"]
+    code, _, err = gx_command(run + ["action_events"], capsys)
+    assert code == 2 and "no action_events rows" in err
+    frame = events(6).assign(arrival_time=NOW)  # the consumer's log columns
+    frame[F.EVENT_TIMESTAMP] = offline_log.to_utc_us(frame["event_time"])
+    frame[F.CREATED] = offline_log.to_utc_us(frame["arrival_time"])
+    offline_dir = cli_env / "home" / "offline"
+    offline_log.append(offline_dir, "action_events", frame)
+    offline_log.append(offline_dir, "action_events", frame.head(2))  # a replayed batch
+    code, out, _ = gx_command(run + ["action_events"], capsys)
+    assert code == 0 and "passed on 6 rows" in out
+    code, _, err = gx_command(run + ["training_set"], capsys)
+    assert code == 2 and "pass --data" in err
+
+
+def test_great_expectations_is_a_console_script():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, func = scripts["great_expectations"].partition(":")
+    from homefeed.validation import gx_cli
+
+    assert getattr(importlib.import_module(module), func) is gx_cli.main

@@ -521,7 +521,8 @@ def cmd_demo(args) -> int:
 
 
 def register(parser) -> None:
-    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "movielens"])
+    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "movielens"],
+                        help="synthetic world (default) or MovieLens-100K from HOMEFEED_MOVIELENS_DIR")
     parser.add_argument("--size", default="tiny", choices=list(SIZES),
                         help="smoke (CI), tiny (default), small, default")
     parser.add_argument("--stop", action="store_true", help="stop the demo's service and consumer")

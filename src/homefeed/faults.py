@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from homefeed import events as E
-from homefeed.settings import SOURCE_ROOT, Settings, load_settings
+from homefeed.settings import KAFKA_ENV, SOURCE_ROOT, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,10 @@ def private_stack(workdir: Path):
         "HOMEFEED_TOPIC_PARTITIONS": "1", "HOMEFEED_REDIS_TIMEOUT_MS": "1000",
         "HOMEFEED_BATCH_MAX_MS": "50", "BENTOML_DO_NOT_TRACK": "true",
     }
-    saved = {k: os.environ.get(k) for k in (*env, "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")}
-    os.environ.pop("REDIS_URL", None)
-    os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    external = ("REDIS_URL", "HOMEFEED_REDIS_MODE", "HOMEFEED_REDIS_NODES", *KAFKA_ENV)
+    saved = {k: os.environ.get(k) for k in (*env, *external)}
+    for name in external:  # a private stack: plaintext local broker, one local redis-server
+        os.environ.pop(name, None)
     os.environ.update(env)
     stack = None
     try:

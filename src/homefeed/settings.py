@@ -9,7 +9,15 @@ Precedence: environment variables > config file > defaults.
   "use this infrastructure": `homefeed stack up` then starts nothing for it.
 
 Credentials belong in ``REDIS_URL`` (``redis://:password@host:port/0``) or the environment, never
-in code or in the committed config file.
+in code or in the committed config file: the fields in ``SECRET_FIELDS`` are read from the
+environment only, and a config file that sets one is an error.
+
+Kafka security (a managed Kafka): ``kafka_security_protocol`` (PLAINTEXT, SSL, SASL_PLAINTEXT,
+SASL_SSL), ``kafka_sasl_mechanism`` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI, AWS_MSK_IAM),
+``kafka_sasl_username``, ``kafka_ssl_cafile`` / ``_certfile`` / ``_keyfile``, and the secrets
+``HOMEFEED_KAFKA_SASL_PASSWORD`` and ``HOMEFEED_KAFKA_SSL_PASSWORD`` (the key's password).
+`Settings.kafka_client_config()` turns them into kafka-python keyword arguments, the same for
+producers, consumers and admin clients.
 """
 
 from __future__ import annotations
@@ -23,6 +31,16 @@ from urllib.parse import quote, unquote, urlparse
 
 ENV_PREFIX = "HOMEFEED_"
 REDIS_MODES = ("standalone", "cluster", "sentinel")
+# The variables that point Kafka clients at external brokers (a private local stack unsets them).
+KAFKA_ENV = ("KAFKA_BOOTSTRAP_SERVERS", *(ENV_PREFIX + n for n in (
+    "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE",
+    "KAFKA_SSL_KEYFILE")))
+# Credentials: environment only (HOMEFEED_<NAME>), never from the config file, never in repr().
+SECRET_FIELDS = ("kafka_sasl_password", "kafka_ssl_password", "redis_password")
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# kafka-python's mechanisms that need no Python object in the config (OAUTHBEARER needs a token
+# provider: build that client yourself).
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "AWS_MSK_IAM")
 
 
 # The source checkout (editable install); installed elsewhere, set HOMEFEED_FEATURE_REPO.
@@ -44,8 +62,18 @@ class Settings:
     redis_port: int = 16379
     kafka_port: int = 19092
     # External infrastructure; empty means "the local stack".
-    redis_url: str = ""
+    redis_url: str = field(default="", repr=False)  # may hold a password
     kafka_bootstrap_servers: str = ""
+    # Kafka client security (see the module docstring); empty = PLAINTEXT, no SASL.
+    kafka_security_protocol: str = ""
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_sasl_kerberos_service_name: str = ""
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_password: str = field(default="", repr=False)
     # Where run files (pids, logs), the offline log and generated data live.
     home: Path = field(default_factory=_default_home)
     feature_repo: Path = field(default_factory=_default_feature_repo)
@@ -125,6 +153,52 @@ class Settings:
     def effective_kafka_bootstrap(self) -> str:
         return self.kafka_bootstrap_servers or f"{self.host}:{self.kafka_port}"
 
+    def kafka_client_config(self) -> dict:
+        """kafka-python keyword arguments to reach the brokers: bootstrap servers plus the
+        security settings, for KafkaProducer, KafkaConsumer and KafkaAdminClient alike, e.g.
+        ``KafkaConsumer(**settings.kafka_client_config(), group_id=...)``. Raises UserError
+        for an inconsistent setup (a SASL mechanism without a SASL protocol, a missing
+        password or certificate file)."""
+        from homefeed.errors import UserError
+
+        protocol = (self.kafka_security_protocol or "PLAINTEXT").upper()
+        mechanism = self.kafka_sasl_mechanism.upper()
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise UserError(f"kafka_security_protocol={self.kafka_security_protocol!r}: use one of "
+                            f"{', '.join(KAFKA_SECURITY_PROTOCOLS)}")
+        config: dict = {"bootstrap_servers": self.effective_kafka_bootstrap, "security_protocol": protocol}
+        sasl = protocol.startswith("SASL_")
+        if sasl != bool(mechanism):
+            raise UserError(f"Kafka security protocol {protocol} "
+                            + ("needs kafka_sasl_mechanism" if sasl else
+                               f"takes no SASL mechanism ({mechanism}); use SASL_SSL or SASL_PLAINTEXT"))
+        if sasl:
+            if mechanism not in KAFKA_SASL_MECHANISMS:
+                raise UserError(f"kafka_sasl_mechanism={self.kafka_sasl_mechanism!r}: use one of "
+                                f"{', '.join(KAFKA_SASL_MECHANISMS)}")
+            config["sasl_mechanism"] = mechanism
+            if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+                if not self.kafka_sasl_username or not self.kafka_sasl_password:
+                    raise UserError(f"SASL {mechanism} needs kafka_sasl_username (HOMEFEED_KAFKA_SASL_USERNAME "
+                                    "or homefeed.toml) and HOMEFEED_KAFKA_SASL_PASSWORD in the environment")
+                config["sasl_plain_username"] = self.kafka_sasl_username
+                config["sasl_plain_password"] = self.kafka_sasl_password
+            if mechanism == "GSSAPI" and self.kafka_sasl_kerberos_service_name:
+                config["sasl_kerberos_service_name"] = self.kafka_sasl_kerberos_service_name
+        ssl_files = {"ssl_cafile": self.kafka_ssl_cafile, "ssl_certfile": self.kafka_ssl_certfile,
+                     "ssl_keyfile": self.kafka_ssl_keyfile}
+        if any(ssl_files.values()) and not protocol.endswith("SSL"):
+            raise UserError(f"Kafka SSL files are set but the security protocol is {protocol}; "
+                            "use SSL or SASL_SSL")
+        for key, path in ssl_files.items():
+            if path is not None:
+                if not Path(path).is_file():
+                    raise UserError(f"kafka_{key}={path} is not a file")
+                config[key] = str(path)
+        if self.kafka_ssl_password:
+            config["ssl_password"] = self.kafka_ssl_password
+        return config
+
     @property
     def feast_redis_connection_string(self) -> str:
         """Feast's Redis store wants ``host:port[,host:port...],db=N,password=...,ssl=true``."""
@@ -155,6 +229,13 @@ class Settings:
     def offline_dir(self) -> Path:
         """Root of the partitioned parquet log that Feast's batch sources read."""
         return self.home / "offline"
+
+    def local_kafka(self, **changes) -> "Settings":
+        """These settings pointed at a local, plaintext broker (a private stack): no external
+        bootstrap servers and no security settings."""
+        return self.replace(kafka_bootstrap_servers="", kafka_security_protocol="", kafka_sasl_mechanism="",
+                            kafka_ssl_cafile=None, kafka_ssl_certfile=None, kafka_ssl_keyfile=None,
+                            **changes)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -188,7 +269,8 @@ def find_config_file(start: Path | None = None) -> Path | None:
 
 def load_settings(env: dict[str, str] | None = None, config_file: Path | None = None) -> Settings:
     env = os.environ if env is None else env
-    types = {f.name: {"int": int, "str": str, "Path": Path}[f.type] for f in fields(Settings)}
+    types = {f.name: {"int": int, "str": str, "Path": Path, "Path | None": Path}[f.type]
+             for f in fields(Settings)}
     values: dict[str, object] = {}
 
     path = config_file if config_file is not None else find_config_file()
@@ -196,11 +278,13 @@ def load_settings(env: dict[str, str] | None = None, config_file: Path | None = 
         with open(path, "rb") as fh:
             file_values = tomllib.load(fh)
         unknown = sorted(set(file_values) - set(types))
-        if "redis_password" in file_values:
-            raise ValueError(f"{path}: redis_password belongs in the environment (REDIS_PASSWORD), "
-                             "never in a file")
         if unknown:
             raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(types)}")
+        secrets = sorted(set(file_values) & set(SECRET_FIELDS))
+        if secrets:
+            raise ValueError(f"{path}: {', '.join(secrets)} is a credential: set "
+                             f"{', '.join(ENV_PREFIX + n.upper() for n in secrets)} in the "
+                             "environment, not in the config file")
         for name, raw in file_values.items():
             if types[name] is Path:  # relative to the config file, not to wherever we run from
                 raw = (path.parent / str(raw)).resolve()

@@ -96,7 +96,9 @@ def redis_healthy(url: str) -> bool:
         return False
 
 
-def kafka_healthy(bootstrap: str) -> bool:
+def kafka_healthy(bootstrap: str, client_config: dict | None = None) -> bool:
+    """A metadata round trip to `bootstrap` (with `client_config`: Settings.kafka_client_config(),
+    for a cluster that needs SASL/SSL)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -105,8 +107,8 @@ def kafka_healthy(bootstrap: str) -> bool:
     if len(first) == 2 and first[1].isdigit() and not port_in_use(first[0], int(first[1])):
         return False
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
-                                 client_id="homefeed-health")
+        admin = KafkaAdminClient(**(client_config or {"bootstrap_servers": bootstrap}),
+                                 request_timeout_ms=2000, client_id="homefeed-health")
         try:
             admin.describe_cluster()  # a metadata round trip
             return True
@@ -274,7 +276,7 @@ class LocalStack:
     def _up_kafka(self) -> None:
         s = self.settings
         if s.kafka_external:
-            if not kafka_healthy(s.effective_kafka_bootstrap):
+            if not kafka_healthy(s.effective_kafka_bootstrap, s.kafka_client_config()):
                 raise UserError(f"KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers} does not answer")
         elif self._running_pid("kafka") and kafka_healthy(s.effective_kafka_bootstrap):
             log.info("broker already running on %s", s.effective_kafka_bootstrap)
@@ -398,7 +400,7 @@ def ensure_topics(settings: Settings) -> None:
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.effective_kafka_bootstrap,
+    admin = KafkaAdminClient(**settings.kafka_client_config(),
                              client_id="homefeed-admin")
     try:
         existing = set(admin.list_topics())

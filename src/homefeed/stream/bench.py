@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from homefeed import offline_log
-from homefeed.settings import Settings, load_settings
+from homefeed.settings import KAFKA_ENV, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ def _wait(procs) -> list[dict]:
 def raw_kafka_consume_rate(settings: Settings, expected: int) -> float:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.effective_kafka_bootstrap,
-                             max_poll_records=5000, fetch_max_wait_ms=50)
+    consumer = KafkaConsumer(**settings.kafka_client_config(), max_poll_records=5000, fetch_max_wait_ms=50)
     parts = [TopicPartition(settings.actions_topic, p)
              for p in consumer.partitions_for_topic(settings.actions_topic)]
     consumer.assign(parts)
@@ -161,14 +160,14 @@ def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int
     topology = ({"redis_mode": "cluster", "redis_cluster_size": redis_cluster,
                  "redis_port": free_port_block(redis_cluster)} if redis_cluster
                 else {"redis_mode": "standalone", "redis_port": free_port()})
-    base = load_settings().replace(home=root / "stack", kafka_port=free_port(), redis_url="",
-                                   kafka_bootstrap_servers="", redis_nodes="", **topology)
+    base = load_settings().local_kafka(home=root / "stack", kafka_port=free_port(), redis_url="",
+                                       redis_nodes="", **topology)
     # In-process Feast clients read settings from the environment: point it at the same stack.
     os.environ.update(HOMEFEED_HOME=str(base.home), HOMEFEED_REDIS_PORT=str(base.redis_port),
                       HOMEFEED_KAFKA_PORT=str(base.kafka_port), HOMEFEED_REDIS_MODE=base.redis_mode,
                       HOMEFEED_REDIS_CLUSTER_SIZE=str(base.redis_cluster_size))
     os.environ.pop("HOMEFEED_REDIS_NODES", None)
-    for name in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+    for name in ("REDIS_URL", *KAFKA_ENV):
         os.environ.pop(name, None)
     stack = LocalStack(base)
     stack.up()
@@ -298,14 +297,15 @@ def cmd_bench_ingest(args) -> int:
 def add_parser(bench_sub) -> None:
     p = bench_sub.add_parser("ingest", help="throughput, freshness and loss of the realtime pipeline")
     p.add_argument("--world", help="use this world directory (default: generate a fixed one)")
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--pins", type=int, default=5000)
-    p.add_argument("--days", type=int, default=3)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--users", type=int, default=2000, help="users of the generated world (default 2000)")
+    p.add_argument("--pins", type=int, default=5000, help="pins of the generated world (default 5000)")
+    p.add_argument("--days", type=int, default=3, help="days of the generated world (default 3)")
+    p.add_argument("--seed", type=int, default=7, help="seed of the generated world (default 7)")
     p.add_argument("--partitions", default="4", help="comma-separated partition counts to try")
     p.add_argument("--consumers", default="1,2", help="comma-separated consumer process counts")
     p.add_argument("--live-rate", type=float, default=10_000, help="events/s in the freshness phase")
-    p.add_argument("--live-seconds", type=float, default=10)
+    p.add_argument("--live-seconds", type=float, default=10,
+                   help="length of the freshness phase in seconds (default 10)")
     p.add_argument("--redis-cluster", type=int, default=0, metavar="N",
                    help="run against a local Redis Cluster of N nodes (default: one redis-server)")
     p.add_argument("--json", action="store_true", help="one-line JSON")

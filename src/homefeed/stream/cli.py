@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 from homefeed.errors import UserError
+from homefeed.preflight import KAFKA, REDIS
 from homefeed.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def register(parser) -> None:
                    help="record timestamp: the world's arrival time (history) or the wall clock (live)")
     p.add_argument("--skip-pins", action="store_true", help="do not send pin upserts")
     p.add_argument("--inject-bad", action="store_true", help="also send one bad event of every kind")
-    p.set_defaults(func=cmd_produce)
+    p.set_defaults(func=cmd_produce, needs=(KAFKA,))
 
     p = sub.add_parser("consume", help="build sequences from Kafka into Feast/Redis and the log")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
@@ -112,14 +113,14 @@ def register(parser) -> None:
                    help="skip the per-batch Great Expectations suite (cheap checks still run)")
     p.add_argument("--stats-out", help="write a JSON summary (with freshness samples) at exit")
     p.add_argument("--ready-file", help="create this file once partitions are assigned")
-    p.set_defaults(func=cmd_consume)
+    p.set_defaults(func=cmd_consume, needs=(KAFKA, REDIS))
 
     p = sub.add_parser("status", help="topics, consumer-group lag, dead-letter count")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_status)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status, needs=(KAFKA,))
 
     p = sub.add_parser("backfill", help="rebuild online sequences from the offline log (recovery)")
     p.add_argument("--since", required=True,
                    help="rebuild users with events that arrived at or after this time (ISO 8601 or epoch ms)")
     p.add_argument("--users", help="comma-separated user ids (default: every user seen since --since)")
-    p.set_defaults(func=cmd_backfill)
+    p.set_defaults(func=cmd_backfill, needs=(REDIS,))

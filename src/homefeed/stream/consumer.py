@@ -411,7 +411,7 @@ def make_consumer(settings: Settings, **overrides):
     from kafka import KafkaConsumer
 
     config = dict(
-        bootstrap_servers=settings.effective_kafka_bootstrap,
+        **settings.kafka_client_config(),  # bootstrap servers and security (SASL/SSL)
         group_id=settings.consumer_group,
         client_id="homefeed-sequence-builder",
         enable_auto_commit=False,  # offsets are committed only after the batch is durable
@@ -432,7 +432,7 @@ def make_consumer(settings: Settings, **overrides):
 def make_producer(settings: Settings, **overrides):
     from kafka import KafkaProducer
 
-    config = dict(bootstrap_servers=settings.effective_kafka_bootstrap, acks="all", linger_ms=5)
+    config = dict(settings.kafka_client_config(), acks="all", linger_ms=5)
     config.update(overrides)
     return KafkaProducer(**config)
 

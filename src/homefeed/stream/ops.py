@@ -27,8 +27,7 @@ def committed_offsets(settings: Settings, admin=None) -> dict:
     from kafka import KafkaAdminClient
 
     own = admin is None
-    admin = admin or KafkaAdminClient(bootstrap_servers=settings.effective_kafka_bootstrap,
-                                      client_id="homefeed-status")
+    admin = admin or KafkaAdminClient(**settings.kafka_client_config(), client_id="homefeed-status")
     try:
         offsets = admin.list_group_offsets(settings.consumer_group).get(settings.consumer_group, {})
         return {tp: o.offset for tp, o in offsets.items() if o.offset is not None and o.offset >= 0}
@@ -61,10 +60,9 @@ def high_watermarks(consumer, tps: list) -> dict:
 def stream_status(settings: Settings) -> dict:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.effective_kafka_bootstrap,
-                             client_id="homefeed-status")
-    consumer = KafkaConsumer(bootstrap_servers=settings.effective_kafka_bootstrap,
-                             client_id="homefeed-status")
+    admin = KafkaAdminClient(**settings.kafka_client_config(), client_id="homefeed-status")
+    consumer = KafkaConsumer(**settings.kafka_client_config(), client_id="homefeed-status",
+                             enable_auto_commit=False)  # no group: reads offsets only
     try:
         committed = committed_offsets(settings, admin)
         topics = {}

@@ -142,12 +142,13 @@ def add_bench_train_parser(bench_subparsers) -> None:
     from homefeed.model import ENCODER_KINDS
 
     p = bench_subparsers.add_parser("train", help="ranker training/inference throughput (examples/s)")
-    p.add_argument("--model", default="transact_v11", choices=ENCODER_KINDS)
+    p.add_argument("--model", default="transact_v11", choices=ENCODER_KINDS,
+                   help="sequence encoder to time (default transact_v11)")
     p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"],
                    help="all = CPU, plus CUDA when available")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--seq-len", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=512, help="examples per step (default 512)")
+    p.add_argument("--seq-len", type=int, default=100, help="actions per sequence (default 100)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_bench_train)

@@ -111,10 +111,13 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 def add_training_arguments(parser, *, epochs: int) -> None:
     """The `homefeed train` flags every command that trains models shares (see `train_config`)."""
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=epochs,
+                        help=f"passes over the training rows (default {epochs})")
+    parser.add_argument("--batch-size", type=int, default=512,
+                        help="training rows (impressions) per optimizer step (default 512)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for initialisation, shuffling and dropout (default 0)")
     parser.add_argument("--neg-keep", type=float, default=1.0,
                         help="share of no-action impressions kept for training, reweighted (default 1)")
     parser.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: all the data)")
@@ -166,7 +169,7 @@ def register_train(parser) -> None:
                              "transformer, transact_v10, transact_v11)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="one run directory per model in here")
     add_training_arguments(parser, epochs=3)
-    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
     parser.add_argument("--patience", type=int, default=0,
                         help="early stopping on validation repin HIT@3 after N worse epochs (0: off)")
     parser.add_argument("--suffix", default="", help="appended to each run directory name (ablations)")
@@ -192,7 +195,8 @@ def register_evaluate(parser) -> None:
     parser.add_argument("--compare", action="store_true",
                         help="lifts vs --baseline and --primary vs every other model, with bootstrap intervals")
     parser.add_argument("--baseline", default="none", help="the no-sequence model (default: none)")
-    parser.add_argument("--primary", default="transact_v11")
+    parser.add_argument("--primary", default="transact_v11",
+                        help="the model compared with every other one (default: transact_v11)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--out", type=Path, help="where comparison.{md,csv,png,json} go (default: --runs)")
     parser.add_argument("--json", action="store_true", help="print the JSON result instead of markdown")

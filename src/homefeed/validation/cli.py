@@ -1,6 +1,7 @@
 """`homefeed validate ...`: run GX checkpoints from the command line (GX 1.x has no CLI).
 
-    homefeed validate run CHECKPOINT --data PATH   exit 0 passed, 1 failed, 2 usage error
+    homefeed validate run CHECKPOINT [--data PATH] exit 0 passed, 1 failed, 2 usage error
+                                                   (no --data: the offline log's table)
     homefeed validate list                         checkpoints, their checks and parameters
     homefeed validate init [--check]               write validation/ from code (or check drift)
     homefeed validate docs                         build GX Data Docs, print index.html
@@ -13,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from homefeed import features as F
 from homefeed.errors import UserError
 from homefeed.validation import suites as S
 
@@ -28,16 +30,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="run a checkpoint on a parquet or JSONL file",
                          description="Run CHECKPOINT on the data; print failed expectations "
                                      "with counts and examples. Exit 0 passed, 1 failed, 2 usage error.")
-    run.add_argument("checkpoint", help=f"one of: {', '.join(S.CHECKPOINT_NAMES)}")
-    run.add_argument("--data", required=True, type=Path,
-                     help="parquet file or directory, or JSON lines (.jsonl/.ndjson/.json)")
-    run.add_argument("--now-ms", type=int, default=None,
-                     help="action_events: 'now' in epoch ms for the future-time check "
-                          "(default: max arrival_time in the data, else the clock)")
-    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="override an expectation parameter, e.g. label_click_max_rate=0.9 "
-                          "(see `homefeed validate list`)")
-    run.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_run_arguments(run)
     project_dir_arg(run)
     run.set_defaults(func=cmd_run)
 
@@ -58,6 +51,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     docs.set_defaults(func=cmd_docs)
 
 
+def add_run_arguments(run: argparse.ArgumentParser, metavar: str | None = None) -> None:
+    """The arguments of a checkpoint run (`homefeed validate run`, `great_expectations
+    checkpoint run`); `cmd_run` reads them."""
+    run.add_argument("checkpoint", metavar=metavar, help=f"one of: {', '.join(S.CHECKPOINT_NAMES)}")
+    run.add_argument("--data", type=Path,
+                     help="parquet file or directory, or JSON lines (.jsonl/.ndjson/.json); "
+                          "default: the offline log's table (not for training_set)")
+    run.add_argument("--now-ms", type=int, default=None,
+                     help="action_events: 'now' in epoch ms for the future-time check "
+                          "(default: max arrival_time in the data, else the clock)")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="override a run-time parameter, e.g. label_click_max_rate=0.9 "
+                          "(see `homefeed validate list`)")
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
 def _parse_params(items: list[str]) -> dict[str, float | int]:
     params: dict[str, float | int] = {}
     for item in items:
@@ -75,6 +84,34 @@ def _parse_params(items: list[str]) -> dict[str, float | int]:
     return params
 
 
+# Where a checkpoint's data lives when no --data is given: the offline log's tables.
+LOG_TABLES = {S.ACTION_EVENTS: "action_events", S.SEQUENCE_FEATURES: F.USER_ACTION_SEQUENCE,
+              S.PIN_FEATURES: F.PIN_FEATURES}
+
+
+def default_data(name: str):
+    """The offline log's table for checkpoint `name`, as the log's readers see it: replayed
+    duplicates resolved (one row per event; the latest `created` per entity and timestamp),
+    and for pin_features the latest row per pin (the suite validates a snapshot)."""
+    from homefeed import offline_log
+    from homefeed.settings import load_settings
+
+    if name not in LOG_TABLES:
+        raise UserError(f"{name} has no default data: pass --data with training rows (one per "
+                        "request and candidate pin); `homefeed dataset build` runs it on its own rows")
+    offline_dir = load_settings().offline_dir
+    df = offline_log.read(offline_dir, LOG_TABLES[name])
+    if df.empty:
+        raise UserError(f"the offline log has no {LOG_TABLES[name]} rows under {offline_dir}; "
+                        "run `homefeed stream consume` first, or pass --data")
+    if name == S.ACTION_EVENTS:
+        return df.drop_duplicates("event_id", keep="last").reset_index(drop=True)
+    key = F.USER_ID if name == S.SEQUENCE_FEATURES else F.PIN_ID
+    df = df.sort_values([key, F.EVENT_TIMESTAMP, F.CREATED], kind="stable")
+    subset = [key] if name == S.PIN_FEATURES else [key, F.EVENT_TIMESTAMP]
+    return df.drop_duplicates(subset, keep="last").reset_index(drop=True)
+
+
 def _project_dir(args) -> Path:
     return Path(args.project_dir).resolve() if args.project_dir else S.default_project_dir()
 
@@ -89,7 +126,7 @@ def cmd_run(args) -> int:
     project_dir = _project_dir(args)
     if not S.context_exists(project_dir):
         raise UserError(f"no GX context at {project_dir / S.CONTEXT_SUBDIR}; run `homefeed validate init`")
-    df = runner.load_data(args.data)
+    df = runner.load_data(args.data) if args.data is not None else default_data(name)
     drift = S.context_drift(project_dir)
     if drift:
         print(f"homefeed: warning: {project_dir} differs from the code ({drift[0]}...); "

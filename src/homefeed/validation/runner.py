@@ -19,6 +19,7 @@ Any of them can also be given directly as a keyword (``max_event_time_ms=...``).
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import math
@@ -232,7 +233,9 @@ class _Project:
         return cache[name]
 
     def suite(self, name: str):
-        return self._lookup(self._suites, name, self.context.suites.get)
+        """The stored suite with its run-time parameters as $PARAMETER references."""
+        return self._lookup(self._suites, name,
+                            lambda n: S.runtime_suite(self.context.suites.get(n)))
 
     def batch_definition(self, name: str):
         def get(asset_name: str):
@@ -447,8 +450,20 @@ def run_checkpoint(
     label_rate_bounds: Mapping[str, tuple[float, float]] | None = None,
     **params: Any,
 ) -> ValidationReport:
-    """Run the stored checkpoint `name` on `df`; GX stores the result under
-    validation/gx/uncommitted/ (shown by `homefeed validate docs`)."""
+    """Run the stored checkpoint `name` on `df` with this run's parameters; the result is
+    stored under validation/gx/uncommitted/ (shown by `homefeed validate docs`).
+
+    This is what ``Checkpoint.run`` does (validate its one validation definition, store the
+    result), except that the suite is `runtime_suite` (parameters as $PARAMETER references):
+    GX refuses to run a validation definition whose suite differs from the stored one.
+    """
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+    from great_expectations.validator.v1_validator import Validator
+
     _check_name(name)
     start = time.perf_counter()
     project = get_project(project_dir)
@@ -458,11 +473,26 @@ def run_checkpoint(
     data = S.derive_columns(name, df)
     with project.lock:
         checkpoint = project.checkpoint(name)
-        result = checkpoint.run(batch_parameters={"dataframe": data}, expectation_parameters=values)
-    suite_results = list(result.run_results.values())
-    if len(suite_results) != 1:
-        raise RuntimeError(f"checkpoint {name} ran {len(suite_results)} validations, expected 1")
-    return _report(name, data, suite_results[0], values, (time.perf_counter() - start) * 1000)
+        if len(checkpoint.validation_definitions) != 1:
+            raise RuntimeError(f"checkpoint {name} has {len(checkpoint.validation_definitions)} "
+                               "validation definitions, expected 1")
+        definition = checkpoint.validation_definitions[0]
+        validator = Validator(batch_definition=definition.batch_definition,
+                              batch_parameters={"dataframe": data},
+                              result_format=checkpoint.result_format)
+        result = validator.validate_expectation_suite(project.suite(name), values)
+        run_id = RunIdentifier(run_time=datetime.datetime.now(datetime.timezone.utc))
+        result.meta.update({"validation_id": definition.id, "checkpoint_id": checkpoint.id,
+                            "run_id": run_id, "validation_time": run_id.run_time,
+                            "batch_parameters": {"dataframe": "<DATAFRAME>"}})
+        suite_key = ExpectationSuiteIdentifier(name=name)
+        project.context.validation_results_store.store_validation_results(
+            suite_validation_result=result,
+            suite_validation_result_identifier=ValidationResultIdentifier(
+                expectation_suite_identifier=suite_key, run_id=run_id,
+                batch_identifier=validator.active_batch_id),
+            expectation_suite_identifier=suite_key)
+    return _report(name, data, result, values, (time.perf_counter() - start) * 1000)
 
 
 def build_data_docs(project_dir: Path | str | None = None) -> Path:

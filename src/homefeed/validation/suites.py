@@ -13,10 +13,16 @@ whole-dataframe batch definition ``dataframe``; the data is handed over at run t
 (``batch_parameters={"dataframe": df}``), so one checkpoint validates any dataframe.
 
 Values that depend on `Settings` (embedding_dim, sequence_length, clock skew) or on the run
-(``now``) and the label positive-rate bounds are *expectation parameters*
-(``{"$PARAMETER": name}``) filled in at run time by `homefeed.validation.runner`; values
-fixed by the contract (MAX_ID, MIN_EVENT_TIME_MS, the ActionType ids) are written into the
-suites. Checkpoint names equal suite names.
+(``now``) and the label positive-rate bounds are *run-time parameters*. GX 1.x has no default
+for a ``{"$PARAMETER": name}`` (a run without it raises SuiteParameterError), so the stored
+suites hold each parameter's default value (`parameter_defaults()`: the `Settings` defaults,
+and 2100-01-01 as the latest event time, since plain GX knows no "now") and record the
+parameter's name in the expectation's ``meta.parameters``. Plain GX runs them as stored
+(``context.checkpoints.get("action_events").run(batch_parameters={"dataframe": df})``);
+`runtime_suite()` turns the recorded kwargs back into ``$PARAMETER`` references, which
+`homefeed.validation.runner` fills in per run. Values fixed by the contract (MAX_ID,
+MIN_EVENT_TIME_MS, the ActionType ids) are written into the suites. Checkpoint names equal
+suite names.
 
 GX has no expectations on list columns, so list-valued features are checked through
 derived per-row columns (names start with ``_``) that `derive_columns()` adds before
@@ -143,6 +149,28 @@ SUITE_PARAMETERS: dict[str, tuple[str, ...]] = {
                    *(p for label in F.LABEL_COLUMNS for p in label_rate_parameters(label))),
 }
 
+# Stored default of max_event_time_ms: plain GX has no clock, so the stored suite only rejects
+# times past 2100-01-01 (microseconds or nanoseconds passed as milliseconds). The runner checks
+# against now (or the batch's latest arrival time) + max_future_skew_ms.
+DEFAULT_MAX_EVENT_TIME_MS = 4_102_444_800_000
+
+
+def parameter_defaults() -> dict[str, int | float]:
+    """The value stored in the suites for each run-time parameter (what plain GX checks)."""
+    from homefeed.settings import Settings
+
+    code_defaults = Settings()  # class defaults, not the environment: the files are committed
+    defaults: dict[str, int | float] = {
+        P_MAX_EVENT_TIME_MS: DEFAULT_MAX_EVENT_TIME_MS,
+        P_MAX_SEQUENCE_LENGTH: code_defaults.sequence_length,
+        P_EMBEDDING_DIM: code_defaults.embedding_dim,
+    }
+    for label, (lo, hi) in DEFAULT_LABEL_RATE_BOUNDS.items():
+        p_lo, p_hi = label_rate_parameters(label)
+        defaults[p_lo], defaults[p_hi] = float(lo), float(hi)
+    return defaults
+
+
 INT_TYPES = ["int64", "int32"]
 LABEL_TYPES = ["int64", "int32", "int16", "int8", "bool"]
 STR_TYPES = ["str", "StringDtype"]
@@ -256,7 +284,8 @@ def _action_events() -> SuiteSpec:
         Check("expect_column_values_to_be_between",
               {"column": "event_time", "max_value": _param(P_MAX_EVENT_TIME_MS)},
               E.REASON_FUTURE_TIME,
-              "event_time <= max_event_time_ms (now + allowed clock skew, given at run time)"),
+              "event_time <= max_event_time_ms (now + allowed clock skew at run time; "
+              "stored default 2100-01-01)"),
     ]
     return SuiteSpec(ACTION_EVENTS, "A micro-batch or log of user action events "
                      "(homefeed.events contract, one row per event).", tuple(checks))
@@ -579,19 +608,36 @@ def expectation_id(suite_name: str, check: Check) -> str:
     return stable_id("expectation", suite_name, check.type, check.column or "", check.check)
 
 
+def _stored_kwargs(kwargs: dict[str, Any], defaults: dict[str, Any]) -> tuple[dict, dict]:
+    """(kwargs with each $PARAMETER replaced by its default, {kwarg: parameter name})."""
+    stored, parameters = {}, {}
+    for key, value in kwargs.items():
+        if isinstance(value, dict) and "$PARAMETER" in value:
+            parameters[key] = value["$PARAMETER"]
+            value = defaults[value["$PARAMETER"]]
+        stored[key] = value
+    return stored, parameters
+
+
 def suite_document(spec: SuiteSpec) -> dict[str, Any]:
-    """The suite as GX stores it (without GX's version stamp): what init writes."""
+    """The suite as GX stores it (without GX's version stamp): what init writes. Run-time
+    parameters hold their default; ``meta.parameters`` names them (see `runtime_suite`)."""
     expectations = []
     seen = set()
+    defaults = parameter_defaults()
     for check in spec.checks:
         key = (check.type, check.column or "", check.check)
         if key in seen:
             raise ValueError(f"duplicate check {key} in suite {spec.name}")
         seen.add(key)
+        kwargs, parameters = _stored_kwargs(check.kwargs, defaults)
+        meta: dict[str, Any] = {"check": check.check}
+        if parameters:
+            meta["parameters"] = parameters
         expectations.append({
             "type": check.type,
-            "kwargs": check.kwargs,
-            "meta": {"check": check.check},
+            "kwargs": kwargs,
+            "meta": meta,
             "notes": check.notes or None,
             "id": expectation_id(spec.name, check),
         })
@@ -602,6 +648,22 @@ def suite_document(spec: SuiteSpec) -> dict[str, Any]:
         "notes": spec.description,
         "meta": {"generated_by": "homefeed.validation.suites (homefeed validate init)"},
     }
+
+
+def runtime_suite(stored):
+    """An in-memory copy of a stored GX suite whose parameter kwargs (``meta.parameters``) are
+    ``{"$PARAMETER": name}`` references again, for the runner to fill in. Same name, ids and
+    expectations otherwise; it is never saved."""
+    gx = import_gx()
+    expectations = []
+    for expectation in stored.expectations:
+        config = expectation.configuration.to_json_dict()
+        for key, name in ((config.get("meta") or {}).get("parameters") or {}).items():
+            config["kwargs"][key] = {"$PARAMETER": name}
+        expectations.append({k: config[k] for k in ("type", "kwargs", "meta", "notes", "id")
+                             if config.get(k) is not None})
+    return gx.ExpectationSuite(name=stored.name, id=stored.id, expectations=expectations,
+                               notes=stored.notes, meta=dict(stored.meta or {}))
 
 
 def init_context(project_dir: Path | None = None) -> dict[str, list[str]]:
