@@ -48,6 +48,18 @@ PinId = Annotated[int, Field(gt=0, le=MAX_ID)]
 Weight = Annotated[float, Field(ge=-MAX_BLEND_WEIGHT, le=MAX_BLEND_WEIGHT, allow_inf_nan=False)]
 
 
+def stop_server(message: str) -> None:
+    """Log one line and stop `bentoml serve` itself (its arbiter is this worker's parent), instead
+    of letting the arbiter restart a worker that will fail the same way forever."""
+    import signal
+
+    log.error("%s; stopping the server", message)
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    os.kill(os.getppid(), signal.SIGTERM)
+    os._exit(2)  # no traceback: the line above says everything
+
+
 @bentoml.service(name="homefeed-ranker", traffic={"timeout": 10}, resources={"cpu": "1"})
 class Ranking:
     def __init__(self) -> None:
@@ -58,6 +70,7 @@ class Ranking:
         from homefeed.serving.online_features import OnlineFeatureReader
         from homefeed.serving.ranking import RankingEngine, parse_blend
         from homefeed.settings import load_settings
+        from homefeed.errors import UserError
         from homefeed.training.export import load_exported
 
         install_client_error_filter()
@@ -66,7 +79,10 @@ class Ranking:
             torch.set_num_threads(1)  # one thread per worker: OpenMP barriers thrash on shared cores
         tag = os.environ.get("HOMEFEED_MODEL", "homefeed-ranker:latest")
         # Refuses a model whose feature-schema fingerprint differs from the running feature repo.
-        model, config, meta = load_exported(tag)
+        try:
+            model, config, meta = load_exported(tag)
+        except UserError as exc:  # a configuration error: restarting the worker cannot fix it
+            stop_server(f"cannot serve HOMEFEED_MODEL={tag}: {exc}")
         served = ServedRanker(model)
         reader = OnlineFeatureReader(open_store(settings.feature_repo), settings,
                                      max_staleness_s=float(os.environ.get("HOMEFEED_PIN_CACHE_S", 60)),

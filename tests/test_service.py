@@ -329,3 +329,21 @@ def test_metrics_used_by_the_dashboard_and_alerts_are_served(service):
     served = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{|\s)", text, flags=re.M))
     wanted = {m for m in used_metric_names() if not m.startswith("homefeed_stream_") and m != "up"}
     assert wanted and wanted <= served, sorted(wanted - served)
+
+
+def test_a_wrong_model_tag_stops_the_server_with_one_line(feature_repo, tmp_path):
+    env = dict(os.environ, BENTOML_HOME=str(tmp_path / "bentoml"), HOMEFEED_MODEL="homefeed-ranker:nosuchtag",
+               BENTOML_DO_NOT_TRACK="true")
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bento.service:Ranking", "--port",
+                             str(free_port()), "--host", "127.0.0.1"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError("bentoml serve kept running (restarting its worker?): " + out.decode()[-2000:])
+    text = out.decode(errors="replace")
+    assert "cannot serve HOMEFEED_MODEL=homefeed-ranker:nosuchtag" in text, text[-2000:]
+    assert text.count("cannot serve HOMEFEED_MODEL") == 1, text[-3000:]  # not restarted
+    assert "Traceback" not in text, text[-3000:]
