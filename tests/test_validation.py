@@ -781,7 +781,8 @@ def test_great_expectations_checkpoint_run_exit_codes(project, cli_env, capsys):
     defects = {
         "unknown_action": lambda df: df.assign(action_type=["like"] + list(df.action_type[1:])),
         "bad_id": lambda df: df.assign(user_id=[0] + list(df.user_id[1:])),
-        "duplicate_event_id": lambda df: df.assign(event_id=[df.event_id[1]] + list(df.event_id[1:])),
+        "duplicate_event_id": lambda df: df.assign(event_id=[df.event_id[1]] + list(df.event_id[1:]),
+                                                   user_id=[df.user_id[1]] + list(df.user_id[1:])),
         "future_time": lambda df: df.assign(event_time=[NOW + 3_600_000] + list(df.event_time[1:])),
         "ancient_time": lambda df: df.assign(event_time=[NOW // 1000] + list(df.event_time[1:])),
         "missing_column": lambda df: df.drop(columns="pin_id"),

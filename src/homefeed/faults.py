@@ -640,6 +640,6 @@ def cmd_faults(args) -> int:
 
 def add_bench_faults_parser(sub) -> None:
     p = sub.add_parser("faults", help="the fault matrix against a private stack (docs/reliability.md)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the matrix as JSON (cases, passed, failed)")
     p.add_argument("--workdir", help="keep the run's files (logs) here instead of a temporary directory")
     p.set_defaults(func=cmd_faults)
