@@ -71,7 +71,7 @@ class Ranking:
         from homefeed.serving.ranking import RankingEngine, parse_blend
         from homefeed.settings import load_settings
         from homefeed.errors import UserError
-        from homefeed.training.export import load_exported
+        from homefeed.model.store import load_exported
 
         install_client_error_filter()
         settings = load_settings()

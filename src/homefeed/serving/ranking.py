@@ -2,7 +2,7 @@
 
 bento/service.py is a thin shell around `RankingEngine.rank`; tests and benchmarks call it too.
 Tensors are built by the same functions training uses (`UserTensors.from_sequence`, the model's
-padding rules, `homefeed.training.data.dense_features`), so serving cannot drift from training.
+padding rules, `homefeed.model.dense.dense_features`), so serving cannot drift from training.
 
 What a request can count on:
 1. duplicate candidate ids are ranked once (first occurrence kept; `duplicates_dropped` says how
@@ -25,7 +25,7 @@ import numpy as np
 from homefeed import features as F
 from homefeed.serving.fast_model import ServedRanker, UserTensors
 from homefeed.serving.online_features import FeatureStoreUnavailable, OnlineFeatureReader, UserFeatures
-from homefeed.training.data import dense_features
+from homefeed.model.dense import dense_features
 
 log = logging.getLogger(__name__)
 

@@ -42,14 +42,11 @@ from homefeed.model import (
     count_parameters,
     default_label_weight_matrix,
 )
+from homefeed.model.store import CONFIG_FILE, RUN_FILE, WEIGHTS_FILE  # noqa: F401  (the run's files)
 from homefeed.training.data import PinTable, RankingData, dense_feature_spec
 from homefeed.training.dataset import Dataset, load_dataset, training_frame
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-RUN_FILE = "run.json"
 CURVES_FILE = "curves.png"
 PREDICTIONS_FILE = "predictions.parquet"
 
