@@ -6,7 +6,7 @@
 
 Configuration (environment): HOMEFEED_MODEL (BentoML model tag, default homefeed-ranker:latest),
 HOMEFEED_RANK_BLEND ("repin=1,click=0.25,hide=-1"), HOMEFEED_PIN_CACHE_S (pin-feature staleness
-bound, default 60), plus the usual homefeed settings (REDIS_URL, ...). /livez, /readyz, /metrics and
+bound, default 60), HOMEFEED_SERVING_DTYPE (auto / float32 / bfloat16, default auto), plus the usual homefeed settings (REDIS_URL, ...). /livez, /readyz, /metrics and
 the OpenAPI docs at / come from BentoML. /readyz means "this replica can answer" (model loaded):
 a Redis outage does not take replicas out of a load balancer, it makes answers `degraded`
 (see docs/reliability.md); Redis health is the `homefeed_redis_up` gauge in /metrics.
@@ -67,7 +67,8 @@ class Ranking:
         tag = os.environ.get("HOMEFEED_MODEL", "homefeed-ranker:latest")
         # Refuses a model whose feature-schema fingerprint differs from the running feature repo.
         model, config, meta = load_exported(tag)
-        served = ServedRanker(model)
+        # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
+        served = ServedRanker(model, dtype=os.environ.get("HOMEFEED_SERVING_DTYPE", "auto"))
         reader = OnlineFeatureReader(open_store(settings.feature_repo), settings,
                                      max_staleness_s=float(os.environ.get("HOMEFEED_PIN_CACHE_S", 60)),
                                      on_health_change=lambda up: REDIS_UP.set(1 if up else 0))
