@@ -405,7 +405,7 @@ class ServedRanker:
     def describe(self) -> dict[str, Any]:
         return {"encoder": self.config.encoder, "device": str(self.device), "dtype": _dtype_name(self.dtype),
                 "dtype_requested": self.dtype_requested,
-                "kernels": kernel_info(self.device, self.dtype),
+                "kernels": kernel_info(self.device, self.dtype), "cpu_workers": self.workers,
                 "layer0": self.layer0_mode if self.transact else None, "cuda_graphs": self.cuda_graphs,
                 "compiled": self.compile,
                 "graphs_captured": len(self._graphs), "graph_failures": self.graph_failures}
