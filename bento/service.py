@@ -7,8 +7,8 @@
 Configuration (environment): HOMEFEED_MODEL (BentoML model tag, default homefeed-ranker:latest),
 HOMEFEED_RANK_BLEND ("repin=1,click=0.25,hide=-1"), HOMEFEED_PIN_CACHE_S (pin-feature staleness
 bound, default 60), HOMEFEED_SERVING_DTYPE (auto / float32 / bfloat16, default auto),
-HOMEFEED_SERVING_WORKERS (worker processes, default 1) and HOMEFEED_SERVING_THREADS (CPU threads
-per worker scoring a request's candidate chunks, default the available CPUs / workers; see
+HOMEFEED_SERVING_THREADS (CPU threads per worker scoring a request's candidate chunks, default 1)
+and HOMEFEED_SERVING_WORKERS (worker processes, default the available CPUs / threads; see
 docs/serving.md), plus the usual homefeed settings (REDIS_URL, ...). /livez, /readyz, /metrics and
 the OpenAPI docs at / come from BentoML; /info says what this worker serves (model, dtype,
 kernels, workers x threads). /readyz means "this replica can answer" (model loaded):

@@ -88,8 +88,10 @@ def service(feature_repo, stack, tmp_path_factory):
     try:
         write_features(open_store(feature_repo))
         tag, model = tiny_model(tmp)
+        # One worker process: the outage tests check one replica's pin cache and gauges (each
+        # worker has its own; the default is one worker per CPU, see homefeed.serving.resources).
         env = dict(os.environ, BENTOML_HOME=str(tmp / "bentoml"), HOMEFEED_MODEL=tag,
-                   BENTOML_DO_NOT_TRACK="true")
+                   BENTOML_DO_NOT_TRACK="true", HOMEFEED_SERVING_WORKERS="1")
         proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "bento.service:Ranking", "--port", str(port),
              "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
@@ -183,13 +185,12 @@ def test_oversized_body_is_refused_before_parsing(service):
 
 def test_info_reports_dtype_kernels_and_cpus(service):
     from homefeed.serving.fast_model import resolve_dtype
-    from homefeed.serving.resources import available_cpus
 
     status, text = http("POST", service["url"] + "/info", {})
     assert status == 200, text
     info = json.loads(text)
-    assert info["model"] == service["tag"] and info["workers"] == 1
-    assert info["threads_per_worker"] == available_cpus()  # the default: every CPU it may use
+    assert info["model"] == service["tag"] and info["workers"] == 1  # as the fixture sets it
+    assert info["threads_per_worker"] == 1  # the default
     served = info["served"]
     assert served["dtype_requested"] == "auto" and served["cpu_workers"] == info["threads_per_worker"]
     assert served["dtype"] == str(resolve_dtype("auto", "cpu")).replace("torch.", "")

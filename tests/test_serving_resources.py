@@ -6,7 +6,12 @@ import os
 
 import pytest
 
-from homefeed.serving.resources import THREADS_ENV, WORKERS_ENV, available_cpus, serving_cpus
+from homefeed.serving.resources import (
+    THREADS_ENV,
+    WORKERS_ENV,
+    available_cpus,
+    serving_cpus,
+)
 
 
 def test_available_cpus_is_the_affinity_mask_at_most():
@@ -15,12 +20,12 @@ def test_available_cpus_is_the_affinity_mask_at_most():
 
 
 def test_workers_times_threads_defaults_to_the_cpus_given():
-    assert serving_cpus({}, cpus=8) == (1, 8)
-    assert serving_cpus({WORKERS_ENV: "2"}, cpus=8) == (2, 4)
-    assert serving_cpus({WORKERS_ENV: "4"}, cpus=2) == (4, 1)  # never 0 threads
-    assert serving_cpus({THREADS_ENV: "3"}, cpus=8) == (1, 3)
+    assert serving_cpus({}, cpus=8) == (8, 1)  # one process per CPU, one thread each
+    assert serving_cpus({THREADS_ENV: "2"}, cpus=8) == (4, 2)
+    assert serving_cpus({THREADS_ENV: "4"}, cpus=2) == (1, 4)  # never 0 workers
+    assert serving_cpus({WORKERS_ENV: "3"}, cpus=8) == (3, 1)
     assert serving_cpus({WORKERS_ENV: " 2 ", THREADS_ENV: "1"}, cpus=8) == (2, 1)
-    assert serving_cpus({}) == (1, available_cpus())
+    assert serving_cpus({}) == (available_cpus(), 1)
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "two", "1.5"])

@@ -3,10 +3,12 @@
 1. `available_cpus()`: the process's affinity mask, capped by a cgroup v2 CPU quota (what a
    container's ``--cpus`` sets), at least 1.
 2. `serving_cpus(environ)`: (BentoML worker processes, CPU threads per worker) from
-   HOMEFEED_SERVING_WORKERS (default 1) and HOMEFEED_SERVING_THREADS (default: the available
-   CPUs / workers). Each worker runs torch with one intra-op thread and scores a request's
-   candidate chunks on that many Python threads (`ServedRanker(workers=...)`): on small shared
-   hosts, OpenMP barriers wait for descheduled threads, chunk threads do not.
+   HOMEFEED_SERVING_THREADS (default 1) and HOMEFEED_SERVING_WORKERS (default: the available
+   CPUs / threads), so workers x threads = the CPUs given. Each worker runs torch with one
+   intra-op thread (on small shared hosts OpenMP barriers wait for descheduled threads) and
+   scores a request's candidate chunks on `threads` Python threads (`ServedRanker(workers=...)`).
+   One process per CPU is the default because it measured best under concurrent load on a
+   shared 2-core host (docs/benchmarks.md); chunk threads only shorten one request.
 
 No torch import: the service module reads this at import time, in BentoML's arbiter too.
 """
@@ -48,8 +50,8 @@ def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
 def serving_cpus(environ: Mapping[str, str] | None = None, cpus: int | None = None) -> tuple[int, int]:
     """(worker processes, CPU threads per worker); `cpus` defaults to `available_cpus()`."""
     env = os.environ if environ is None else environ
-    workers = _positive(env, WORKERS_ENV, 1)
-    threads = _positive(env, THREADS_ENV, max(1, (cpus or available_cpus()) // workers))
+    threads = _positive(env, THREADS_ENV, 1)
+    workers = _positive(env, WORKERS_ENV, max(1, (cpus or available_cpus()) // threads))
     return workers, threads
 
 
