@@ -6,8 +6,12 @@
 
 Configuration (environment): HOMEFEED_MODEL (BentoML model tag, default homefeed-ranker:latest),
 HOMEFEED_RANK_BLEND ("repin=1,click=0.25,hide=-1"), HOMEFEED_PIN_CACHE_S (pin-feature staleness
-bound, default 60), plus the usual homefeed settings (REDIS_URL, ...). /livez, /readyz, /metrics and
-the OpenAPI docs at / come from BentoML. /readyz means "this replica can answer" (model loaded):
+bound, default 60), HOMEFEED_SERVING_DTYPE (auto / float32 / bfloat16, default auto),
+HOMEFEED_SERVING_THREADS (CPU threads per worker scoring a request's candidate chunks, default 1)
+and HOMEFEED_SERVING_WORKERS (worker processes, default the available CPUs / threads; see
+docs/serving.md), plus the usual homefeed settings (REDIS_URL, ...). /livez, /readyz, /metrics and
+the OpenAPI docs at / come from BentoML; /info says what this worker serves (model, dtype,
+kernels, workers x threads). /readyz means "this replica can answer" (model loaded):
 a Redis outage does not take replicas out of a load balancer, it makes answers `degraded`
 (see docs/reliability.md); Redis health is the `homefeed_redis_up` gauge in /metrics.
 """
@@ -24,6 +28,7 @@ from pydantic import Field
 
 from homefeed.events import MAX_ID, MIN_EVENT_TIME_MS
 from homefeed.serving.http import BodyLimit, install_client_error_filter
+from homefeed.serving.resources import serving_cpus
 
 MAX_CANDIDATES = 2000
 MAX_REQUEST_TIME_MS = 4_102_444_800_000  # 2100-01-01: past this an epoch-ms value is a unit bug
@@ -44,6 +49,8 @@ REDIS_UP = bentoml.metrics.Gauge(
 REDIS_ERRORS = bentoml.metrics.Counter(
     name="homefeed_redis_errors_total", documentation="Failed online-store reads (each opens the breaker)")
 
+SERVING_WORKERS, SERVING_THREADS = serving_cpus()  # workers x threads (homefeed.serving.resources)
+
 PinId = Annotated[int, Field(gt=0, le=MAX_ID)]
 Weight = Annotated[float, Field(ge=-MAX_BLEND_WEIGHT, le=MAX_BLEND_WEIGHT, allow_inf_nan=False)]
 
@@ -60,30 +67,38 @@ def stop_server(message: str) -> None:
     os._exit(2)  # no traceback: the line above says everything
 
 
-@bentoml.service(name="homefeed-ranker", traffic={"timeout": 10}, resources={"cpu": "1"})
+@bentoml.service(name="homefeed-ranker", traffic={"timeout": 10}, workers=SERVING_WORKERS,
+                 resources={"cpu": str(SERVING_WORKERS * SERVING_THREADS)})
 class Ranking:
     def __init__(self) -> None:
         import torch
 
+        from homefeed.errors import UserError
         from homefeed.feature_store import open_store
+        from homefeed.model.store import load_exported
         from homefeed.serving.fast_model import ServedRanker
         from homefeed.serving.online_features import OnlineFeatureReader
         from homefeed.serving.ranking import RankingEngine, parse_blend
         from homefeed.settings import load_settings
-        from homefeed.errors import UserError
-        from homefeed.model.store import load_exported
 
         install_client_error_filter()
         settings = load_settings()
-        if not torch.cuda.is_available():
-            torch.set_num_threads(1)  # one thread per worker: OpenMP barriers thrash on shared cores
+        cuda = torch.cuda.is_available()
+        if not cuda:
+            # One intra-op thread: OpenMP barriers thrash on shared cores. The CPUs go to
+            # SERVING_THREADS Python threads scoring a request's candidate chunks side by side.
+            torch.set_num_threads(1)
         tag = os.environ.get("HOMEFEED_MODEL", "homefeed-ranker:latest")
         # Refuses a model whose feature-schema fingerprint differs from the running feature repo.
         try:
             model, config, meta = load_exported(tag)
         except UserError as exc:  # a configuration error: restarting the worker cannot fix it
             stop_server(f"cannot serve HOMEFEED_MODEL={tag}: {exc}")
-        served = ServedRanker(model)
+        # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
+        served = ServedRanker(model, dtype=os.environ.get("HOMEFEED_SERVING_DTYPE", "auto"),
+                              workers=1 if cuda else SERVING_THREADS)
+        self.info_ = {"model": meta["tag"], "served": served.describe(), "tolerance": served.tolerance,
+                      "workers": SERVING_WORKERS, "threads_per_worker": SERVING_THREADS, "pid": os.getpid()}
         reader = OnlineFeatureReader(open_store(settings.feature_repo), settings,
                                      max_staleness_s=float(os.environ.get("HOMEFEED_PIN_CACHE_S", 60)),
                                      on_health_change=lambda up: REDIS_UP.set(1 if up else 0))
@@ -92,6 +107,11 @@ class Ranking:
         served.warmup()
         gc.freeze()  # start-up objects never need collecting: keeps full GC passes off the p99
         log.info("serving %s (%s) on %s", meta["tag"], config.encoder, served.describe())
+
+    @bentoml.api(route="/info")
+    def info(self) -> dict:
+        """What this worker serves: model tag, dtype, kernels, workers x threads."""
+        return self.info_
 
     def __is_ready__(self) -> bool:
         return True  # the model is loaded (__init__ finished): this replica can answer

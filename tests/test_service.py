@@ -89,8 +89,10 @@ def service(feature_repo, stack, tmp_path_factory):
     try:
         write_features(open_store(feature_repo))
         tag, model = tiny_model(tmp)
+        # One worker process: the outage tests check one replica's pin cache and gauges (each
+        # worker has its own; the default is one worker per CPU, see homefeed.serving.resources).
         env = dict(os.environ, BENTOML_HOME=str(tmp / "bentoml"), HOMEFEED_MODEL=tag,
-                   BENTOML_DO_NOT_TRACK="true")
+                   BENTOML_DO_NOT_TRACK="true", HOMEFEED_SERVING_WORKERS="1")
         proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "bento.service:Ranking", "--port", str(port),
              "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
@@ -146,9 +148,10 @@ def test_ranking_equals_offline_scores_for_the_same_features(service):
     assert out["model_version"] == service["tag"] and not out["cold_start"] and not out["degraded"]
     served = {item["pin_id"]: item["heads"] for item in out["items"]}
     expected = offline_scores(service["model"], candidates, NOW)
+    tolerance = json.loads(http("POST", service["url"] + "/info", {})[1])["tolerance"]  # dtype "auto"
     for i, pin in enumerate(candidates):
         for j, head in enumerate(service["model"].heads):
-            assert served[pin][head] == pytest.approx(float(expected[i, j]), abs=1e-5)
+            assert served[pin][head] == pytest.approx(float(expected[i, j]), abs=tolerance)
     scores = [item["score"] for item in out["items"]]
     assert scores == sorted(scores, reverse=True)  # ranked by the blend
     assert set(out["timings_ms"]) >= {"features", "tensors", "model"}
@@ -179,6 +182,20 @@ def test_bad_requests_get_a_4xx_naming_the_field(service, body, field):
 def test_oversized_body_is_refused_before_parsing(service):
     status, _ = http("POST", service["url"] + "/rank", raw=b'{"user_id": 1, "candidates": [' + b"1," * 200_000 + b"1]}")
     assert status == 413
+
+
+def test_info_reports_dtype_kernels_and_cpus(service):
+    from homefeed.serving.fast_model import resolve_dtype
+
+    status, text = http("POST", service["url"] + "/info", {})
+    assert status == 200, text
+    info = json.loads(text)
+    assert info["model"] == service["tag"] and info["workers"] == 1  # as the fixture sets it
+    assert info["threads_per_worker"] == 1  # the default
+    served = info["served"]
+    assert served["dtype_requested"] == "auto" and served["cpu_workers"] == info["threads_per_worker"]
+    assert served["dtype"] == str(resolve_dtype("auto", "cpu")).replace("torch.", "")
+    assert served["kernels"]["threads"] == 1 and "bf16_native" in served["kernels"]
 
 
 def test_metrics_and_openapi(service):

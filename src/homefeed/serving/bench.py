@@ -77,12 +77,10 @@ def run_model_bench(ns: tuple[int, ...] = (100, 1000, 5000), actions: int = 100,
         threads = 1
     if threads:
         torch.set_num_threads(int(threads))
-    torch_dtype = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16,
-                   "float16": torch.float16}[dtype]
     torch.manual_seed(seed)
     config = ModelConfig(encoder=encoder)
     model = build_model(config).eval()  # deterministic init (seeded), untrained
-    served = ServedRanker(model, device=dev, dtype=torch_dtype, chunk_tokens=chunk_tokens,
+    served = ServedRanker(model, device=dev, dtype=dtype, chunk_tokens=chunk_tokens,
                           cuda_graphs=cuda_graphs, workers=workers, compile=compile, layer0=layer0)
     plain_model = served.model  # same weights, fp32, eval, on the device
     L, D = config.seq_len, config.emb_dim
@@ -153,6 +151,8 @@ def run_model_bench(ns: tuple[int, ...] = (100, 1000, 5000), actions: int = 100,
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if cuda else _cpu_model(),
         "dtype": str(served.dtype).replace("torch.", ""),
+        "dtype_requested": served.dtype_requested,
+        "kernels": served.describe()["kernels"],
         "plain": "Ranker.predict on the per-candidate copied batch, fp32, eager",
         "served": dict(served.describe(), chunk_tokens=chunk_tokens, workers=workers),
         "tolerance": served.tolerance,
@@ -178,8 +178,11 @@ def bench_model(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"device {result['device']} ({result['device_name']}), dtype {result['dtype']}, "
-              f"torch {result['torch']}, {result['torch_threads']} threads")
+        k = result["kernels"]
+        print(f"device {result['device']} ({result['device_name']}), dtype {result['dtype']} "
+              f"(asked: {result['dtype_requested']}), torch {result['torch']}, "
+              f"{result['torch_threads']} threads, kernels: "
+              + ", ".join(f"{key}={val}" for key, val in k.items() if key not in ("torch", "threads")))
     return 0
 
 
@@ -191,8 +194,9 @@ def add_bench_model_parser(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--actions", type=int, default=100, help="actions in the user's sequence (default 100)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per size and formulation (default 5)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="served compute dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None,
+                   help="served compute dtype (default: float32 on CPU, bfloat16 on CUDA; auto: "
+                        "bfloat16 on CUDA and on CPUs with native bf16, else float32)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for both formulations (default: 1 on CPU, torch's "
                         "default on CUDA; 0 = torch's default)")

@@ -83,9 +83,16 @@ def cmd_bench_serve(args) -> int:
     if max(sizes) > args.max_pin_id:
         raise UserError(f"--max-pin-id {args.max_pin_id} is smaller than {max(sizes)} candidates; "
                         "ids beyond the catalogue are fine (they rank as unknown pins)")
-    rows = [load_test(args.url.rstrip("/"), n, args.requests, args.concurrency, users, args.max_pin_id)
+    url = args.url.rstrip("/")
+    try:  # what serves: model, dtype, kernels, workers x threads (a service without /info: None)
+        served = _post(url + "/info", {})
+    except OSError:
+        served = None
+    rows = [load_test(url, n, args.requests, args.concurrency, users, args.max_pin_id)
             for n in sizes]
-    report = {"url": args.url, "rows": rows, "machine": f"{os.cpu_count()} cores",
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    report = {"url": args.url, "served": served, "rows": rows, "machine": f"{os.cpu_count()} cores",
+              "load_avg_1m": round(load[0], 2) if load else None,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(json.dumps(report, indent=None if args.json else 2))
     return 0

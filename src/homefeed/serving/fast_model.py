@@ -3,7 +3,9 @@
 `ServedRanker(ranker)` wraps a trained `homefeed.model.Ranker` (any encoder kind) and scores one
 request: ``score(user, cand_emb, dense) -> np.ndarray [N, H]`` probabilities, equal to
 ``ranker.predict(batch)`` on the per-candidate batch within a stated tolerance (fp32 CPU:
-1e-5 absolute on probabilities, measured ~1e-7; bf16 CUDA: 2e-2, fp16 CUDA: 1e-2).
+1e-5 absolute on probabilities, measured ~1e-7; bf16 CPU or CUDA: 2e-2, measured ~3e-3;
+fp16 CUDA: 1e-2). ``dtype="auto"`` (the service default) picks bf16 on CUDA and on a CPU with
+native bf16 dot products (AVX512-BF16 / AMX / Arm BF16, see `cpu_bf16_native`), fp32 elsewhere.
 
 This module imports nothing but torch, numpy and `homefeed.model` (no feast/bentoml/redis), so it
 runs on a GPU machine that only has torch.
@@ -45,9 +47,11 @@ rows of the ranker's cross layers and MLP.
 
 Execution
 ---------
-* CPU (fp32): masked positions dropped, candidates processed in chunks of ~`chunk_tokens`
-  tokens so each chunk's activations stay in cache (layer 0 via the S+T decomposition, later
-  layers via `F.scaled_dot_product_attention`, the flash CPU kernel), inference_mode.
+* CPU (fp32, or bf16 under CPU autocast): masked positions dropped, candidates processed in
+  chunks of ~`chunk_tokens` tokens so each chunk's activations stay in cache (layer 0 via the
+  S+T decomposition, later layers via `F.scaled_dot_product_attention`, the flash CPU kernel),
+  inference_mode. bf16 matmuls go to oneDNN where it takes them; on a CPU without native bf16
+  they are emulated (correct, ~10x slower than fp32), which is why "auto" checks the hardware.
 * CUDA: static shapes (no compaction: masks are tensors, so nothing branches on data), bf16
   autocast by default, N padded up to a bucket and the whole request (user precompute, encoder,
   cross layers, MLP, sigmoid) replayed as one CUDA graph per bucket; eager autocast as fallback
@@ -339,9 +343,11 @@ def _bucket(n: int, minimum: int = 64) -> int:
 class ServedRanker:
     """A `Ranker` prepared for serving one user against N candidates (see the module docstring).
 
-    ``device``: "cpu", "cuda", ... (default: the ranker's). ``dtype``: compute dtype: float32
-    on CPU (the only supported one there), bfloat16 by default on CUDA (float16 and float32
-    allowed). ``cuda_graphs``: replay one CUDA graph per N bucket (default: on for CUDA).
+    ``device``: "cpu", "cuda", ... (default: the ranker's). ``dtype``: compute dtype, a
+    torch dtype, its name, or "auto" (see `resolve_dtype`: bfloat16 on CUDA and on a CPU with
+    native bf16 matmuls, float32 on other CPUs; None = "auto" on CUDA, float32 on CPU). On CPU,
+    bfloat16 runs the whole TransAct path and the ranker's top under CPU autocast (oneDNN bf16
+    matmuls); the baselines' once-per-user encoder stays float32. ``cuda_graphs``: replay one CUDA graph per N bucket (default: on for CUDA).
     ``chunk_tokens``: CPU only, candidates per chunk = chunk_tokens // visible positions.
     ``workers``: CPU only, chunks run on this many Python threads (ATen releases the GIL); use
     it with ``torch.set_num_threads(1)``, so chunks run side by side instead of every small op
@@ -359,11 +365,8 @@ class ServedRanker:
             device = next(iter(ranker.parameters())).device
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
-        if dtype is None:
-            dtype = torch.bfloat16 if cuda else torch.float32
-        if not cuda and dtype != torch.float32:
-            raise ValueError(f"dtype {dtype} is not supported on {self.device.type}: use float32")
-        self.dtype = dtype
+        self.dtype_requested = "default" if dtype is None else _dtype_name(dtype)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.config: ModelConfig = ranker.config
         # our own eval-mode copy on the device (the caller's module is left as it was)
         self.model: Ranker = copy.deepcopy(ranker).to(self.device).eval()
@@ -400,7 +403,9 @@ class ServedRanker:
         return TOLERANCE[self.dtype]
 
     def describe(self) -> dict[str, Any]:
-        return {"encoder": self.config.encoder, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+        return {"encoder": self.config.encoder, "device": str(self.device), "dtype": _dtype_name(self.dtype),
+                "dtype_requested": self.dtype_requested,
+                "kernels": kernel_info(self.device, self.dtype), "cpu_workers": self.workers,
                 "layer0": self.layer0_mode if self.transact else None, "cuda_graphs": self.cuda_graphs,
                 "compiled": self.compile,
                 "graphs_captured": len(self._graphs), "graph_failures": self.graph_failures}
@@ -427,7 +432,10 @@ class ServedRanker:
                     return out
             with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32):
                 return self._forward_static(user, cand, dense_t).float()
-        return self._forward_cpu(user, cand, dense_t)
+        if self.dtype == torch.float32:
+            return self._forward_cpu(user, cand, dense_t)
+        with torch.autocast("cpu", dtype=self.dtype):
+            return self._forward_cpu(user, cand, dense_t).float()
 
     @torch.inference_mode()
     def reference(self, user: UserTensors, cand_emb: Any, dense: Any = None) -> np.ndarray:
@@ -494,7 +502,8 @@ class ServedRanker:
         user, cand = self._scale_pins(user, cand)
         n = cand.shape[0]
         if not self.transact:
-            enc = self._user_encoding(user)
+            with torch.autocast("cpu", enabled=False):  # once per user on [1, L]: fp32
+                enc = self._user_encoding(user)
             return self._top(enc.expand(n, enc.shape[-1]), cand, dense)
         P = self.params
         assert P is not None
@@ -541,8 +550,11 @@ class ServedRanker:
 
         starts = list(range(0, n, chunk))
         if self.workers > 1 and len(starts) > 1:
+            autocast = self.dtype != torch.float32  # _forward_cpu runs under autocast then
+
             def in_worker(s: int) -> Tensor:
-                with torch.inference_mode():  # thread-local: set it in the worker
+                # inference mode and autocast are thread-local: set them in the worker
+                with torch.inference_mode(), torch.autocast("cpu", dtype=self.dtype, enabled=autocast):
                     return run_chunk(s)
             outs = list(self._executor().map(in_worker, starts))
         else:
@@ -680,6 +692,92 @@ class _GraphEntry:
     output: Tensor
 
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# CPU flags (/proc/cpuinfo) of native bf16 dot products: x86 AVX512-BF16 / AMX-BF16, Arm BF16.
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("flags", "features"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def _onednn_bf16() -> bool:
+    """oneDNN is built in and takes bf16 matmuls on this CPU (else ATen's generic bf16 gemm)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_bf16_native() -> bool:
+    """True where bf16 matmuls beat fp32 on this CPU: oneDNN is built in and usable for bf16
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``: AVX-512 core or Arm bf16) AND the CPU has
+    native bf16 dot products (AVX512-BF16 / AMX-BF16 / Arm BF16 in /proc/cpuinfo). Without
+    them oneDNN emulates bf16 (an AVX2-only CPU runs a bf16 matmul ~10x slower than fp32)."""
+    onednn_bf16 = _onednn_bf16()
+    flags = _cpu_flags()
+    if flags is None:  # not Linux: trust oneDNN's own check
+        return onednn_bf16
+    return onednn_bf16 and any(f in flags for f in _NATIVE_BF16_FLAGS)
+
+
+def resolve_dtype(dtype: Any, device: torch.device | str) -> torch.dtype:
+    """The compute dtype ServedRanker runs: a torch dtype or its name, "auto" or None.
+
+    "auto": bfloat16 on CUDA, bfloat16 on a CPU with native bf16 (`cpu_bf16_native`), float32
+    on any other CPU. None: bfloat16 on CUDA, float32 on CPU (the exact path). On CPU,
+    float16 is refused (no fast fp16 CPU kernels); bfloat16 is allowed everywhere (slow
+    without native support, but correct)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if dtype is None:
+        return torch.bfloat16 if cuda else torch.float32
+    if isinstance(dtype, str):
+        if dtype == "auto":
+            return torch.bfloat16 if cuda or (device.type == "cpu" and cpu_bf16_native()) else torch.float32
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be auto, {', '.join(_DTYPES)}; got {dtype!r}")
+        dtype = _DTYPES[dtype]
+    if dtype not in TOLERANCE:
+        raise ValueError(f"dtype {dtype} is not supported: use {', '.join(_DTYPES)} or auto")
+    if not cuda and dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dtype {dtype} is not supported on {device.type}: use float32, bfloat16 or auto")
+    return dtype
+
+
+def kernel_info(device: torch.device | str, dtype: torch.dtype) -> dict[str, Any]:
+    """What runs the matmuls: for the benchmarks' and the service's reports."""
+    device = torch.device(device)
+    info: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+        return info
+    get_cap = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    info.update({
+        "cpu_capability": get_cap() if get_cap else None,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "bf16_native": cpu_bf16_native(),
+        "matmul": ("fp32 (MKL)" if dtype != torch.bfloat16 else
+                   "bf16 autocast, oneDNN" if _onednn_bf16() else "bf16 autocast, ATen generic (emulated)"),
+    })
+    return info
+
+
 def _torch_at_least(major: int, minor: int) -> bool:
     try:
         parts = torch.__version__.split("+")[0].split(".")
@@ -688,4 +786,4 @@ def _torch_at_least(major: int, minor: int) -> bool:
         return True
 
 
-__all__ = ["ServedRanker", "TOLERANCE", "UserTensors"]
+__all__ = ["ServedRanker", "TOLERANCE", "UserTensors", "cpu_bf16_native", "kernel_info", "resolve_dtype"]
