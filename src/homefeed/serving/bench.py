@@ -209,7 +209,7 @@ def add_bench_model_parser(bench_subparsers) -> argparse.ArgumentParser:
                    help="layer-0 formulation (default: decomposed on CPU, sdpa on CUDA)")
     p.add_argument("--compile", action="store_true",
                    help="CUDA graphs: capture a torch.compile'd forward (one compile per bucket)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic request (default 0)")
     p.set_defaults(func=bench_model)
     return p
 
@@ -392,7 +392,8 @@ def add_bench_features_parser(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pins", type=int, default=20_000, help="pins pushed to the store (default 20000)")
     p.add_argument("--repeats", type=int, default=200, help="timed requests, fast reader (default 200)")
     p.add_argument("--sdk-repeats", type=int, default=50, help="timed requests, Feast SDK (default 50)")
-    p.add_argument("--max-staleness-s", type=float, default=60.0)
+    p.add_argument("--max-staleness-s", type=float, default=60.0,
+                   help="pin-cache staleness bound of the fast reader, seconds (default 60)")
     p.add_argument("--no-gc-freeze", action="store_true",
                    help="do not gc.freeze() after warm-up (default: freeze, as a service should)")
     p.add_argument("--redis-url", default=None,

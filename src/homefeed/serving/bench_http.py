@@ -103,8 +103,9 @@ def add_bench_serve_parser(bench_subparsers) -> None:
     p.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:3000")
     p.add_argument("--candidates", default="100,500,1000", help="candidate-set sizes")
     p.add_argument("--requests", type=int, default=200, help="requests per size")
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=4,
+                   help="clients sending requests back to back (default 4)")
     p.add_argument("--users", default="1,2,3,4,5,6,7,8,9,10", help="user ids to rank for")
     p.add_argument("--max-pin-id", type=int, default=500, help="candidates are drawn from 1..this")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.set_defaults(func=cmd_bench_serve)
