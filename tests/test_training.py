@@ -243,10 +243,11 @@ def test_cli_groups_register_their_commands():
     assert cli.parse_models("all")[-1] == "transact_v11" and cli.parse_models("none, cnn") == ["none", "cnn"]
 
 
-def test_point_in_time_calls_group_consecutive_days_up_to_a_row_budget():
-    from homefeed.training.dataset import day_chunks
+def test_point_in_time_calls_are_runs_of_rows_in_time_order():
+    from homefeed.training.dataset import row_chunks
 
-    rows = pd.Series({1: 10, 2: 10, 3: 25, 4: 60, 5: 5, 6: 5})
-    assert day_chunks(rows, 30) == [[1, 2], [3], [4], [5, 6]]
-    assert day_chunks(rows, 1000) == [[1, 2, 3, 4, 5, 6]]
-    assert day_chunks(pd.Series(dtype=int), 10) == []
+    times = np.array([50, 10, 40, 10, 30, 20, 60])
+    chunks = row_chunks(times, 3)
+    assert [c.tolist() for c in chunks] == [[1, 3, 5], [4, 2, 0], [6]]
+    assert [len(c) for c in row_chunks(times, 100)] == [7]
+    assert row_chunks(np.zeros(0), 10) == []

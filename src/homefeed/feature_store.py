@@ -3,7 +3,8 @@
 feature_repo/feature_store.yaml names ``homefeed.feature_store.HomefeedRedisOnlineStore`` as its
 online store type. It is Feast's own Redis store; the only difference is that its connection
 string defaults to the one in homefeed settings (``REDIS_URL`` or the local stack's port), so
-the YAML holds no second copy of it and plain ``feast apply`` works on a fresh clone.
+the YAML holds no second copy of it and plain ``feast apply`` works on a fresh clone. The
+offline store (point-in-time training data) is homefeed.offline_store: DuckDB over the log.
 """
 
 from __future__ import annotations
@@ -46,10 +47,6 @@ def open_store(repo_path: Path | None = None):
     """The FeatureStore every stage uses (pipeline, training, serving)."""
     from feast import FeatureStore
 
-    from homefeed.feast_compat import patch_dask_point_in_time_join, patch_dask_tokenize_of_array_columns
-
-    patch_dask_point_in_time_join()
-    patch_dask_tokenize_of_array_columns()
     path = Path(repo_path) if repo_path else feature_repo_path()
     if not (path / "feature_store.yaml").is_file():
         raise UserError(f"no feature_store.yaml in {path}; set HOMEFEED_FEATURE_REPO")
