@@ -35,9 +35,12 @@ def test_feast_cli_apply_works_on_a_fresh_copy(stack, tmp_path):
     repo = tmp_path / "feature_repo"
     shutil.copytree(REPO_ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data"))
     feast = shutil.which("feast", path=os.path.dirname(os.sys.executable))
+    env = dict(os.environ, HOMEFEED_HOME=str(tmp_path / "home"))  # nothing logged yet
     result = subprocess.run([feast, "-c", str(repo), "apply"], capture_output=True, text=True,
-                            timeout=180, cwd=tmp_path)
+                            timeout=180, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr, result.stderr  # every batch source validates
+    assert (tmp_path / "home" / "offline" / F.USER_ACTION_SEQUENCE / offline_log.SCHEMA_FILE).is_file()
     listed = subprocess.run([feast, "-c", str(repo), "feature-views", "list"], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)
     for view in (F.PIN_FEATURES, F.USER_ACTION_SEQUENCE, F.USER_PROFILE):

@@ -57,3 +57,9 @@ def test_config_file_is_found_in_parent_directories(tmp_path, monkeypatch):
     monkeypatch.delenv("HOMEFEED_CONFIG", raising=False)
     monkeypatch.delenv("HOMEFEED_KAFKA_PORT", raising=False)
     assert load_settings().kafka_port == 7777
+
+
+def test_offline_store_setting_defaults_to_duckdb_and_names_the_choices(tmp_path):
+    assert load_settings(env={}, config_file=write(tmp_path, "")).offline_store == "duckdb"
+    with pytest.raises(ValueError, match="offline_store='file' is not one of duckdb"):
+        load_settings(env={"HOMEFEED_OFFLINE_STORE": "file"}, config_file=write(tmp_path, ""))

@@ -19,7 +19,6 @@ from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreCo
 from pydantic import Field, StrictStr
 
 from homefeed.errors import UserError
-from homefeed.offline_log import ensure_tables
 from homefeed.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,6 @@ def apply_repo(repo_path: Path | None = None) -> list[str]:
     from feast.repo_operations import apply_total, cli_check_repo
 
     path = Path(repo_path) if repo_path else feature_repo_path()
-    ensure_tables(load_settings().offline_dir)  # batch sources point at these directories
     # Feast imports the repo's files as top-level modules ("definitions"); a module cached from an
     # earlier apply in this process would register that apply's settings (paths, Kafka servers).
     for py in path.glob("*.py"):

@@ -7,10 +7,10 @@ within the view's ttl and, with ``filter_by_created_timestamp``, created <= the 
 The one difference is how a batch source is read: the log's partitions are listed and pruned
 before DuckDB opens a file.
 
-1. List ``<table>/date=YYYY-MM-DD/*.parquet`` (files being written, ``.*.tmp``, are skipped).
+1. List the table's partitions (``<table>/month=YYYY-MM/*.parquet``, homefeed.offline_log).
 2. Keep the partitions that can hold an answer for this call's entity rows: a feature row
    answers an entity row only if its event time is <= the entity time, so partitions after the
-   newest entity date are dropped; with a ttl, so are those before the oldest entity date - ttl.
+   newest entity time are dropped; with a ttl, so are those before the oldest entity time - ttl.
 3. Hand the remaining files to DuckDB (``ibis.read_parquet`` of the file list), keeping of the
    history before the call's oldest entity row only each key's newest row (`newest_before`):
    the join pairs every entity row with every earlier row of its key, so without this a user's
@@ -38,27 +38,13 @@ from feast.infra.offline_stores.ibis import get_historical_features_ibis
 from feast.infra.offline_stores.offline_utils import infer_event_timestamp_from_entity_df
 
 from homefeed.errors import UserError
-
-PARTITION_PREFIX = "date="
+from homefeed.offline_log import partition_files
 
 
 class HomefeedOfflineStoreConfig(DuckDBOfflineStoreConfig):
     type: Literal["homefeed.offline_store.HomefeedOfflineStore"] = (
         "homefeed.offline_store.HomefeedOfflineStore"
     )
-
-
-def partition_files(table_dir: Path, first_date: str | None = None,
-                    last_date: str | None = None) -> list[str]:
-    """Parquet files of one log table whose partition date lies in [first_date, last_date]
-    (ISO dates, inclusive; None = unbounded), oldest partition first."""
-    files: list[str] = []
-    for part in sorted(Path(table_dir).glob(f"{PARTITION_PREFIX}*")):
-        date = part.name[len(PARTITION_PREFIX):]
-        if (first_date and date < first_date) or (last_date and date > last_date):
-            continue
-        files.extend(str(p) for p in sorted(part.glob("*.parquet")) if not p.name.startswith("."))
-    return files
 
 
 def _date(ts: datetime) -> str:
@@ -108,8 +94,8 @@ def pruned_reader(min_ts: datetime, max_ts: datetime, views: dict):
             raise UserError(f"nothing logged under {path} yet; the point-in-time join has no rows "
                             "to read (replay events, run `homefeed dataset profiles`)")
         keys = list(view.projection.join_key_map or {e.name: e.name for e in view.entity_columns})
-        return newest_before(ibis.read_parquet(files), min_ts, keys, data_source.timestamp_field,
-                             data_source.created_timestamp_column or None)
+        return newest_before(ibis.read_parquet([str(f) for f in files]), min_ts, keys,
+                             data_source.timestamp_field, data_source.created_timestamp_column or None)
 
     return read
 

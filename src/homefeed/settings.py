@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 ENV_PREFIX = "HOMEFEED_"
+OFFLINE_STORES = ("duckdb",)  # engines of the `offline_store` setting this version ships
 
 
 # The source checkout (editable install); installed elsewhere, set HOMEFEED_FEATURE_REPO.
@@ -57,6 +58,8 @@ class Settings:
     # Feature sizes.
     embedding_dim: int = 32
     sequence_length: int = 100
+    # Offline store Feast answers point-in-time queries with (homefeed/offline_store.py).
+    offline_store: str = "duckdb"
     # Stream processing.
     max_future_skew_ms: int = 5 * 60 * 1000
     batch_max_events: int = 5000
@@ -161,4 +164,8 @@ def load_settings(env: dict[str, str] | None = None, config_file: Path | None = 
     settings = Settings(**values)
     if settings.embedding_dim <= 0 or settings.sequence_length <= 0:
         raise ValueError("embedding_dim and sequence_length must be positive")
+    if settings.offline_store not in OFFLINE_STORES:
+        raise ValueError(f"setting offline_store={settings.offline_store!r} is not one of "
+                         f"{', '.join(OFFLINE_STORES)} (Feast's file/dask store is not offered: it "
+                         "picks the wrong row when two feature rows share an event time)")
     return settings

@@ -218,7 +218,7 @@ def _require_logged(settings: Settings) -> None:
                          "--world DIR` and `homefeed stream consume --exit-when-idle 3`"),
                         (F.PIN_FEATURES, "replay the world's pins (`homefeed stream produce`)"),
                         (F.USER_PROFILE, "run the profile job: `homefeed dataset profiles`")):
-        if not any(offline_log.table_dir(settings.offline_dir, table).rglob("*.parquet")):
+        if not offline_log.partition_files(offline_log.table_dir(settings.offline_dir, table)):
             raise UserError(f"nothing logged in {table} under {settings.offline_dir}; {hint}")
 
 
@@ -233,20 +233,53 @@ def check_sources(store, settings: Settings) -> None:
                             "settings (`homefeed feast apply`)")
 
 
-# Entity rows per point-in-time call. The join pairs each entity row with its key's feature rows
-# of the call's time span (homefeed.offline_store), so user-side calls, whose rows carry 100-long
-# sequences, are kept shorter than pin-side ones.
-USER_CALL_ROWS = 10_000
-PIN_CALL_ROWS = 100_000
+# Point-in-time calls. A join pairs each entity row with the feature rows of its key from the
+# call's first entity time up to its own (plus one settled row; homefeed.offline_store), so
+# user-side calls are cut by that pair count (sequence rows carry three 100-long arrays) and
+# every call by rows.
+MAX_CALL_ROWS = 100_000
+MAX_CALL_PAIRS = 100_000
 
 
 def row_chunks(times: np.ndarray, max_rows: int) -> list[np.ndarray]:
-    """Row positions in time order, cut into consecutive runs of at most max_rows rows.
-
-    A call's cost follows its rows: the offline store reads only the partitions up to its newest
-    row and, of the history before its oldest row, each key's newest version."""
+    """Row positions in time order, cut into consecutive runs of at most max_rows rows."""
     order = np.argsort(np.asarray(times), kind="stable")
     return [order[i:i + max_rows] for i in range(0, len(order), max_rows)]
+
+
+def pair_chunks(times: np.ndarray, keys: np.ndarray, feature_keys: np.ndarray,
+                feature_times: np.ndarray, max_pairs: int, max_rows: int) -> list[np.ndarray]:
+    """Row positions in time order, cut into consecutive runs whose point-in-time join stays
+    under max_pairs (entity row, feature row) pairs and max_rows rows.
+
+    A run from time t0 pairs row k (key u, time t) with one row settled before t0 and the rows of
+    u with t0 <= time <= t. A single row always forms a run, however many pairs it makes.
+    """
+    times = np.asarray(times, dtype=np.int64)
+    order = np.argsort(times, kind="stable")
+    if not len(order):
+        return []
+    codes, uniques = pd.factorize(np.concatenate([np.asarray(keys), np.asarray(feature_keys)]))
+    key_code, feat_code = codes[:len(keys)].astype(np.int64), codes[len(keys):].astype(np.int64)
+    span = int(max(times.max(), np.max(feature_times, initial=0))) + 1
+    if len(uniques) * span >= 2**62:  # the composite (key, time) would overflow: rows only
+        return row_chunks(times, max_rows)
+    sorted_feat = np.sort(feat_code * span + np.asarray(feature_times, dtype=np.int64))
+    t, kc = times[order], key_code[order]
+    upto = np.searchsorted(sorted_feat, kc * span + t, side="right")  # rows of key with time <= t
+    chunks, i, n, window = [], 0, len(order), 1024
+    while i < n:
+        last = min(i + max_rows, n)
+        end = min(i + window, last)
+        before = np.searchsorted(sorted_feat, kc[i:end] * span + t[i], side="left")
+        pairs = np.cumsum(1 + upto[i:end] - before)
+        if pairs[-1] <= max_pairs and end < last:
+            window *= 4  # the budget reaches further than the rows looked at: look further
+            continue
+        j = i + max(int(np.searchsorted(pairs, max_pairs, side="right")), 1)
+        chunks.append(order[i:j])
+        i, window = j, max(1024, 2 * len(chunks[-1]))
+    return chunks
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -283,12 +316,18 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
 
     timings = {"setup": round(time.perf_counter() - started, 2)}
     mark = time.perf_counter()
-    # Calls sized by rows, in time order, one feature view per call (each view's join reads its
-    # own log table; a multi-view call would only carry one view's columns through the next).
+    # Calls in time order, sized by join pairs (user side) and rows, one feature view per call
+    # (each view's join reads its own log table; a multi-view call would only carry one view's
+    # columns through the next).
     user_parts, pin_parts = [], []
     user_key, pin_key = [F.REQUEST_ID, F.USER_ID], [F.REQUEST_ID, F.PIN_ID]
-    user_chunks = row_chunks(requests["request_time_ms"].to_numpy(), USER_CALL_ROWS)
-    pin_chunks = row_chunks(impressions["request_time_ms"].to_numpy(), PIN_CALL_ROWS)
+    versions = offline_log.read(settings.offline_dir, F.USER_ACTION_SEQUENCE,
+                                columns=[F.USER_ID, F.EVENT_TIMESTAMP])
+    user_chunks = pair_chunks(requests["request_time_ms"].to_numpy(), requests[F.USER_ID].to_numpy(),
+                              versions[F.USER_ID].to_numpy(),
+                              offline_log.to_utc_us(versions[F.EVENT_TIMESTAMP]).astype("int64").to_numpy()
+                              // 1000, MAX_CALL_PAIRS, MAX_CALL_ROWS)
+    pin_chunks = row_chunks(impressions["request_time_ms"].to_numpy(), MAX_CALL_ROWS)
     with tqdm(total=2 * len(user_chunks) + len(pin_chunks), desc="point-in-time features",
               unit="call", disable=not progress) as bar:
         for rows in user_chunks:
@@ -386,7 +425,7 @@ def _counts(requests: pd.DataFrame, impressions: pd.DataFrame) -> dict:
 # -- offline log compaction ----------------------------------------------------------------------
 
 def compact_table(offline_dir: Path, table: str) -> dict:
-    """Merge each date partition's files of one log table into a single file.
+    """Merge each partition's files of one log table into a single file.
 
     The log writes one file per micro-batch; every point-in-time call opens each file of the
     partitions it reads, so fewer files make every call cheaper. Rows are kept as they are
@@ -395,7 +434,7 @@ def compact_table(offline_dir: Path, table: str) -> dict:
     (A stop-gap that belongs in homefeed.offline_log.)
     """
     before = after = 0
-    for directory in sorted(offline_log.table_dir(offline_dir, table).glob("date=*")):
+    for _, _, directory in offline_log.partitions(offline_log.table_dir(offline_dir, table)):
         files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
         before += len(files)
         if len(files) <= 1:
