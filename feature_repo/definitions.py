@@ -16,11 +16,15 @@ from feast.types import Array, Float32, Int32, Int64, String
 from feast.value_type import ValueType
 
 from homefeed import features as F
+from homefeed import offline_log
 from homefeed.settings import load_settings
 
 settings = load_settings()
 DIM = settings.embedding_dim
 OFFLINE = settings.offline_dir
+# The log tables exist (with their schema file) from the first apply on, so Feast can validate
+# the sources below on a fresh clone, before anything was logged.
+offline_log.ensure_tables(OFFLINE)
 
 # -- entities --------------------------------------------------------------------------------
 user = Entity(name="user", join_keys=[F.USER_ID], value_type=ValueType.INT64,

@@ -35,9 +35,12 @@ def test_feast_cli_apply_works_on_a_fresh_copy(stack, tmp_path):
     repo = tmp_path / "feature_repo"
     shutil.copytree(REPO_ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data"))
     feast = shutil.which("feast", path=os.path.dirname(os.sys.executable))
+    env = dict(os.environ, HOMEFEED_HOME=str(tmp_path / "home"))  # nothing logged yet
     result = subprocess.run([feast, "-c", str(repo), "apply"], capture_output=True, text=True,
-                            timeout=180, cwd=tmp_path)
+                            timeout=180, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr, result.stderr  # every batch source validates
+    assert (tmp_path / "home" / "offline" / F.USER_ACTION_SEQUENCE / offline_log.SCHEMA_FILE).is_file()
     listed = subprocess.run([feast, "-c", str(repo), "feature-views", "list"], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)
     for view in (F.PIN_FEATURES, F.USER_ACTION_SEQUENCE, F.USER_PROFILE):
@@ -95,28 +98,50 @@ def test_point_in_time_rows_from_the_log(feature_repo, stack):
     assert pd.isna(out.loc[3, F.SEQ_LENGTH])  # a user with no sequence yet
 
 
-def test_array_column_tokens_are_identity_based_and_cheap():
-    """feast_compat: dask tokens of list-typed columns come from object identity (no pickling);
-    one array keeps one token, another array (even with equal contents) gets another, and a
-    freed array's token is not handed on. Other arrays are tokenized by dask as before."""
-    import gc
+def test_point_in_time_join_on_hard_cases(feature_repo, stack):
+    """The offline store against a hand-computed answer: two rows with one event time and
+    different created times (the newer created wins, unless it was not created yet), late
+    arrivals kept out by the created-time filter, an exact duplicate log row, entity rows
+    without any feature row (kept, with nulls), array columns read back exactly."""
+    store = open_store(feature_repo)
+    user, t = 303, T0 + pd.Timedelta("1d")
+    a = sequence_row(user, t, t, 3, seed=5)
+    b = sequence_row(user, t, t + pd.Timedelta("10min"), 7, seed=6)  # same event time, newer created
+    late = sequence_row(user, t + pd.Timedelta("1h"), t + pd.Timedelta("5h"), 9, seed=7)
+    # other partitions (days) and users, one exact duplicate written twice
+    other = sequence_row(304, t - pd.Timedelta("2d"), t - pd.Timedelta("2d"), 2, seed=8)
+    for rows in ([a, other], [b], [late], [b]):
+        offline_log.append(stack.offline_dir, F.USER_ACTION_SEQUENCE, pd.DataFrame(rows))
 
-    import numpy as np
-    from dask.tokenize import tokenize
+    times = [t - pd.Timedelta("1min"), t + pd.Timedelta("5min"), t + pd.Timedelta("15min"),
+             t + pd.Timedelta("2h"), t + pd.Timedelta("6h"), t, t]
+    users = [user, user, user, user, user, 304, 888_888]
+    want = [None, 3, 7, 7, 9, 2, None]  # newest servable row per request, by hand
+    entity = pd.DataFrame({F.USER_ID: users, "row": range(len(users)),
+                           F.EVENT_TIMESTAMP: pd.to_datetime(times).astype("datetime64[us, UTC]")})
+    refs = F.feature_refs(F.USER_ACTION_SEQUENCE, F.SEQUENCE_FEATURE_NAMES)
+    for _ in range(3):  # the same answer every run (no unstable sort decides a tie)
+        out = store.get_historical_features(entity_df=entity, features=refs,
+                                            filter_by_created_timestamp=True).to_df()
+        out = out.sort_values("row").reset_index(drop=True)
+        assert len(out) == len(entity)
+        got = [None if pd.isna(n) else int(n) for n in out[F.SEQ_LENGTH]]
+        assert got == want
+        by_length = {3: a, 7: b, 9: late, 2: other}
+        for i, n in enumerate(got):
+            if n is None:
+                assert out.loc[i, F.SEQ_PIN_IDS] is None or len(out.loc[i, F.SEQ_PIN_IDS]) == 0
+                continue
+            for col in (F.SEQ_PIN_IDS, F.SEQ_ACTION_TYPES, F.SEQ_ACTION_TIMES):
+                assert list(out.loc[i, col]) == by_length[n][col].tolist()
 
-    from homefeed.feast_compat import _array_tokens, patch_dask_tokenize_of_array_columns
+    # A call whose rows all come later: a and b are history (only the newest is read), the late
+    # row happened before the call's first row but arrived after it, so it is still considered.
+    later = entity.iloc[[3, 4]].reset_index(drop=True)
+    out = store.get_historical_features(entity_df=later, features=refs,
+                                        filter_by_created_timestamp=True).to_df().sort_values("row")
+    assert out[F.SEQ_LENGTH].tolist() == [7, 9]
 
-    patch_dask_tokenize_of_array_columns()
-    cells = np.empty(3, dtype=object)
-    cells[:] = [np.arange(100), np.arange(5), np.arange(0)]
-    twin = cells.copy()
-    assert tokenize(cells) == tokenize(cells)
-    assert tokenize(cells) != tokenize(twin)
-    key = id(twin)
-    del twin
-    gc.collect()
-    assert key not in _array_tokens
-    plain = np.arange(10)
-    assert tokenize(plain) == tokenize(plain.copy())  # content-based, as dask does it
-    strings = np.array(["a", "b"], dtype=object)
-    assert tokenize(strings) == tokenize(strings.copy())
+    # Without the created-time filter the late row leaks into the request at +2 h.
+    naive = store.get_historical_features(entity_df=entity, features=refs).to_df().sort_values("row")
+    assert int(naive[F.SEQ_LENGTH].iloc[3]) == 9

@@ -171,3 +171,8 @@ def test_local_kafka_drops_external_brokers_and_security(tmp_path):
     env = {"KAFKA_BOOTSTRAP_SERVERS": "b1.cloud:9093", "HOMEFEED_KAFKA_SECURITY_PROTOCOL": "SSL"}
     s = load_settings(env=env, config_file=write(tmp_path, "")).local_kafka(kafka_port=7001)
     assert s.kafka_client_config() == {"bootstrap_servers": "127.0.0.1:7001", "security_protocol": "PLAINTEXT"}
+
+def test_offline_store_setting_defaults_to_duckdb_and_names_the_choices(tmp_path):
+    assert load_settings(env={}, config_file=write(tmp_path, "")).offline_store == "duckdb"
+    with pytest.raises(ValueError, match="offline_store='file' is not one of duckdb"):
+        load_settings(env={"HOMEFEED_OFFLINE_STORE": "file"}, config_file=write(tmp_path, ""))

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from homefeed import features as F
+from homefeed import offline_log
 from homefeed.errors import UserError
 from homefeed.events import ActionEvent, ActionType
 from homefeed.training.data import PinTable, RankingData, dense_feature_spec, dense_features
@@ -88,8 +89,8 @@ def test_dataset_build_end_to_end_on_a_tiny_world(pipeline, tmp_path):
                            int(r.event_time)), int(r.arrival_time)) for r in world.events.itertuples()]
     replay(pipeline, events, world.pins, world.start_ms, batch_max_events=10)
     for table in (F.USER_ACTION_SEQUENCE, F.PIN_FEATURES, "action_events"):
-        done = compact_table(pipeline.offline_dir, table)  # one file per date partition
-        assert done["files_after"] == len(list((pipeline.offline_dir / table).glob("date=*"))) < done["files_before"]
+        done = compact_table(pipeline.offline_dir, table)  # one file per partition
+        assert done["files_after"] == len(offline_log.partitions(pipeline.offline_dir / table)) < done["files_before"]
 
     summary = run_profile_job(pipeline)
     assert summary["rows_appended"] > 0 and summary["users_online"] > 0
@@ -221,14 +222,16 @@ def test_dataset_build_refuses_a_feature_repo_that_reads_another_log(pipeline, t
 def test_cli_groups_register_their_commands():
     import argparse
 
-    from homefeed.training import bench, cli
+    from homefeed.training import bench, bench_dataset, cli
 
     parser = argparse.ArgumentParser(prog="homefeed")
     groups = parser.add_subparsers(dest="group")
     for name, register in (("dataset", cli.register_dataset), ("train", cli.register_train),
                            ("evaluate", cli.register_evaluate), ("export", cli.register_export)):
         register(groups.add_parser(name))
-    bench.add_bench_train_parser(groups.add_parser("bench").add_subparsers(dest="command"))
+    bench_sub = groups.add_parser("bench").add_subparsers(dest="command")
+    bench.add_bench_train_parser(bench_sub)
+    bench_dataset.add_bench_dataset_parser(bench_sub)
     cases = {
         ("dataset", "build", "--world", "w", "--out", "d"): cli.cmd_dataset_build,
         ("dataset", "profiles"): cli.cmd_dataset_profiles,
@@ -237,16 +240,46 @@ def test_cli_groups_register_their_commands():
         ("evaluate", "--compare", "--json"): cli.cmd_evaluate,
         ("export", "runs/transact_v11"): cli.cmd_export,
         ("bench", "train", "--json"): bench.cmd_bench_train,
+        ("bench", "dataset", "--json"): bench_dataset.cmd_bench_dataset,
     }
     for argv, func in cases.items():
         assert parser.parse_args(list(argv)).func is func
     assert cli.parse_models("all")[-1] == "transact_v11" and cli.parse_models("none, cnn") == ["none", "cnn"]
 
 
-def test_point_in_time_calls_group_consecutive_days_up_to_a_row_budget():
-    from homefeed.training.dataset import day_chunks
+def test_point_in_time_calls_are_runs_of_rows_in_time_order():
+    from homefeed.training.dataset import row_chunks
 
-    rows = pd.Series({1: 10, 2: 10, 3: 25, 4: 60, 5: 5, 6: 5})
-    assert day_chunks(rows, 30) == [[1, 2], [3], [4], [5, 6]]
-    assert day_chunks(rows, 1000) == [[1, 2, 3, 4, 5, 6]]
-    assert day_chunks(pd.Series(dtype=int), 10) == []
+    times = np.array([50, 10, 40, 10, 30, 20, 60])
+    chunks = row_chunks(times, 3)
+    assert [c.tolist() for c in chunks] == [[1, 3, 5], [4, 2, 0], [6]]
+    assert [len(c) for c in row_chunks(times, 100)] == [7]
+    assert row_chunks(np.zeros(0), 10) == []
+
+
+def test_user_side_calls_are_cut_by_their_join_pairs():
+    from homefeed.training.dataset import pair_chunks
+
+    # user 1 has feature rows at 0..9, user 2 at 5; requests of user 1 at 3, 6, 9, user 2 at 7
+    feat_keys, feat_times = np.array([1] * 10 + [2]), np.array([*range(10), 5])
+    times, keys = np.array([9, 3, 7, 6]), np.array([1, 1, 2, 1])
+    # pairs from t0 = 3: row@3 -> 1 + 1 (3), row@6 -> 1 + 4 (3..6), row@7 (user 2) -> 1 + 1, row@9 -> 1 + 7
+    whole = pair_chunks(times, keys, feat_keys, feat_times, max_pairs=100, max_rows=100)
+    assert [c.tolist() for c in whole] == [[1, 3, 2, 0]]
+    cut = pair_chunks(times, keys, feat_keys, feat_times, max_pairs=9, max_rows=100)
+    assert [c.tolist() for c in cut] == [[1, 3, 2], [0]]  # 2 + 5 + 2 = 9 <= 9 < 9 + 8
+    assert [c.tolist() for c in pair_chunks(times, keys, feat_keys, feat_times, 1, 100)] == [[1], [3], [2], [0]]
+    assert [len(c) for c in pair_chunks(times, keys, feat_keys, feat_times, 100, 3)] == [3, 1]
+    assert pair_chunks(np.zeros(0), np.zeros(0), feat_keys, feat_times, 10, 10) == []
+
+
+def test_long_span_bench_world_has_the_movielens_shape(tmp_path):
+    from homefeed.training.bench_dataset import write_long_span_ratings
+    from homefeed.world.movielens import read_movielens
+
+    data = read_movielens(write_long_span_ratings(tmp_path, 5_000, users=40, movies=600))
+    r = data.ratings
+    assert abs(len(r) - 5_000) < 100 and r["user_id"].nunique() == 40
+    assert r.groupby("user_id").size().min() >= 20  # GroupLens keeps users with >= 20 ratings
+    years = (r["timestamp"].max() - r["timestamp"].min()) / 86_400 / 365.25
+    assert 15 < years <= 20

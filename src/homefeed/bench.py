@@ -11,6 +11,7 @@ BENCHES = [
     ("homefeed.serving.bench", "add_bench_model_parser"),
     ("homefeed.serving.bench", "add_bench_features_parser"),
     ("homefeed.training.bench", "add_bench_train_parser"),
+    ("homefeed.training.bench_dataset", "add_bench_dataset_parser"),
     ("homefeed.serving.bench_http", "add_bench_serve_parser"),
     ("homefeed.faults", "add_bench_faults_parser"),
 ]

@@ -4,7 +4,8 @@ feature_repo/feature_store.yaml names ``homefeed.feature_store.HomefeedRedisOnli
 online store type. It is Feast's own Redis store; the only difference is that its connection
 string, ``redis_type`` (standalone / cluster / sentinel) and sentinel master default to homefeed
 settings (``REDIS_URL``, ``HOMEFEED_REDIS_MODE``, ... or the local stack's ports), so the YAML holds
-no second copy of them and plain ``feast apply`` works on a fresh clone.
+no second copy of them and plain ``feast apply`` works on a fresh clone. The offline store
+(point-in-time training data) is homefeed.offline_store: DuckDB over the log.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreCo
 from pydantic import Field, StrictStr
 
 from homefeed.errors import UserError
-from homefeed.offline_log import ensure_tables
 from homefeed.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,6 @@ def open_store(repo_path: Path | None = None):
     """The FeatureStore every stage uses (pipeline, training, serving)."""
     from feast import FeatureStore
 
-    from homefeed.feast_compat import patch_dask_point_in_time_join, patch_dask_tokenize_of_array_columns
-
-    patch_dask_point_in_time_join()
-    patch_dask_tokenize_of_array_columns()
     path = Path(repo_path) if repo_path else feature_repo_path()
     if not (path / "feature_store.yaml").is_file():
         raise UserError(f"no feature_store.yaml in {path}; set HOMEFEED_FEATURE_REPO")
@@ -81,7 +77,6 @@ def apply_repo(repo_path: Path | None = None) -> list[str]:
     from feast.repo_operations import apply_total, cli_check_repo
 
     path = Path(repo_path) if repo_path else feature_repo_path()
-    ensure_tables(load_settings().offline_dir)  # batch sources point at these directories
     # Feast imports the repo's files as top-level modules ("definitions"); a module cached from an
     # earlier apply in this process would register that apply's settings (paths, Kafka servers).
     for py in path.glob("*.py"):

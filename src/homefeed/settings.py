@@ -41,6 +41,7 @@ KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # kafka-python's mechanisms that need no Python object in the config (OAUTHBEARER needs a token
 # provider: build that client yourself).
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "AWS_MSK_IAM")
+OFFLINE_STORES = ("duckdb",)  # engines of the `offline_store` setting this version ships
 
 
 # The source checkout (editable install); installed elsewhere, set HOMEFEED_FEATURE_REPO.
@@ -86,6 +87,8 @@ class Settings:
     # Feature sizes.
     embedding_dim: int = 32
     sequence_length: int = 100
+    # Offline store Feast answers point-in-time queries with (homefeed/offline_store.py).
+    offline_store: str = "duckdb"
     # Stream processing.
     max_future_skew_ms: int = 5 * 60 * 1000
     batch_max_events: int = 5000
@@ -306,4 +309,8 @@ def load_settings(env: dict[str, str] | None = None, config_file: Path | None = 
         raise ValueError("embedding_dim and sequence_length must be positive")
     if settings.redis_mode not in REDIS_MODES:
         raise ValueError(f"redis_mode={settings.redis_mode!r}; expected one of {REDIS_MODES}")
+    if settings.offline_store not in OFFLINE_STORES:
+        raise ValueError(f"setting offline_store={settings.offline_store!r} is not one of "
+                         f"{', '.join(OFFLINE_STORES)} (Feast's file/dask store is not offered: it "
+                         "picks the wrong row when two feature rows share an event time)")
     return settings

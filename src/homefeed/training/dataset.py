@@ -33,7 +33,6 @@ import logging
 import os
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,8 +126,8 @@ def _entity_time(request_ms: pd.Series) -> pd.Series:
 def historical(store, entities: pd.DataFrame, refs: list[str], key: list[str]) -> pd.DataFrame:
     """Point-in-time features for `entities` (key columns + request_time_ms), merged back on `key`.
 
-    Feast drops an entity row for which no feature row is old enough; merging back on our own
-    key keeps it, with null features (nothing was servable yet).
+    An entity row for which no feature row is old enough keeps null features (nothing was
+    servable yet); the merge back on our own key puts the answer in the caller's row order.
     """
     entity_df = entities[key].copy()
     entity_df[F.EVENT_TIMESTAMP] = _entity_time(entities["request_time_ms"]).to_numpy()
@@ -219,7 +218,7 @@ def _require_logged(settings: Settings) -> None:
                          "--world DIR` and `homefeed stream consume --exit-when-idle 3`"),
                         (F.PIN_FEATURES, "replay the world's pins (`homefeed stream produce`)"),
                         (F.USER_PROFILE, "run the profile job: `homefeed dataset profiles`")):
-        if not any(offline_log.table_dir(settings.offline_dir, table).rglob("*.parquet")):
+        if not offline_log.partition_files(offline_log.table_dir(settings.offline_dir, table)):
             raise UserError(f"nothing logged in {table} under {settings.offline_dir}; {hint}")
 
 
@@ -234,20 +233,52 @@ def check_sources(store, settings: Settings) -> None:
                             "settings (`homefeed feast apply`)")
 
 
-MAX_CHUNK_IMPRESSIONS = 50_000  # rows per point-in-time call: ~1-2 synthetic days, weeks of MovieLens
+# Point-in-time calls. A join pairs each entity row with the feature rows of its key from the
+# call's first entity time up to its own (plus one settled row; homefeed.offline_store), so
+# user-side calls are cut by that pair count (sequence rows carry three 100-long arrays) and
+# every call by rows.
+MAX_CALL_ROWS = 100_000
+MAX_CALL_PAIRS = 100_000
 
 
-def day_chunks(rows_per_day: pd.Series, max_rows: int) -> list[list[int]]:
-    """Consecutive days grouped so each group has <= max_rows rows (a bigger day stands alone)."""
-    chunks: list[list[int]] = []
-    size = 0
-    for day, rows in rows_per_day.items():
-        if chunks and size + int(rows) <= max_rows:
-            chunks[-1].append(int(day))
-            size += int(rows)
-        else:
-            chunks.append([int(day)])
-            size = int(rows)
+def row_chunks(times: np.ndarray, max_rows: int) -> list[np.ndarray]:
+    """Row positions in time order, cut into consecutive runs of at most max_rows rows."""
+    order = np.argsort(np.asarray(times), kind="stable")
+    return [order[i:i + max_rows] for i in range(0, len(order), max_rows)]
+
+
+def pair_chunks(times: np.ndarray, keys: np.ndarray, feature_keys: np.ndarray,
+                feature_times: np.ndarray, max_pairs: int, max_rows: int) -> list[np.ndarray]:
+    """Row positions in time order, cut into consecutive runs whose point-in-time join stays
+    under max_pairs (entity row, feature row) pairs and max_rows rows.
+
+    A run from time t0 pairs row k (key u, time t) with one row settled before t0 and the rows of
+    u with t0 <= time <= t. A single row always forms a run, however many pairs it makes.
+    """
+    times = np.asarray(times, dtype=np.int64)
+    order = np.argsort(times, kind="stable")
+    if not len(order):
+        return []
+    codes, uniques = pd.factorize(np.concatenate([np.asarray(keys), np.asarray(feature_keys)]))
+    key_code, feat_code = codes[:len(keys)].astype(np.int64), codes[len(keys):].astype(np.int64)
+    span = int(max(times.max(), np.max(feature_times, initial=0))) + 1
+    if len(uniques) * span >= 2**62:  # the composite (key, time) would overflow: rows only
+        return row_chunks(times, max_rows)
+    sorted_feat = np.sort(feat_code * span + np.asarray(feature_times, dtype=np.int64))
+    t, kc = times[order], key_code[order]
+    upto = np.searchsorted(sorted_feat, kc * span + t, side="right")  # rows of key with time <= t
+    chunks, i, n, window = [], 0, len(order), 1024
+    while i < n:
+        last = min(i + max_rows, n)
+        end = min(i + window, last)
+        before = np.searchsorted(sorted_feat, kc[i:end] * span + t[i], side="left")
+        pairs = np.cumsum(1 + upto[i:end] - before)
+        if pairs[-1] <= max_pairs and end < last:
+            window *= 4  # the budget reaches further than the rows looked at: look further
+            continue
+        j = i + max(int(np.searchsorted(pairs, max_pairs, side="right")), 1)
+        chunks.append(order[i:j])
+        i, window = j, max(1024, 2 * len(chunks[-1]))
     return chunks
 
 
@@ -283,22 +314,35 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
                                                           "day", "split"]]
                 .merge(world.users[[F.USER_ID, "segment", "is_core"]], on=F.USER_ID, how="left"))
 
-    # Runs of consecutive days of at most MAX_CHUNK_IMPRESSIONS rows per call (bounded memory, a
-    # progress bar; sparse data such as MovieLens, a dozen requests a day, would otherwise pay
-    # Feast's per-call cost hundreds of times) and one feature view per call: Feast's dask join
-    # drags every joined column through the next view's merge and sort.
+    timings = {"setup": round(time.perf_counter() - started, 2)}
+    mark = time.perf_counter()
+    # Calls in time order, sized by join pairs (user side) and rows, one feature view per call
+    # (each view's join reads its own log table; a multi-view call would only carry one view's
+    # columns through the next).
     user_parts, pin_parts = [], []
     user_key, pin_key = [F.REQUEST_ID, F.USER_ID], [F.REQUEST_ID, F.PIN_ID]
-    chunks = day_chunks(impressions["day"].value_counts().sort_index(), MAX_CHUNK_IMPRESSIONS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # dask's bfill notices, once per partition
-        for days in tqdm(chunks, desc="point-in-time features", unit="chunk", disable=not progress):
-            req_part = requests[requests["day"].isin(days)]
-            seq = historical(store, req_part, SEQUENCE_FEATURES, user_key)
-            profile = historical(store, req_part, PROFILE_FEATURES, user_key)
+    versions = offline_log.read(settings.offline_dir, F.USER_ACTION_SEQUENCE,
+                                columns=[F.USER_ID, F.EVENT_TIMESTAMP])
+    user_chunks = pair_chunks(requests["request_time_ms"].to_numpy(), requests[F.USER_ID].to_numpy(),
+                              versions[F.USER_ID].to_numpy(),
+                              offline_log.to_utc_us(versions[F.EVENT_TIMESTAMP]).astype("int64").to_numpy()
+                              // 1000, MAX_CALL_PAIRS, MAX_CALL_ROWS)
+    pin_chunks = row_chunks(impressions["request_time_ms"].to_numpy(), MAX_CALL_ROWS)
+    with tqdm(total=2 * len(user_chunks) + len(pin_chunks), desc="point-in-time features",
+              unit="call", disable=not progress) as bar:
+        for rows in user_chunks:
+            part = requests.iloc[rows]
+            seq = historical(store, part, SEQUENCE_FEATURES, user_key)
+            bar.update()
+            profile = historical(store, part, PROFILE_FEATURES, user_key)
+            bar.update()
             user_parts.append(seq.merge(profile, on=user_key, validate="one_to_one"))
-            pin_parts.append(historical(store, impressions[impressions["day"].isin(days)], PIN_FEATURES, pin_key))
+        for rows in pin_chunks:
+            pin_parts.append(historical(store, impressions.iloc[rows], PIN_FEATURES, pin_key))
+            bar.update()
 
+    timings["point_in_time"] = round(time.perf_counter() - mark, 2)
+    mark = time.perf_counter()
     user_feats = _fill_empty_sequences(pd.concat(user_parts, ignore_index=True))
     requests = requests.merge(user_feats.drop(columns=[F.USER_ID]), on=F.REQUEST_ID, validate="one_to_one")
     requests.insert(2, F.EVENT_TIMESTAMP, pd.to_datetime(requests["request_time_ms"], unit="ms", utc=True)
@@ -319,6 +363,8 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
     pins = latest_pins(settings)
 
     audit = sequence_audit(requests, logged_events(settings))
+    timings["assemble_and_audit"] = round(time.perf_counter() - mark, 2)
+    mark = time.perf_counter()
     if audit["leaked_actions"]:
         raise RuntimeError(f"point-in-time violation: {audit['leaked_actions']} sequence actions "
                            "arrived after their request; the dataset is not written")
@@ -347,7 +393,9 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
         report = run_checkpoint("training_set", training_frame(ds), settings=settings)
         meta["validation"] = report.to_dict()
         log.info("%s", report.to_text())
+    timings["validation"] = round(time.perf_counter() - mark, 2)
     meta["build_seconds"] = round(time.perf_counter() - started, 1)
+    meta["build_timings_s"] = timings
     save_dataset(ds)
     return meta
 
@@ -377,16 +425,16 @@ def _counts(requests: pd.DataFrame, impressions: pd.DataFrame) -> dict:
 # -- offline log compaction ----------------------------------------------------------------------
 
 def compact_table(offline_dir: Path, table: str) -> dict:
-    """Merge each date partition's files of one log table into a single file.
+    """Merge each partition's files of one log table into a single file.
 
-    The log writes one file per micro-batch; Feast's file offline store makes one dask partition
-    per file, so retrieval time grows with the file count (188 s for 3 entity rows over 4,236
-    files vs 6 s over 17, measured here). Rows are kept as they are (readers deduplicate). Safe
+    The log writes one file per micro-batch; every point-in-time call opens each file of the
+    partitions it reads, so fewer files make every call cheaper. Rows are kept as they are
+    (readers deduplicate). Safe
     next to a running consumer: it only adds new files, and only files listed here are replaced.
     (A stop-gap that belongs in homefeed.offline_log.)
     """
     before = after = 0
-    for directory in sorted(offline_log.table_dir(offline_dir, table).glob("date=*")):
+    for _, _, directory in offline_log.partitions(offline_log.table_dir(offline_dir, table)):
         files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
         before += len(files)
         if len(files) <= 1:
