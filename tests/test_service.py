@@ -350,7 +350,7 @@ def test_metrics_used_by_the_dashboard_and_alerts_are_served(service):
 
 def test_a_wrong_model_tag_stops_the_server_with_one_line(feature_repo, tmp_path):
     env = dict(os.environ, BENTOML_HOME=str(tmp_path / "bentoml"), HOMEFEED_MODEL="homefeed-ranker:nosuchtag",
-               BENTOML_DO_NOT_TRACK="true")
+               BENTOML_DO_NOT_TRACK="true", HOMEFEED_SERVING_WORKERS="1")  # one worker: one line
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bento.service:Ranking", "--port",
                              str(free_port()), "--host", "127.0.0.1"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

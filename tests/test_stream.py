@@ -355,3 +355,42 @@ def test_a_record_that_fails_its_batch_is_isolated_and_dead_lettered(pipeline):
     assert json.loads(value)["event_id"] == poison
     rest = [e for e in evs if e.event_id != poison]
     assert online_sequences(users) == expected_sequences(rest)
+
+
+def test_state_writes_are_fenced_against_a_zombie(pipeline):
+    """Consumer A loads some users' state; meanwhile B (the partition's new owner after a
+    rebalance) applies newer events for them; A's write of its stale state must be refused,
+    user by user, and must not touch B's states."""
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    from homefeed.redis_client import pipeline_client
+    from homefeed.stream.consumer import SequenceBuilder, StateFenced
+
+    store = open_store()
+    client = pipeline_client(pipeline)
+    a, b = (SequenceBuilder(pipeline, store, client) for _ in range(2))
+    users = user_block(3)
+    first = make_events(users, 5, now_ms() - 600_000, "f1")
+    newer = make_events(users[:2], 5, now_ms() - 300_000, "f2")
+
+    def records(evs, offset=0):
+        return [ConsumerRecord(topic=pipeline.actions_topic, partition=0, leader_epoch=-1, offset=offset + i,
+                               timestamp=e.event_time, timestamp_type=0, key=str(e.user_id).encode(),
+                               value=e.to_json(), headers=[], checksum=None, serialized_key_size=-1,
+                               serialized_value_size=-1, serialized_header_size=-1)
+                for i, e in enumerate(evs)]
+
+    b.apply(records(first))
+    loaded: dict = {}
+    stale = a.load_states(users, raw_out=loaded)  # A loads, then stalls
+    b.apply(records(newer, 100))  # B moves users[0] and users[1] on
+    for u in users:
+        stale[u].snapshot_ms += 1  # A's (stale) new versions
+    with pytest.raises(StateFenced) as fenced:
+        a.save_states(stale, loaded)
+    assert sorted(fenced.value.users) == sorted(users[:2])  # users[2] was not touched by B: written
+    now = a.load_states(users)
+    for u in users[:2]:
+        assert set(now[u].event_ids) == {e.event_id for e in first + newer if e.user_id == u}
+    assert now[users[2]].snapshot_ms == stale[users[2]].snapshot_ms
+    client.close()

@@ -52,6 +52,16 @@ STATE_KEY = "homefeed:seqstate:{project}:{user_id}"
 # (one MULTI) after every batch, so `homefeed stream status` can show that they add up.
 COUNTERS_KEY = "homefeed:consumer:{project}:{group}"
 COUNTER_FIELDS = ("records", "applied", "duplicates", "dead_lettered", "pin_upserts")
+# Compare-and-set of one user's state: written only if the stored value is still the one this
+# consumer loaded (its SHA-1; '' = no state yet). One key per call: cluster-safe.
+_CAS_STATE = """
+local cur = redis.call('GET', KEYS[1])
+local seen = ''
+if cur then seen = redis.sha1hex(cur) end
+if seen ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
 _ADD_COUNTERS = """
 for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
@@ -110,6 +120,16 @@ class BatchResult:
         return self
 
 
+class StateFenced(RuntimeError):
+    """Another consumer wrote these users' state since this one loaded it: the partition moved
+    (this consumer stalled past its poll interval and is a zombie). The batch is abandoned
+    uncommitted; whoever owns the partition now replays it."""
+
+    def __init__(self, users: list[int]):
+        super().__init__(f"state of {len(users)} users changed under this consumer (e.g. {users[:3]})")
+        self.users = users
+
+
 class DeadLetterUnavailable(RuntimeError):
     """The dead-letter topic could not take a record (broker down): retry the batch."""
 
@@ -142,6 +162,7 @@ class SequenceBuilder:
         self.dlq = dlq_producer
         self.validator = validator
         self.project = store.project
+        self._cas = None  # the registered compare-and-set script
 
     def warm_up(self) -> None:
         """Pay one-off costs (GX context, Feast registry) before the first real batch, so the
@@ -155,18 +176,37 @@ class SequenceBuilder:
     def state_key(self, user_id: int) -> str:
         return STATE_KEY.format(project=self.project, user_id=user_id)
 
-    def load_states(self, user_ids: list[int]) -> dict[int, SequenceState]:
+    def load_states(self, user_ids: list[int], raw_out: dict | None = None) -> dict[int, SequenceState]:
+        """States of `user_ids`; `raw_out` receives the stored bytes (for `save_states`' fence)."""
         keys = [self.state_key(u) for u in user_ids]
         # Each user's state is one key. On a cluster the keys of a batch span slots: the
         # non-atomic variants split them per node (MGET/MSET would fail with CROSSSLOT).
         mget = getattr(self.redis, "mget_nonatomic", self.redis.mget)
         raw = mget(keys) if keys else []
+        if raw_out is not None:
+            raw_out.update(zip(user_ids, raw))
         return {u: SequenceState.from_bytes(r) for u, r in zip(user_ids, raw)}
 
-    def save_states(self, states: dict[int, SequenceState]) -> None:
-        if states:
+    def save_states(self, states: dict[int, SequenceState], loaded: dict | None = None) -> None:
+        """Write states. With `loaded` (the bytes `load_states` saw), each write is a
+        compare-and-set, and StateFenced names the users whose state another consumer changed
+        meanwhile (their writes are refused; the others are applied)."""
+        if not states:
+            return
+        if loaded is None:  # unfenced (backfill: converges with the consumer by timestamps)
             mset = getattr(self.redis, "mset_nonatomic", self.redis.mset)
             mset({self.state_key(u): s.to_bytes() for u, s in states.items()})
+            return
+        if self._cas is None:
+            self._cas = self.redis.register_script(_CAS_STATE)
+        users = list(states)
+        pipe = self.redis.pipeline(transaction=False)
+        for u in users:
+            seen = hashlib.sha1(loaded[u]).hexdigest() if loaded.get(u) is not None else ""
+            self._cas(keys=[self.state_key(u)], args=[seen, states[u].to_bytes()], client=pipe)
+        fenced = [u for u, ok in zip(users, pipe.execute()) if not ok]
+        if fenced:
+            raise StateFenced(fenced)
 
     def counters_key(self) -> str:
         return COUNTERS_KEY.format(project=self.project, group=self.settings.consumer_group)
@@ -268,7 +308,8 @@ class SequenceBuilder:
                 (record.timestamp, (ev.event_id, ev.pin_id, int(ev.action_type), ev.event_time)))
 
         users = sorted(by_user)
-        states = self.load_states(users)
+        loaded: dict[int, bytes | None] = {}
+        states = self.load_states(users, raw_out=loaded)
         changed: dict[int, SequenceState] = {}
         rows, log_rows = [], []
         already = 0  # events this user's state already holds (a replay)
@@ -295,8 +336,8 @@ class SequenceBuilder:
                            events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions]))
         if rows:
             offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_frame(log_rows))
-            self.online.write_sequences(rows)
-            self.save_states(changed)
+            self.online.write_sequences(rows)  # Feast keeps only strictly newer rows: a zombie's lose
+            self.save_states(changed, loaded)  # fenced: a zombie's stale state is refused
         visible = wall_ms()
         for record, _ in actions:
             if 0 <= visible - record.timestamp < LIVE_WINDOW_MS:
@@ -459,6 +500,7 @@ class ConsumeStats:
     batches: int = 0
     retries: int = 0
     broker_errors: int = 0
+    fenced: int = 0  # batches abandoned because another consumer owned their users meanwhile
     first_batch_at: float | None = None  # wall-clock seconds; throughput = applied / span
     last_batch_at: float | None = None
     freshness_ms: list[int] = field(default_factory=list)
@@ -538,6 +580,8 @@ class StreamConsumer:
             try:
                 with M.BATCH_SECONDS.time():
                     return self.builder.apply(batch)
+            except StateFenced:
+                raise  # not an outage and not a poison record: the partition moved
             except transient as exc:
                 if self.stop.is_set():
                     raise
@@ -610,7 +654,11 @@ class StreamConsumer:
                 idle_since = time.monotonic()
                 self.stats.first_batch_at = self.stats.first_batch_at or time.time()
                 M.BATCH_SIZE.observe(len(batch))
-                result = self.apply_with_retry(batch)
+                try:
+                    result = self.apply_with_retry(batch)
+                except StateFenced as exc:
+                    self.fenced(batch, exc)
+                    continue
                 self.commit()
                 self.stats.add(result)
                 self.builder.record_counters(result)
@@ -623,6 +671,28 @@ class StreamConsumer:
         finally:
             self.consumer.close(autocommit=False)
         return self.stats
+
+    def fenced(self, batch: list, exc: StateFenced) -> None:
+        """Abandon a batch whose state writes were refused: no commit, and the partitions we still
+        hold are rewound to the batch's first offsets (the group's new owner replays the rest)."""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        self.stats.fenced += 1
+        M.FENCED.inc()
+        log.warning("batch of %d records abandoned, uncommitted: %s (partitions moved while this "
+                    "consumer stalled)", len(batch), exc)
+        first: dict = {}
+        for r in batch:
+            tp = TopicPartition(r.topic, r.partition)
+            first[tp] = min(first.get(tp, r.offset), r.offset)
+        try:
+            held = self.consumer.assignment()
+            for tp, offset in first.items():
+                if tp in held:
+                    self.consumer.seek(tp, offset)
+        except KafkaError as err:
+            log.warning("could not rewind after a fenced batch (%s); the group's rebalance will", err)
 
     def _assignment(self) -> set:
         from kafka.errors import KafkaError

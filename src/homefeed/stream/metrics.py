@@ -28,5 +28,7 @@ FRESHNESS_SECONDS = Histogram(
     buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10))
 BROKER_ERRORS = Counter("homefeed_stream_broker_errors_total",
                         "Kafka errors survived by retrying (poll, commit)", ["operation"])
+FENCED = Counter("homefeed_stream_fenced_batches_total",
+                 "Batches abandoned uncommitted: another consumer wrote their users' state (a rebalance)")
 RETRIES = Counter("homefeed_stream_write_retries_total", "Batches retried after a Redis/storage error")
 LAG = Gauge("homefeed_stream_consumer_lag", "Records behind the end of the log", ["topic", "partition"])
