@@ -24,6 +24,7 @@ def test_exact_duplicates_are_dropped_and_counted():
     frame = pd.DataFrame({"u": [1, 1, 1, 2], "i": [5, 5, 5, 5], "t": [10, 10, 11, 10]})
     kept, n = drop_exact_duplicates(frame)
     assert n == 1 and kept.to_dict("list") == {"u": [1, 1, 2], "i": [5, 5, 5], "t": [10, 11, 10]}
+    assert kept.index.tolist() == [0, 2, 3]  # source rows stay nameable
     same, zero = drop_exact_duplicates(kept)
     assert zero == 0 and same is kept
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from scipy import sparse
 
 from homefeed.errors import UserError
 from homefeed.events import MIN_EVENT_TIME_MS, ActionType
@@ -50,6 +52,7 @@ from homefeed.world.generate import (
     LABEL_CLICK,
     LABEL_HIDE,
     LABEL_REPIN,
+    MAX_EMBEDDING_DIM,
     META_FILE,
     PINS_FILE,
     REQUESTS_FILE,
@@ -81,7 +84,6 @@ HISTORY_SEGMENTS = ("core", "casual", "new")
 PPMI_ALPHA = 0.75
 SVD_OVERSAMPLE = 10
 SVD_POWER_ITERS = 7
-USER_CHUNK = 1024
 
 ACTION_NAMES = np.array([""] + [a.wire_name for a in ActionType], dtype=object)
 
@@ -95,14 +97,60 @@ def quantiles(values: np.ndarray) -> dict:
     return out
 
 
+# -- options every importer has --------------------------------------------------------------------
+
+
+def check_int(problems: list[str], name: str, value, low: int, high: int) -> None:
+    """Append a problem unless `value` is an integer in low..high."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        problems.append(f"{name} must be an integer, got {value!r}")
+    elif not low <= value <= high:
+        problems.append(f"{name} must be in {low}..{high}, got {value}")
+
+
+def common_option_problems(params) -> list[str]:
+    """Problems with the options shared by every importer: embedding_dim, eval_days, seed,
+    core_min_events, arrival_delay_ms, max_vocab, cf_dim, bucket_ms, genre_weight."""
+    problems: list[str] = []
+    for name, low, high in (("embedding_dim", 2, MAX_EMBEDDING_DIM), ("eval_days", 1, 100_000),
+                            ("seed", 0, 2**63 - 1), ("core_min_events", 1, 10**9),
+                            ("arrival_delay_ms", 0, HOUR_MS), ("max_vocab", 0, 20_000)):
+        check_int(problems, name, getattr(params, name), low, high)
+    if params.cf_dim is not None:
+        check_int(problems, "cf_dim", params.cf_dim, 0, MAX_EMBEDDING_DIM)
+    b = params.bucket_ms
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b <= 0 or b % SECOND_MS \
+            or DAY_MS % b:
+        problems.append(f"bucket_ms must be whole seconds dividing one day, got {b!r}")
+    w = params.genre_weight
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
+        problems.append(f"genre_weight must be in [0, 1], got {w!r}")
+    return problems
+
+
+def embedding_behaviour(params, emb_info: dict) -> dict:
+    """world.json `behaviour`: the fixed constants and embedding options of an import."""
+    return {
+        "request_lead_ms": REQUEST_LEAD_MS,
+        "arrival_delay_ms": params.arrival_delay_ms,
+        "genre_weight": params.genre_weight,
+        "cf_dim": emb_info["cf_dim"],
+        "max_vocab": params.max_vocab,
+        "ppmi_alpha": PPMI_ALPHA,
+        "svd_oversample": SVD_OVERSAMPLE,
+        "svd_power_iters": SVD_POWER_ITERS,
+    }
+
+
 # -- 1. duplicates, 2. time shift, 3. event order --------------------------------------------------
 
 
 def drop_exact_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The frame without rows that repeat an earlier row in every column; (frame, rows dropped)."""
+    """The frame without rows that repeat an earlier row in every column, index kept (so it can
+    still name source lines); (frame, rows dropped)."""
     dup = frame.duplicated(keep="first")
     n = int(dup.sum())
-    return (frame[~dup.to_numpy()].reset_index(drop=True) if n else frame), n
+    return (frame[~dup.to_numpy()] if n else frame), n
 
 
 def time_shift(first_day_ms: int, start_ms: int | None = None) -> int:
@@ -175,6 +223,27 @@ def bucket_requests(user: np.ndarray, event_ms: np.ndarray, start_ms: int, bucke
     new_req = np.ones(len(user), dtype=bool)
     new_req[1:] = (user[1:] != user[:-1]) | (bucket[1:] != bucket[:-1])
     return new_req
+
+
+def parse_duration(text: str, flag: str = "--bucket") -> int:
+    """`day`, `hour` or N{d,h,m,s} -> milliseconds (> 0)."""
+    raw = str(text).strip().lower()
+    named = {"day": DAY_MS, "daily": DAY_MS, "hour": HOUR_MS, "hourly": HOUR_MS}
+    if raw in named:
+        return named[raw]
+    match = re.fullmatch(r"(\d+)\s*(d|h|m|min|s)", raw)
+    if not match or int(match.group(1)) <= 0:
+        raise UserError(f"{flag} {text!r}: expected day, hour or a duration like 6h, 30m, 900s")
+    unit = {"d": DAY_MS, "h": HOUR_MS, "m": 60_000, "min": 60_000, "s": SECOND_MS}[match.group(2)]
+    return int(match.group(1)) * unit
+
+
+def parse_bucket(text: str) -> int:
+    """`day`, `hour` or N{d,h,m,s} -> milliseconds; must be whole seconds and divide one day."""
+    ms = parse_duration(text, "--bucket")
+    if DAY_MS % ms:
+        raise UserError(f"--bucket {text!r}: the bucket must divide one day (1d, 12h, 6h, 1h, 30m, ...)")
+    return ms
 
 
 @dataclass
@@ -306,16 +375,11 @@ def item_embeddings(item_ids: np.ndarray, genres: np.ndarray, train_user: np.nda
         keep = (col < len(vocab)) & (vocab[np.minimum(col, len(vocab) - 1)] == train_item)
         users, u_idx = np.unique(train_user[keep], return_inverse=True)
         col = col[keep]
-        cooc = np.zeros((len(vocab), len(vocab)))
-        order = np.argsort(u_idx, kind="stable")
-        u_sorted, c_sorted = u_idx[order], col[order]
-        bounds = np.searchsorted(u_sorted, np.arange(0, len(users) + USER_CHUNK, USER_CHUNK))
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if a == b:
-                continue
-            block = np.zeros((int(u_sorted[b - 1] - u_sorted[a] + 1), len(vocab)))
-            block[u_sorted[a:b] - u_sorted[a], c_sorted[a:b]] = 1.0
-            cooc += block.T @ block
+        # Binary user x item matrix (repeats count once); X^T X = co-occurrence counts (exact).
+        x = sparse.csr_matrix((np.ones(len(col)), (u_idx, col)), shape=(len(users), len(vocab)))
+        x.sum_duplicates()
+        x.data[:] = 1.0
+        cooc = (x.T @ x).toarray()
         np.fill_diagonal(cooc, 0.0)
         row = cooc.sum(axis=1)
         ctx = row ** PPMI_ALPHA
@@ -360,6 +424,13 @@ def item_embeddings(item_ids: np.ndarray, genres: np.ndarray, train_user: np.nda
 
 
 # -- 6. segments ------------------------------------------------------------------------------------
+
+
+def users_and_train_events(user: np.ndarray, train_event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(every user id ascending, their training-period event count) from per-row arrays."""
+    user_ids = np.unique(user)
+    counts = pd.Series(user[train_event]).value_counts()
+    return user_ids, counts.reindex(user_ids, fill_value=0).to_numpy(np.int64)
 
 
 def segments_from_history(n_train_events: np.ndarray, core_min_events: int) -> np.ndarray:

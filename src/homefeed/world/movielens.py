@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -35,15 +34,10 @@ import pandas as pd
 
 from homefeed.errors import UserError
 from homefeed.events import MAX_ID, MIN_EVENT_TIME_MS, ActionType
-from homefeed.world.generate import DAY_MS, MAX_EMBEDDING_DIM, _iso
-from homefeed.world.importer import (  # noqa: F401  (cf_dim_for, genre_embedding: public API here too)
+from homefeed.world.generate import DAY_MS, _iso
+from homefeed.world.importer import (  # noqa: F401  (cf_dim_for, genre_embedding, parse_bucket: API here too)
     HISTORY_SEGMENTS,
-    HOUR_MS,
-    PPMI_ALPHA,
-    REQUEST_LEAD_MS,
     SECOND_MS,
-    SVD_OVERSAMPLE,
-    SVD_POWER_ITERS,
     TIE_BASE_MS,
     TIE_SPAN_MS,
     TIE_STEP_MS,
@@ -51,15 +45,20 @@ from homefeed.world.importer import (  # noqa: F401  (cf_dim_for, genre_embeddin
     WorldArrays,
     base_summary,
     bucket_requests,
+    check_int,
+    common_option_problems,
     drop_exact_duplicates,
+    embedding_behaviour,
     cf_dim_for,
     genre_embedding,
     item_embeddings,
     order_events,
+    parse_bucket,
     prepare_out,
     quantiles,
     segments_from_history,
     time_shift,
+    users_and_train_events,
     world_meta,
     world_tables,
     write_world,
@@ -150,22 +149,6 @@ class RatingMapping:
         }
 
 
-def parse_bucket(text: str) -> int:
-    """`day`, `hour` or N{d,h,m,s} -> milliseconds; must be whole seconds and divide one day."""
-    raw = str(text).strip().lower()
-    named = {"day": DAY_MS, "daily": DAY_MS, "hour": HOUR_MS, "hourly": HOUR_MS}
-    if raw in named:
-        return named[raw]
-    match = re.fullmatch(r"(\d+)\s*(d|h|m|min|s)", raw)
-    if not match:
-        raise UserError(f"--bucket {text!r}: expected day, hour or a duration like 6h, 30m, 900s")
-    unit = {"d": DAY_MS, "h": HOUR_MS, "m": 60_000, "min": 60_000, "s": SECOND_MS}[match.group(2)]
-    ms = int(match.group(1)) * unit
-    if ms <= 0 or DAY_MS % ms:
-        raise UserError(f"--bucket {text!r}: the bucket must divide one day (1d, 12h, 6h, 1h, 30m, ...)")
-    return ms
-
-
 @dataclass(frozen=True)
 class ImportParams:
     """What `homefeed world import-movielens` takes (docs/movielens.md)."""
@@ -187,36 +170,14 @@ class ImportParams:
     max_vocab: int = 5000  # most-rated training items that get a collaborative part
 
     def validate(self) -> None:
-        problems: list[str] = []
-
-        def check_int(name: str, low: int, high: int, value=None) -> None:
-            value = getattr(self, name) if value is None else value
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                problems.append(f"{name} must be an integer, got {value!r}")
-            elif not low <= value <= high:
-                problems.append(f"{name} must be in {low}..{high}, got {value}")
-
-        check_int("embedding_dim", 2, MAX_EMBEDDING_DIM)
-        check_int("eval_days", 1, 100_000)
-        check_int("negatives", 0, 1_000)
-        check_int("seed", 0, 2**63 - 1)
-        check_int("core_min_events", 1, 10**9)
-        check_int("max_items", 0, 10**6)
-        check_int("last_days", 0, 100_000)
-        check_int("arrival_delay_ms", 0, HOUR_MS)
-        check_int("max_vocab", 0, 20_000)
-        if self.cf_dim is not None:
-            check_int("cf_dim", 0, MAX_EMBEDDING_DIM)
-        if isinstance(self.bucket_ms, bool) or not isinstance(self.bucket_ms, (int, np.integer)) \
-                or self.bucket_ms <= 0 or self.bucket_ms % SECOND_MS or DAY_MS % self.bucket_ms:
-            problems.append(f"bucket_ms must be whole seconds dividing one day, got {self.bucket_ms!r}")
+        problems = common_option_problems(self)
+        check_int(problems, "negatives", self.negatives, 0, 1_000)
+        check_int(problems, "max_items", self.max_items, 0, 10**6)
+        check_int(problems, "last_days", self.last_days, 0, 100_000)
         if self.start_ms is not None:
-            check_int("start_ms", MIN_EVENT_TIME_MS, MAX_ID // 2)
+            check_int(problems, "start_ms", self.start_ms, MIN_EVENT_TIME_MS, MAX_ID // 2)
             if not problems and self.start_ms % DAY_MS:
                 problems.append("start must be a UTC midnight (day 0 starts there)")
-        w = self.genre_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
-            problems.append(f"genre_weight must be in [0, 1], got {w!r}")
         if problems:
             raise UserError("invalid import-movielens options: " + "; ".join(problems))
         self.mapping.validate()
@@ -510,9 +471,7 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
     ev_ids = np.array([f"ml{u}-{i}" for u, i in zip(ev_user.tolist(), ev_item.tolist())], dtype=object)
 
     # Users: segment by training-period events (all mapped ratings before the split).
-    user_ids = np.unique(user)
-    train_events = pd.Series(user[in_train & has_action]).value_counts()
-    n_train = train_events.reindex(user_ids, fill_value=0).to_numpy(np.int64)
+    user_ids, n_train = users_and_train_events(user, in_train & has_action)
     segment = segments_from_history(n_train, params.core_min_events)
     user_first_req = pd.Series(req_time).groupby(req_user).min().reindex(user_ids).to_numpy(np.int64)
 
@@ -599,14 +558,7 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
             "tie_base_ms": TIE_BASE_MS,
             "tie_step_ms": TIE_STEP_MS,
             "tie_span_ms": TIE_SPAN_MS,
-            "request_lead_ms": REQUEST_LEAD_MS,
-            "arrival_delay_ms": params.arrival_delay_ms,
-            "genre_weight": params.genre_weight,
-            "cf_dim": emb_info["cf_dim"],
-            "max_vocab": params.max_vocab,
-            "ppmi_alpha": PPMI_ALPHA,
-            "svd_oversample": SVD_OVERSAMPLE,
-            "svd_power_iters": SVD_POWER_ITERS,
+            **embedding_behaviour(params, emb_info),
         },
     })
     return {"tables": tables, "meta": meta}
