@@ -146,7 +146,10 @@ def print_result(result: dict, paths: dict, as_json: bool) -> None:
 
 
 def cmd_train(args) -> int:
+    from homefeed.training.recipe import apply_recipe
     from homefeed.training.train import run_training
+
+    apply_recipe(args)  # --config: the recipe fills what the command line did not give
 
     cfg = train_config(args, weight_decay=args.weight_decay, patience=args.patience)
     summary = run_training(args.dataset, parse_models(args.models), args.out, cfg, seq_len=args.seq_len,
@@ -172,7 +175,12 @@ def register_train(parser) -> None:
     parser.add_argument("--suffix", default="", help="appended to each run directory name (ablations)")
     parser.add_argument("--force", action="store_true", help="train even if the training set fails validation")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--config", type=Path, metavar="TOML",
+                        help="training recipe, e.g. training/kuairand.toml; flags given here win")
     parser.set_defaults(func=cmd_train)
+    from homefeed.training.recipe import track_given
+
+    track_given(parser)
 
 
 # -- evaluate ------------------------------------------------------------------------------------
