@@ -189,7 +189,8 @@ def cmd_evaluate(args) -> int:
     from homefeed.training.evaluate import evaluate_runs, write_comparison
 
     result = evaluate_runs(args.runs, args.dataset, baseline=args.baseline if args.compare else "",
-                           primary=args.primary if args.compare else "", n_boot=args.n_boot)
+                           primary=args.primary if args.compare else "", n_boot=args.n_boot,
+                           min_candidates=args.min_candidates)
     print_result(result, write_comparison(result, args.out or args.runs), args.json)
     return 0
 
@@ -202,6 +203,8 @@ def register_evaluate(parser) -> None:
     parser.add_argument("--baseline", default="none", help="the no-sequence model (default: none)")
     parser.add_argument("--primary", default="transact_v11")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--min-candidates", type=int, default=1, metavar="N",
+                        help="score only test requests with >= N candidates (default 1: all)")
     parser.add_argument("--out", type=Path, help="where comparison.{md,csv,png,json} go (default: --runs)")
     parser.add_argument("--json", action="store_true", help="print the JSON result instead of markdown")
     parser.set_defaults(func=cmd_evaluate)
