@@ -60,3 +60,13 @@ def test_bad_recipes_are_one_line_user_errors(tmp_path, text, message):
 def test_committed_recipes_load(name):
     args = parse(["--config", str(RECIPES / f"{name}.toml")])
     assert args.models == "all" and args.epochs >= 1
+
+
+def test_the_demo_trains_with_the_worlds_recipe_and_its_own_budget():
+    from homefeed.demo import SIZES, demo_train_args
+
+    for size in SIZES.values():
+        ml = parse(demo_train_args("movielens", size))
+        synth = parse(demo_train_args("synthetic", size))
+        assert ml.force and not synth.force and ml.seq_len == 50
+        assert (ml.epochs, ml.max_steps, ml.models) == (size.epochs, size.max_steps, size.models)
