@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The paper's Table-3-style comparison on a synthetic world or on MovieLens, end to end through the real path,
+# The paper's Table-3-style comparison on a synthetic world, MovieLens or KuaiRand, end to end through the real path,
 # in a private home with its own redis-server and broker on free ports (nothing shared with a
 # running demo): world -> Kafka -> consumer -> Feast/Redis + offline log -> profiles ->
 # point-in-time dataset from Feast -> train every model -> evaluate --compare --json.
 #
 #   usage: scripts/compare.sh OUT_DIR [USERS PINS DAYS EPOCHS]       (synthetic world)
 #          MOVIELENS=DIR scripts/compare.sh OUT_DIR [- - - EPOCHS]    (MovieLens files in DIR)
+#          KUAIRAND=DIR scripts/compare.sh OUT_DIR [- - - EPOCHS]     (KuaiRand files in DIR)
 #   e.g.   scripts/compare.sh /tmp/cmp 600 2000 8 4
-#          MOVIELENS=../shared/data/ml-100k scripts/compare.sh /tmp/ml - - - 4
-# TRAIN_ARGS replaces the default `homefeed train` flags (--epochs EPOCHS --neg-keep 0.3
-# --patience 2 --threads 2), e.g. TRAIN_ARGS="--epochs 3 --max-steps 40 --seq-len 50 --force".
+#          MOVIELENS=../shared/data/ml-100k scripts/compare.sh /tmp/ml
+#          KUAIRAND=../shared/data/kuairand-pure scripts/compare.sh /tmp/kr
+# Training follows the world's recipe, training/{synthetic,movielens,kuairand}.toml (RECIPE=FILE
+# picks another); EPOCHS, when given, and TRAIN_ARGS (more `homefeed train` flags, e.g.
+# TRAIN_ARGS="--max-steps 40 --force") win over it. EVAL_ARGS adds `homefeed evaluate` flags
+# (KuaiRand default: --min-candidates 4, see docs/kuairand.md).
 # Writes OUT_DIR/{world,dataset,runs,timings.txt}; runs/comparison.{md,csv,png,json}.
 set -euo pipefail
 OUT=$(realpath -m "${1:?usage: $0 OUT_DIR [USERS PINS DAYS EPOCHS]}")
-USERS=${2:-600} PINS=${3:-2000} DAYS=${4:-8} EPOCHS=${5:-4}
+USERS=${2:-600} PINS=${3:-2000} DAYS=${4:-8} EPOCHS=${5:-}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 HF="${HOMEFEED_BIN:-$HERE/.venv/bin/homefeed}"
 mkdir -p "$OUT"
@@ -31,18 +35,26 @@ stage "feast apply" "$HF" feast apply
 if [ -f "$OUT/world/world.json" ]; then :
 elif [ -n "${MOVIELENS:-}" ]; then
   stage "world import-movielens" "$HF" world import-movielens --src "$MOVIELENS" --out "$OUT/world"
+elif [ -n "${KUAIRAND:-}" ]; then
+  stage "world import-kuairand" "$HF" world import-kuairand --src "$KUAIRAND" --out "$OUT/world"
 else
   stage "world generate" "$HF" world generate --out "$OUT/world" --users "$USERS" --pins "$PINS" --days "$DAYS" -q
 fi
-# evaluation days: what the world says (MovieLens: its eval days), else 2
+# evaluation days: what the world says (MovieLens, KuaiRand: its eval days), else 2
 TEST_DAYS=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('eval_days') or 2)" "$OUT/world/world.json")
 stage "stream produce" "$HF" stream produce --world "$OUT/world"
 stage "stream consume" "$HF" stream consume --exit-when-idle 5
 stage "dataset profiles" "$HF" dataset profiles
 stage "dataset compact" "$HF" dataset compact
 stage "dataset build" "$HF" dataset build --world "$OUT/world" --out "$OUT/dataset" --test-days "$TEST_DAYS" -q
-TRAIN_ARGS=${TRAIN_ARGS:-"--epochs $EPOCHS --neg-keep 0.3 --patience 2 --threads 2"}
-# shellcheck disable=SC2086  # TRAIN_ARGS is a list of flags
-stage "train all" "$HF" train --dataset "$OUT/dataset" --models all --out "$OUT/runs" -q $TRAIN_ARGS
-stage "evaluate" "$HF" evaluate --runs "$OUT/runs" --compare --json > "$OUT/runs/comparison.stdout.json"
+# the world's training recipe: synthetic, movielens or kuairand (world.json "source")
+WORLD_KIND=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['source']; print(s.split('-')[0])" "$OUT/world/world.json")
+RECIPE=${RECIPE:-"$HERE/training/$WORLD_KIND.toml"}
+if [ "$WORLD_KIND" = kuairand ]; then EVAL_ARGS=${EVAL_ARGS:-"--min-candidates 4"}; fi
+echo "recipe $RECIPE ${EPOCHS:+--epochs $EPOCHS }${TRAIN_ARGS:-}" | tee -a "$T"
+# shellcheck disable=SC2086  # TRAIN_ARGS and EVAL_ARGS are lists of flags
+stage "train all" "$HF" train --dataset "$OUT/dataset" --out "$OUT/runs" -q --config "$RECIPE" \
+  ${EPOCHS:+--epochs "$EPOCHS"} ${TRAIN_ARGS:-}
+# shellcheck disable=SC2086
+stage "evaluate" "$HF" evaluate --runs "$OUT/runs" --compare --json ${EVAL_ARGS:-} > "$OUT/runs/comparison.stdout.json"
 cat "$OUT/runs/comparison.md"

@@ -6,8 +6,10 @@ import pytest
 
 from homefeed.metrics import (
     auc,
+    auc_per_group,
     bootstrap_lift_ci,
     evaluate_heads,
+    gauc,
     hide_rate_in_top_k,
     hide_rate_in_top_k_per_request,
     hit_at_k,
@@ -151,3 +153,23 @@ def test_evaluate_heads_report():
     assert rep["hit@3_repin"] == pytest.approx(0.75)
     assert set(rep) == {"hit@3_repin", "auc_repin", "hit@3_click", "auc_click", "hit@3_hide",
                         "auc_hide", "hide_rate@3"}
+
+
+def test_auc_per_group_and_gauc_match_the_plain_auc_per_group():
+    rng = np.random.default_rng(4)
+    groups = rng.integers(0, 30, size=600)
+    labels = (rng.random(600) < 0.3).astype(int)
+    scores = np.round(rng.random(600) + 0.3 * labels, 1)  # ties on purpose
+    per = auc_per_group(scores, labels, groups)
+    expect, weights = {}, {}
+    for g in np.unique(groups):
+        m = groups == g
+        if 0 < labels[m].sum() < m.sum():
+            expect[g], weights[g] = auc(scores[m], labels[m]), m.sum()
+    assert per.index.tolist() == sorted(expect)
+    np.testing.assert_allclose(per["auc"].to_numpy(), [expect[g] for g in sorted(expect)])
+    assert per["n"].tolist() == [weights[g] for g in sorted(expect)]
+    w = np.array([weights[g] for g in sorted(expect)])
+    assert gauc(scores, labels, groups) == pytest.approx(
+        (np.array([expect[g] for g in sorted(expect)]) * w).sum() / w.sum())
+    assert np.isnan(gauc(scores, np.zeros(600), groups))

@@ -471,6 +471,14 @@ def test_import_is_deterministic_and_the_cli_matches(tmp_path, world_dir, capsys
 # -- errors ------------------------------------------------------------------------------------------
 
 
+def test_exact_duplicate_rows_are_dropped_and_counted(tmp_path, ratings, world_dir):
+    src = write_100k(tmp_path / "src", list(ratings) + list(ratings[:3]))
+    meta = import_movielens(src, tmp_path / "world", PARAMS)
+    assert meta["summary"]["duplicate_rows_dropped"] == 3
+    for name in PARQUETS:
+        assert (tmp_path / "world" / name).read_bytes() == (world_dir / name).read_bytes()
+
+
 def test_missing_directory_and_files(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         import_movielens(tmp_path / "nope", tmp_path / "w", PARAMS)

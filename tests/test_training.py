@@ -165,9 +165,16 @@ def test_small_training_run_learns_the_planted_signal_and_beats_the_no_sequence_
     assert ours["repin"]["hit_at_3"] > 0.6 > base["repin"]["hit_at_3"] + 0.1
     assert ours["repin"]["interval"][0] > 0 and ours["repin"]["auc"] > 0.75
     assert result["primary_vs"]["none"]["repin"]["interval"][0] > 0
+    # user-level GAUC (users resampled for its interval) and HIT@3 by the world's segment column
+    assert 0.5 < ours["repin"]["gauc"] <= 1 and ours["repin"]["gauc_users"] > 0
+    assert ours["repin"]["gauc_lift_vs_no_sequence"] > 0 and base["repin"]["gauc_interval"] is None
+    assert sum(e["requests"] for e in result["by_segment"].values()) == result["requests"]["all"]
+    assert "gauc_click" in result["primary_vs"]["none"]
+    with pytest.raises(UserError, match="no test request has"):
+        evaluate_runs(planted_runs / "runs", n_boot=10, min_candidates=10**6)
     paths = write_comparison(result, planted_runs / "report")
     assert set(paths) == {"md", "csv", "png", "json"}
-    assert "transact_v11" in paths["md"].read_text()
+    assert "transact_v11" in paths["md"].read_text() and "GAUC" in paths["md"].read_text()
     assert json.loads(paths["json"].read_text())["models"]["transact_v11"]["repin"]["lift_vs_no_sequence"] > 0
 
 

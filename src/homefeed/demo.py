@@ -441,17 +441,13 @@ def run_demo(dataset: str, size: str) -> int:
     cli("dataset", "build", "--world", str(world_dir), "--out", str(dataset_dir), "--test-days", test_days)
 
     step("7. train TransAct and the baselines briefly, then compare them")
-    force = []
     if dataset == "movielens":
         # MovieLens users rate in bursts: ~3 in 4 requests have no action in the 28 days before,
         # so the 28-day profile is null far more often than the training_set suite's bound (made
         # for a live feed). The checkpoint still runs and its failed result is kept with the model.
-        print("MovieLens: training despite the training_set profile null-rate check (--force); "
-              "see docs/movielens.md")
-        force = ["--force"]
-    cli("train", "--dataset", str(dataset_dir), "--models", preset.models, "--out", str(runs_dir),
-        "--epochs", str(preset.epochs), "--max-steps", str(preset.max_steps), "--neg-keep", "0.2",
-        "--threads", "2", *force)
+        print("MovieLens: training despite the training_set profile null-rate check (force = true "
+              "in training/movielens.toml); see docs/movielens.md")
+    cli("train", "--dataset", str(dataset_dir), "--out", str(runs_dir), *demo_train_args(dataset, preset))
     cli("evaluate", "--runs", str(runs_dir), "--compare", "--n-boot", str(preset.n_boot))
 
     step("8. export TransAct v1.1 to the BentoML model store and serve it")
@@ -504,6 +500,14 @@ def run_demo(dataset: str, size: str) -> int:
           f"offline log: {settings.offline_dir}\n"
           f"stop everything with: make down   (the service and consumer alone: homefeed demo --stop)")
     return 0
+
+
+def demo_train_args(dataset: str, preset: Size) -> list[str]:
+    """`homefeed train` flags of the demo: the world's recipe (training/DATASET.toml), with the
+    demo size's short budget on top (flags win over the recipe)."""
+    return ["--config", str(SOURCE_ROOT / "training" / f"{dataset}.toml"), "--models", preset.models,
+            "--epochs", str(preset.epochs), "--max-steps", str(preset.max_steps), "--neg-keep", "0.2",
+            "--threads", "2"]
 
 
 def movielens_dir() -> Path:

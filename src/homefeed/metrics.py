@@ -213,6 +213,32 @@ def auc(scores: Any, labels: Any) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def auc_per_group(scores: Any, labels: Any, groups: Any) -> pd.DataFrame:
+    """AUC within each group (e.g. user) that has both classes, same tie rule as `auc`; a frame
+    indexed by group with columns `auc` and `n` (rows of the group), sorted by group."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = _binary(labels, s.size).astype(np.float64)
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    frame = pd.DataFrame({"g": np.asarray(groups).reshape(-1), "s": s, "y": y})
+    frame["r"] = frame.groupby("g")["s"].rank(method="average")
+    frame["ry"] = frame["r"] * frame["y"]
+    agg = frame.groupby("g").agg(n=("y", "size"), pos=("y", "sum"), rank_pos=("ry", "sum"))
+    agg = agg[(agg["pos"] > 0) & (agg["pos"] < agg["n"])]
+    neg = agg["n"] - agg["pos"]
+    out = pd.DataFrame({"auc": (agg["rank_pos"] - agg["pos"] * (agg["pos"] + 1) / 2.0) / (agg["pos"] * neg),
+                        "n": agg["n"].astype(np.int64)})
+    out.index.name = None
+    return out
+
+
+def gauc(scores: Any, labels: Any, groups: Any) -> float:
+    """Group AUC (KuaiRand papers' user-level GAUC): the per-group AUCs averaged with weights =
+    rows of the group, over groups with both classes; NaN when there is none."""
+    per = auc_per_group(scores, labels, groups)
+    return float((per["auc"] * per["n"]).sum() / per["n"].sum()) if len(per) else float("nan")
+
+
 # ---------------------------------------------------------------------------------------------
 # paired bootstrap of a relative lift
 # ---------------------------------------------------------------------------------------------

@@ -149,7 +149,10 @@ def print_result(result: dict, paths: dict, as_json: bool) -> None:
 
 
 def cmd_train(args) -> int:
+    from homefeed.training.recipe import apply_recipe
     from homefeed.training.train import run_training
+
+    apply_recipe(args)  # --config: the recipe fills what the command line did not give
 
     cfg = train_config(args, weight_decay=args.weight_decay, patience=args.patience)
     summary = run_training(args.dataset, parse_models(args.models), args.out, cfg, seq_len=args.seq_len,
@@ -175,7 +178,12 @@ def register_train(parser) -> None:
     parser.add_argument("--suffix", default="", help="appended to each run directory name (ablations)")
     parser.add_argument("--force", action="store_true", help="train even if the training set fails validation")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--config", type=Path, metavar="TOML",
+                        help="training recipe, e.g. training/kuairand.toml; flags given here win")
     parser.set_defaults(func=cmd_train)
+    from homefeed.training.recipe import track_given
+
+    track_given(parser)
 
 
 # -- evaluate ------------------------------------------------------------------------------------
@@ -184,7 +192,8 @@ def cmd_evaluate(args) -> int:
     from homefeed.training.evaluate import evaluate_runs, write_comparison
 
     result = evaluate_runs(args.runs, args.dataset, baseline=args.baseline if args.compare else "",
-                           primary=args.primary if args.compare else "", n_boot=args.n_boot)
+                           primary=args.primary if args.compare else "", n_boot=args.n_boot,
+                           min_candidates=args.min_candidates)
     print_result(result, write_comparison(result, args.out or args.runs), args.json)
     return 0
 
@@ -198,6 +207,8 @@ def register_evaluate(parser) -> None:
     parser.add_argument("--primary", default="transact_v11",
                         help="the model compared with every other one (default: transact_v11)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--min-candidates", type=int, default=1, metavar="N",
+                        help="score only test requests with >= N candidates (default 1: all)")
     parser.add_argument("--out", type=Path, help="where comparison.{md,csv,png,json} go (default: --runs)")
     parser.add_argument("--json", action="store_true", help="print the JSON result instead of markdown")
     parser.set_defaults(func=cmd_evaluate)

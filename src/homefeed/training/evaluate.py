@@ -1,5 +1,6 @@
-"""Offline evaluation on the test split: HIT@3 per head per request, AUC, hides in the repin-ranked
-top 3, topic diversity, relative lifts with paired bootstrap intervals, by user segment.
+"""Offline evaluation on the test split: HIT@3 per head per request, AUC, user-level GAUC, hides in
+the repin-ranked top 3, topic diversity, relative lifts with paired bootstrap intervals, by core /
+non-core user and by the world's user segment (e.g. KuaiRand's activity degree).
 
 Definitions are in docs/evaluation.md (and homefeed.metrics). In short, for each request of the
 test days and each head: rank its candidates by that head's score; HIT@3 = positives in the top 3
@@ -51,9 +52,15 @@ def test_frame(dataset_dir: Path | str) -> tuple[pd.DataFrame, dict]:
 
 
 def per_request_metrics(scores: np.ndarray, frame: pd.DataFrame, heads: tuple[str, ...]) -> dict[str, pd.Series]:
+    """HIT@3 per request per head, hides in the repin top 3 per request, and `gauc_{head}`: per
+    user AUC * rows / mean rows, a series whose mean is the GAUC (so its lift bootstraps users)."""
     groups = frame[F.REQUEST_ID].to_numpy()
     out = {h: metrics.hit_at_k_per_request(scores[:, j], frame[f"label_{h}"], groups, K)
            for j, h in enumerate(heads)}
+    users = frame[F.USER_ID].to_numpy()
+    for j, h in enumerate(heads):
+        per_user = metrics.auc_per_group(scores[:, j], frame[f"label_{h}"], users)
+        out[f"gauc_{h}"] = per_user["auc"] * per_user["n"] / (per_user["n"].mean() if len(per_user) else 1.0)
     repin = scores[:, heads.index("repin")]
     out["hide_rate_top3"] = metrics.hide_rate_in_top_k_per_request(repin, frame["label_hide"], groups, K)
     return out
@@ -64,7 +71,11 @@ def _block(scores, frame, heads, per_req, base_req, n_boot, seed) -> dict:
     for j, h in enumerate(heads):
         entry = {"hit_at_3": float(per_req[h].mean()), "auc": metrics.auc(scores[:, j], frame[f"label_{h}"]),
                  "n_requests": int(len(per_req[h]))}
-        block[h] = entry | _lift(per_req[h], base_req, h, n_boot, seed)
+        g = per_req[f"gauc_{h}"]
+        gauc = {"gauc": float(g.mean()) if len(g) else float("nan"), "gauc_users": int(len(g))}
+        if len(g):
+            gauc |= {f"gauc_{k}": v for k, v in _lift(g, base_req, f"gauc_{h}", n_boot, seed).items()}
+        block[h] = entry | _lift(per_req[h], base_req, h, n_boot, seed) | gauc
     hr = per_req["hide_rate_top3"]
     block["hide_rate_top3"] = {"value": float(hr.mean()), "n_requests": int(len(hr))} | _lift(
         hr, base_req, "hide_rate_top3", n_boot, seed)
@@ -81,10 +92,21 @@ def _lift(series: pd.Series, base: dict | None, key: str, n_boot: int, seed: int
 
 
 def evaluate_runs(runs_dir: Path | str, dataset_dir: Path | str | None = None, baseline: str = "none",
-                  primary: str = "transact_v11", n_boot: int = 1000, seed: int = 0) -> dict:
+                  primary: str = "transact_v11", n_boot: int = 1000, seed: int = 0,
+                  min_candidates: int = 1) -> dict:
+    """`min_candidates`: score only test requests with at least this many candidates (a request
+    with <= 3 has HIT@3 = 1 for every model, so it can only dilute a lift)."""
+    if min_candidates < 1:
+        raise UserError(f"--min-candidates must be >= 1, got {min_candidates}")
     runs = find_runs(runs_dir)
     first_run = json.loads((next(iter(runs.values())) / RUN_FILE).read_text())
     frame, meta = test_frame(dataset_dir or first_run["dataset"])
+    all_requests = int(frame[F.REQUEST_ID].nunique())
+    if min_candidates > 1:
+        size = frame.groupby(F.REQUEST_ID)[F.PIN_ID].transform("size").to_numpy()
+        frame = frame[size >= min_candidates].reset_index(drop=True)
+        if frame.empty:
+            raise UserError(f"no test request has {min_candidates} or more candidates")
     heads = tuple(DEFAULT_HEADS)
     key = [F.REQUEST_ID, F.PIN_ID]
 
@@ -113,13 +135,30 @@ def evaluate_runs(runs_dir: Path | str, dataset_dir: Path | str | None = None, b
         entry["examples_per_s"] = runs_meta[name].get("examples_per_s")
         models[name] = entry
 
+    # HIT@3 by the world's own segment column (KuaiRand: the activity degree).
+    by_segment = {}
+    seg_col = frame["segment"].fillna("unknown").astype(str).to_numpy()
+    for value in sorted(set(seg_col.tolist())):
+        mask = seg_col == value
+        per = {name: per_request_metrics(s[mask], frame[mask], heads) for name, s in scores.items()}
+        entry = {"requests": int(frame.loc[mask, F.REQUEST_ID].nunique()), "models": {}}
+        for name in scores:
+            base = per[baseline] if has_base and name != baseline else None
+            entry["models"][name] = {
+                h: {"hit_at_3": float(per[name][h].mean()) if len(per[name][h]) else float("nan"),
+                    "n_requests": int(len(per[name][h]))}
+                | (_lift(per[name][h], base, h, n_boot, seed) if len(per[name][h])
+                   else {"lift_vs_no_sequence": None, "interval": None})
+                for h in ("repin", "click")}
+        by_segment[value] = entry
+
     primary_vs = {}
     if primary in scores:
         for other in scores:
             if other == primary:
                 continue
             primary_vs[other] = {}
-            for m in ("repin", "click", "hide", "hide_rate_top3"):
+            for m in ("repin", "click", "hide", "hide_rate_top3", "gauc_click"):
                 ci = metrics.bootstrap_lift_ci(per_req[primary]["all"][m], per_req[other]["all"][m],
                                                n_boot=n_boot, seed=seed)
                 primary_vs[other][m] = {"lift": ci.lift, "interval": [ci.low, ci.high]}
@@ -133,7 +172,10 @@ def evaluate_runs(runs_dir: Path | str, dataset_dir: Path | str | None = None, b
         "dataset": str(dataset_dir or first_run["dataset"]),
         "test_days": meta["splits"]["test"],
         "requests": {seg: int(frame.loc[mask, F.REQUEST_ID].nunique()) for seg, mask in segments.items()},
+        "min_candidates": int(min_candidates),
+        "requests_before_min_candidates": all_requests,
         "models": models,
+        "by_segment": by_segment,
         "primary_vs": primary_vs,
     }
 

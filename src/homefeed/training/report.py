@@ -59,7 +59,10 @@ def comparison_markdown(result: dict) -> str:
     k = result["k"]
     lines = [
         f"Test split: days {result['test_days']}, {result['requests']['all']:,} requests "
-        f"({result['requests']['core']:,} core-user, {result['requests']['non_core']:,} non-core). "
+        f"({result['requests']['core']:,} core-user, {result['requests']['non_core']:,} non-core"
+        + (f"; only requests with >= {result['min_candidates']} candidates, of "
+           f"{result['requests_before_min_candidates']:,}" if result.get("min_candidates", 1) > 1 else "")
+        + "). "
         f"Lifts are relative to `{result['baseline']}` with paired bootstrap {int(100 * result['confidence'])}% "
         f"intervals over requests ({result['n_boot']} resamples).",
         "",
@@ -83,14 +86,44 @@ def comparison_markdown(result: dict) -> str:
         seg = m["segments"]
         lines.append(f"| `{name}` | {_lift_cell(seg['core']['repin'])} | {_lift_cell(seg['non_core']['repin'])} |")
 
+    first = next(iter(models.values()))
+    if "gauc" in first.get("click", {}):
+        lines += ["", "User-level GAUC (per-user AUC weighted by the user's test impressions, over users "
+                  "with both classes; lift intervals resample users):", "",
+                  "| model | " + " | ".join(f"{h} GAUC | lift" for h in HEADS_SHOWN) + " |",
+                  "|---|" + "---|---|" * len(HEADS_SHOWN)]
+        for name, m in models.items():
+            cells = [f"`{name}`"]
+            for h in HEADS_SHOWN:
+                e = m[h]
+                lift = {"lift_vs_no_sequence": e.get("gauc_lift_vs_no_sequence"), "interval": e.get("gauc_interval")}
+                cells += [f"{e['gauc']:.4f}" if np.isfinite(e.get("gauc", np.nan)) else "n/a",
+                          _lift_cell(lift) if "gauc_interval" in e else "n/a"]
+            lines.append("| " + " | ".join(cells) + " |")
+    by_segment = result.get("by_segment") or {}
+    if len(by_segment) > 1:
+        names = list(models)
+        lines += ["", f"HIT@{k} lift over `{result['baseline']}` by the world's user segment "
+                  "(requests per segment in brackets):", "",
+                  "| segment | head | " + " | ".join(f"`{n}`" for n in names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for value, entry in by_segment.items():
+            for h in ("click", "repin"):
+                cells = []
+                for n in names:
+                    e = entry["models"][n][h]
+                    cells.append(_lift_cell(e) if e["n_requests"] else "n/a")
+                lines.append(f"| {value} ({entry['requests']:,}) | {h} | " + " | ".join(cells) + " |")
+
     primary = result.get("primary")
     if result.get("primary_vs"):
         lines += ["", f"`{primary}` against each other model (paired bootstrap, positive = `{primary}` "
                   "higher; for hides in the top-3, negative = fewer hides):", "",
-                  f"| other model | repin HIT@{k} | click HIT@{k} | hides in repin top-{k} |", "|---|---|---|---|"]
+                  f"| other model | repin HIT@{k} | click HIT@{k} | hides in repin top-{k} | click GAUC |",
+                  "|---|---|---|---|---|"]
         for other, v in result["primary_vs"].items():
             cells = [f"{_pct(v[m]['lift'])} [{_pct(v[m]['interval'][0])}, {_pct(v[m]['interval'][1])}]"
-                     for m in ("repin", "click", "hide_rate_top3")]
+                     if m in v else "n/a" for m in ("repin", "click", "hide_rate_top3", "gauc_click")]
             lines.append(f"| `{other}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

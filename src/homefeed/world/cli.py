@@ -4,6 +4,8 @@ Subcommands:
   generate          the synthetic world (homefeed.world.generate)
   import-movielens  a world built from MovieLens ratings (homefeed.world.movielens,
                     docs/movielens.md), written with the same file contract.
+  import-kuairand   a world built from a KuaiRand log (homefeed.world.kuairand,
+                    docs/kuairand.md), the same contract.
 """
 
 from __future__ import annotations
@@ -127,6 +129,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     gen.set_defaults(func=_generate)
 
     _register_import_movielens(commands)
+    _register_import_kuairand(commands)
+
+
+def _add_import_args(p: argparse.ArgumentParser, d, dataset: str) -> None:
+    """The options every importer has (defaults from its params dataclass `d`)."""
+    p.add_argument("--src", required=True, metavar="DIR", help=f"directory with the {dataset} files")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--embedding-dim", type=int, default=None, metavar="D",
+                   help="pin embedding size (default: settings.embedding_dim, 32)")
+    p.add_argument("--eval-days", type=int, default=d.eval_days, metavar="N",
+                   help=f"the last N days are the evaluation period (default {d.eval_days})")
+    p.add_argument("--arrival-delay-ms", type=int, default=d.arrival_delay_ms, metavar="MS",
+                   help=f"arrival_time = event_time + MS (default {d.arrival_delay_ms})")
 
 
 def _import_movielens(args: argparse.Namespace) -> int:
@@ -184,17 +199,10 @@ def _register_import_movielens(commands) -> None:
         "events.parquet and world.json in DIR, the same contract as `world generate` "
         "(see docs/movielens.md).",
     )
-    ml.add_argument("--src", required=True, metavar="DIR", help="directory with the MovieLens files")
-    ml.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    ml.add_argument(
-        "--embedding-dim", type=int, default=None, metavar="D",
-        help="pin embedding size (default: settings.embedding_dim, 32)",
-    )
+    _add_import_args(ml, d, "MovieLens")
     ml.add_argument("--bucket", default="day", metavar="SPAN",
                     help="one request = a user's ratings within one bucket: day, hour or 6h, 30m, "
                     "... (must divide a day; default day)")
-    ml.add_argument("--eval-days", type=int, default=d.eval_days, metavar="N",
-                    help=f"the last N days are the evaluation period (default {d.eval_days})")
     ml.add_argument("--mapping", action="append", default=None, metavar="SPEC",
                     help="rating thresholds, e.g. repin=4,click=3,hide=2 (the default): rating >= "
                     "repin -> repin, >= click -> click, <= hide -> hide, in between -> no action")
@@ -214,8 +222,6 @@ def _register_import_movielens(commands) -> None:
                     "data's own dates, moved by whole weeks onto >= 2000-01-01 when older")
     ml.add_argument("--last-days", type=int, default=d.last_days, metavar="N",
                     help="keep only the ratings of the last N days (0 = all; default 0)")
-    ml.add_argument("--arrival-delay-ms", type=int, default=d.arrival_delay_ms, metavar="MS",
-                    help=f"arrival_time = event_time + MS (default {d.arrival_delay_ms})")
     ml.add_argument("--cf-dim", type=int, default=None, metavar="K",
                     help="collaborative dimensions of the embedding (default embedding_dim - genres, "
                     "at least 4)")
@@ -224,3 +230,84 @@ def _register_import_movielens(commands) -> None:
     ml.add_argument("--max-vocab", type=int, default=d.max_vocab, metavar="N",
                     help=f"most-rated training items given a collaborative part (default {d.max_vocab})")
     ml.set_defaults(func=_import_movielens)
+
+
+def _import_kuairand(args: argparse.Namespace) -> int:
+    from homefeed.world.importer import parse_bucket, parse_duration
+    from homefeed.world.kuairand import KuaiRandParams, LabelMapping, import_kuairand, parse_degrees
+
+    params = KuaiRandParams(
+        embedding_dim=args.embedding_dim if args.embedding_dim is not None else _default_embedding_dim(),
+        bucket_ms=parse_bucket(args.bucket),
+        max_gap_ms=0 if args.max_gap.strip() in ("0", "") else parse_duration(args.max_gap, "--max-gap"),
+        eval_days=args.eval_days,
+        mapping=LabelMapping.parse(args.mapping),
+        seed=args.seed,
+        include_random=not args.no_random,
+        core_degrees=parse_degrees(args.core_degrees),
+        core_min_events=args.core_min_events,
+        arrival_delay_ms=args.arrival_delay_ms,
+        cf_dim=args.cf_dim,
+        genre_weight=args.tag_weight,
+        max_vocab=args.max_vocab,
+    )
+    began = time.perf_counter()
+    meta = import_kuairand(Path(args.src), Path(args.out), params)
+    elapsed = time.perf_counter() - began
+    s = meta["summary"]
+    train, ev = s["train"], s["eval"]
+    by = s["events_by_action"]
+    print(
+        f"world written to {args.out} in {elapsed:.1f} s ({meta['source']}): {s['users']} users, "
+        f"{s['pins']} pins, {meta['days']} days from {meta['start_iso'][:10]} (evaluation from day "
+        f"{meta['split_day']}), {s['requests']} requests ({train['requests']} train / "
+        f"{ev['requests']} eval), {s['impressions']} impressions "
+        f"({s['duplicate_rows_dropped']} duplicate rows dropped), {s['events']} events (repin "
+        f"{by['repin']}, click {by['click']}, hide {by['hide']}); eval requests with > 3 "
+        f"candidates and a click and a non-click: {ev['judgeable_requests']['click']}; "
+        f"non-core users {s['non_core_share']:.1%}"
+    )
+    return 0
+
+
+def _register_import_kuairand(commands) -> None:
+    from homefeed.world.kuairand import DEFAULT_CORE_DEGREES, KuaiRandParams
+
+    d = KuaiRandParams()
+    kr = commands.add_parser(
+        "import-kuairand",
+        help="turn a KuaiRand log (Pure, 1K, 27K) into a world (same files as generate)",
+        description="Turn the official KuaiRand layout (log_standard_*_{pure,1k,27k}.csv; optional "
+        "log_random_*, user_features_*.csv, video_features_basic_*.csv) into pins.parquet, "
+        "users.parquet, requests.parquet, events.parquet and world.json in DIR, the same contract "
+        "as `world generate` (see docs/kuairand.md).",
+    )
+    _add_import_args(kr, d, "KuaiRand")
+    kr.add_argument("--bucket", default="day", metavar="SPAN",
+                    help="one request = a user's impressions within one bucket of the Beijing day: "
+                    "day, hour or 6h, 30m, ... (must divide a day; default day)")
+    kr.add_argument("--max-gap", default="0", metavar="SPAN",
+                    help="also start a new request where two consecutive impressions are more than "
+                    "SPAN apart, e.g. 3h (default 0: no cut)")
+    kr.add_argument("--mapping", action="append", default=None, metavar="SPEC",
+                    help="log columns per action, e.g. repin=like|follow|forward|comment,"
+                    "click=click,hide=hate (the default); one action per impression, priority hide > "
+                    "repin > click; an impression with none has all labels 0")
+    kr.add_argument("--no-random", action="store_true",
+                    help="leave out log_random_* (randomly exposed videos), read by default")
+    kr.add_argument("--core-degrees", default=",".join(DEFAULT_CORE_DEGREES), metavar="LIST",
+                    help="user_active_degree values that make a user core (default "
+                    f"{','.join(DEFAULT_CORE_DEGREES)})")
+    kr.add_argument("--core-min-events", type=int, default=d.core_min_events, metavar="N",
+                    help="without user_features_*.csv: training-period events that make a user core "
+                    f"(default {d.core_min_events})")
+    kr.add_argument("--seed", type=int, default=d.seed, metavar="S",
+                    help=f"seed for positions, SVD start and projection (default {d.seed})")
+    kr.add_argument("--cf-dim", type=int, default=None, metavar="K",
+                    help="collaborative dimensions of the embedding (default max(embedding_dim - "
+                    "tags, embedding_dim / 2))")
+    kr.add_argument("--tag-weight", type=float, default=d.genre_weight, metavar="W",
+                    help=f"share of the embedding's squared norm on tags (default {d.genre_weight})")
+    kr.add_argument("--max-vocab", type=int, default=d.max_vocab, metavar="N",
+                    help=f"most-clicked training videos given a collaborative part (default {d.max_vocab})")
+    kr.set_defaults(func=_import_kuairand)

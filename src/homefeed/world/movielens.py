@@ -25,59 +25,46 @@ files.
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from homefeed.errors import UserError
 from homefeed.events import MAX_ID, MIN_EVENT_TIME_MS, ActionType
-from homefeed.features import (
-    PIN_CREATED_MS,
-    PIN_EMBEDDING,
-    PIN_ID,
-    PIN_TOPIC,
-    REQUEST_ID,
-    USER_ID,
-)
-from homefeed.world.generate import (
-    DAY_MS,
-    EVENTS_FILE,
-    FORMAT_VERSION,
-    LABEL_CLICK,
-    LABEL_HIDE,
-    LABEL_REPIN,
-    MAX_EMBEDDING_DIM,
-    META_FILE,
-    PINS_FILE,
-    REQUESTS_FILE,
-    USERS_FILE,
-    WORLD_FILES,
-    _iso,
-    _list_array,
-    _prepare_out,
-    _write_parquet,
+from homefeed.world.generate import DAY_MS, _iso
+from homefeed.world.importer import (  # noqa: F401  (cf_dim_for, genre_embedding, parse_bucket: API here too)
+    HISTORY_SEGMENTS,
+    SECOND_MS,
+    TIE_BASE_MS,
+    TIE_SPAN_MS,
+    TIE_STEP_MS,
+    Requests,
+    WorldArrays,
+    base_summary,
+    bucket_requests,
+    check_int,
+    common_option_problems,
+    drop_exact_duplicates,
+    embedding_behaviour,
+    cf_dim_for,
+    genre_embedding,
+    item_embeddings,
+    order_events,
+    parse_bucket,
+    prepare_out,
+    quantiles,
+    segments_from_history,
+    time_shift,
+    users_and_train_events,
+    world_meta,
+    world_tables,
+    write_world,
 )
 
 SURFACE = "movielens"
-SECOND_MS = 1_000
-HOUR_MS = 3_600_000
-WEEK_MS = 7 * DAY_MS
-
-# Tie-breaking: the k-th rating (by item id) of one user within one second happens at
-# second + TIE_BASE_MS + k * step, step = TIE_STEP_MS (or 980 // group size for > 98 ties), so
-# one second's ratings stay inside that second and the next second's start after a gap.
-TIE_BASE_MS = 10
-TIE_STEP_MS = 10
-TIE_SPAN_MS = 980
-MAX_TIES = TIE_SPAN_MS  # step >= 1 ms
-REQUEST_LEAD_MS = 1  # a request is shown this long before its first rating (< TIE_BASE_MS)
 
 LAYOUT_100K = "ml-100k"  # u.data + u.item (+ u.genre)
 LAYOUT_CSV = "csv"  # ratings.csv + movies.csv (ml-latest-small, ml-25m, ...)
@@ -90,14 +77,7 @@ ML100K_GENRES = (
 )
 CSV_NO_GENRE = "(no genres listed)"
 
-SEGMENTS = ("core", "casual", "new")
-
-# PPMI smoothing of the context distribution (Levy, Goldberg & Dagan 2015) and the randomized
-# SVD's oversampling and power iterations.
-PPMI_ALPHA = 0.75
-SVD_OVERSAMPLE = 10
-SVD_POWER_ITERS = 7
-USER_CHUNK = 1024
+SEGMENTS = HISTORY_SEGMENTS
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -169,22 +149,6 @@ class RatingMapping:
         }
 
 
-def parse_bucket(text: str) -> int:
-    """`day`, `hour` or N{d,h,m,s} -> milliseconds; must be whole seconds and divide one day."""
-    raw = str(text).strip().lower()
-    named = {"day": DAY_MS, "daily": DAY_MS, "hour": HOUR_MS, "hourly": HOUR_MS}
-    if raw in named:
-        return named[raw]
-    match = re.fullmatch(r"(\d+)\s*(d|h|m|min|s)", raw)
-    if not match:
-        raise UserError(f"--bucket {text!r}: expected day, hour or a duration like 6h, 30m, 900s")
-    unit = {"d": DAY_MS, "h": HOUR_MS, "m": 60_000, "min": 60_000, "s": SECOND_MS}[match.group(2)]
-    ms = int(match.group(1)) * unit
-    if ms <= 0 or DAY_MS % ms:
-        raise UserError(f"--bucket {text!r}: the bucket must divide one day (1d, 12h, 6h, 1h, 30m, ...)")
-    return ms
-
-
 @dataclass(frozen=True)
 class ImportParams:
     """What `homefeed world import-movielens` takes (docs/movielens.md)."""
@@ -206,36 +170,14 @@ class ImportParams:
     max_vocab: int = 5000  # most-rated training items that get a collaborative part
 
     def validate(self) -> None:
-        problems: list[str] = []
-
-        def check_int(name: str, low: int, high: int, value=None) -> None:
-            value = getattr(self, name) if value is None else value
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                problems.append(f"{name} must be an integer, got {value!r}")
-            elif not low <= value <= high:
-                problems.append(f"{name} must be in {low}..{high}, got {value}")
-
-        check_int("embedding_dim", 2, MAX_EMBEDDING_DIM)
-        check_int("eval_days", 1, 100_000)
-        check_int("negatives", 0, 1_000)
-        check_int("seed", 0, 2**63 - 1)
-        check_int("core_min_events", 1, 10**9)
-        check_int("max_items", 0, 10**6)
-        check_int("last_days", 0, 100_000)
-        check_int("arrival_delay_ms", 0, HOUR_MS)
-        check_int("max_vocab", 0, 20_000)
-        if self.cf_dim is not None:
-            check_int("cf_dim", 0, MAX_EMBEDDING_DIM)
-        if isinstance(self.bucket_ms, bool) or not isinstance(self.bucket_ms, (int, np.integer)) \
-                or self.bucket_ms <= 0 or self.bucket_ms % SECOND_MS or DAY_MS % self.bucket_ms:
-            problems.append(f"bucket_ms must be whole seconds dividing one day, got {self.bucket_ms!r}")
+        problems = common_option_problems(self)
+        check_int(problems, "negatives", self.negatives, 0, 1_000)
+        check_int(problems, "max_items", self.max_items, 0, 10**6)
+        check_int(problems, "last_days", self.last_days, 0, 100_000)
         if self.start_ms is not None:
-            check_int("start_ms", MIN_EVENT_TIME_MS, MAX_ID // 2)
+            check_int(problems, "start_ms", self.start_ms, MIN_EVENT_TIME_MS, MAX_ID // 2)
             if not problems and self.start_ms % DAY_MS:
                 problems.append("start must be a UTC midnight (day 0 starts there)")
-        w = self.genre_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
-            problems.append(f"genre_weight must be in [0, 1], got {w!r}")
         if problems:
             raise UserError("invalid import-movielens options: " + "; ".join(problems))
         self.mapping.validate()
@@ -252,6 +194,7 @@ class MovieLensData:
     genres: np.ndarray  # [I, G] bool
     genre_names: list[str]
     files: list[str]
+    duplicates: int = 0  # exact duplicate rating rows dropped
 
 
 def detect_layout(src: Path) -> str:
@@ -293,12 +236,13 @@ def read_movielens(src: Path | str) -> MovieLensData:
         bad = np.unique(ratings["item_id"].to_numpy()[~known])
         raise UserError(f"{src}: {len(bad)} rated item id(s) are missing from the item file "
                         f"(first: {bad[:5].tolist()})")
+    ratings, duplicates = drop_exact_duplicates(ratings)
     dup = ratings.duplicated(["user_id", "item_id"])
     if dup.any():
         row = ratings[dup].iloc[0]
         raise UserError(f"{src}: {int(dup.sum())} repeated (user, item) rating(s), e.g. user "
                         f"{int(row.user_id)} item {int(row.item_id)}; one rating per pair expected")
-    return MovieLensData(layout, ratings, item_ids, genres, names, files)
+    return MovieLensData(layout, ratings, item_ids, genres, names, files, duplicates)
 
 
 _RATING_COLS = ("user_id", "item_id", "rating", "timestamp")
@@ -434,168 +378,17 @@ def primary_genre(genres: np.ndarray) -> np.ndarray:
     return np.argmin(cost, axis=1).astype(np.int64)
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
-
-def _projection(in_dim: int, out_dim: int, seed: int) -> np.ndarray | None:
-    """None when the sizes match; else a fixed random matrix with orthonormal rows or columns."""
-    if in_dim == out_dim:
-        return None
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 2])))
-    q, r = np.linalg.qr(rng.standard_normal((max(in_dim, out_dim), min(in_dim, out_dim))))
-    q = q * np.sign(np.where(np.diag(r) == 0, 1.0, np.diag(r)))[None, :]
-    return q if in_dim > out_dim else q.T  # [in_dim, out_dim]
-
-
-def cf_dim_for(params: ImportParams, n_genres: int) -> int:
-    return params.cf_dim if params.cf_dim is not None else max(params.embedding_dim - n_genres, 4)
-
-
-def genre_embedding(genres: np.ndarray, params: ImportParams) -> np.ndarray:
-    """The embedding of items without a collaborative part: [0 * cf, genre multi-hot] projected."""
-    return _combine(np.zeros((len(genres), cf_dim_for(params, genres.shape[1]))), genres, params)
-
-
-def _combine(cf_unit: np.ndarray, genres: np.ndarray, params: ImportParams) -> np.ndarray:
-    has_cf = np.linalg.norm(cf_unit, axis=1) > 0
-    g_unit = _unit_rows(genres.astype(np.float64))
-    w = float(params.genre_weight)
-    cf_w = np.where(has_cf, math.sqrt(1.0 - w), 0.0)[:, None]
-    g_w = np.where(has_cf, math.sqrt(w), 1.0)[:, None]
-    feats = np.concatenate([cf_w * cf_unit, g_w * g_unit], axis=1)
-    proj = _projection(feats.shape[1], params.embedding_dim, params.seed)
-    if proj is not None:
-        feats = feats @ proj
-    return _unit_rows(feats).astype(np.float32)
-
-
-def _randomized_svd(m: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k left singular vectors and values of a square matrix (Halko et al.), deterministic."""
-    n = m.shape[0]
-    if n <= k + SVD_OVERSAMPLE:
-        u, s, _ = np.linalg.svd(m)
-        return u[:, :k], s[:k]
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 1])))
-    q, _ = np.linalg.qr(m @ rng.standard_normal((n, k + SVD_OVERSAMPLE)))
-    for _ in range(SVD_POWER_ITERS):
-        q, _ = np.linalg.qr(m.T @ q)
-        q, _ = np.linalg.qr(m @ q)
-    ub, s, _ = np.linalg.svd(q.T @ m, full_matrices=False)
-    return (q @ ub)[:, :k], s[:k]
-
-
-def item_embeddings(item_ids: np.ndarray, genres: np.ndarray, train_user: np.ndarray,
-                    train_item: np.ndarray, params: ImportParams
-                    ) -> tuple[np.ndarray, dict, np.ndarray]:
-    """float32 [I, D] unit rows for `item_ids` (ascending) from training-period ratings only.
-
-    Collaborative part: PPMI (context smoothing 0.75) of the item-item co-rating counts (two
-    items co-occur once per user who rated both in the training period), truncated to `cf_dim`
-    by a seeded randomized SVD, rows U * sqrt(S), L2-normalised, each component's sign fixed.
-    Blended with the L2-normalised genre multi-hot (genre_weight of the squared norm), projected
-    to embedding_dim when the sizes differ, L2-normalised. Items outside the vocabulary (no
-    training rating, no co-rated item, or beyond the max_vocab most rated) get genre only.
-    Returns (embeddings, info for world.json, has_cf bool per item).
-    """
-    n_items, n_genres = genres.shape
-    k = cf_dim_for(params, n_genres)
-    cf_unit = np.zeros((n_items, k))
-    counts = pd.Series(train_item).value_counts() if len(train_item) else pd.Series(dtype=np.int64)
-    vocab = np.zeros(0, dtype=np.int64)
-    if k > 0 and len(counts) and params.max_vocab > 0:
-        ranked = pd.DataFrame({"item": counts.index.to_numpy(np.int64), "n": counts.to_numpy()})
-        ranked = ranked.sort_values(["n", "item"], ascending=[False, True], kind="stable")
-        vocab = np.sort(ranked["item"].to_numpy()[: params.max_vocab])
-    if len(vocab) >= 2:
-        col = np.searchsorted(vocab, train_item)
-        keep = (col < len(vocab)) & (vocab[np.minimum(col, len(vocab) - 1)] == train_item)
-        users, u_idx = np.unique(train_user[keep], return_inverse=True)
-        col = col[keep]
-        cooc = np.zeros((len(vocab), len(vocab)))
-        order = np.argsort(u_idx, kind="stable")
-        u_sorted, c_sorted = u_idx[order], col[order]
-        bounds = np.searchsorted(u_sorted, np.arange(0, len(users) + USER_CHUNK, USER_CHUNK))
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if a == b:
-                continue
-            block = np.zeros((int(u_sorted[b - 1] - u_sorted[a] + 1), len(vocab)))
-            block[u_sorted[a:b] - u_sorted[a], c_sorted[a:b]] = 1.0
-            cooc += block.T @ block
-        np.fill_diagonal(cooc, 0.0)
-        row = cooc.sum(axis=1)
-        ctx = row ** PPMI_ALPHA
-        ctx_total = ctx.sum()
-        if ctx_total > 0:
-            # PMI(i, j) = log(C_ij / row_i / (ctx_j / sum ctx)), in place (C can be 5000^2).
-            ppmi = cooc
-            positive = ppmi > 0
-            with np.errstate(divide="ignore", invalid="ignore"):
-                np.log(ppmi, out=ppmi, where=positive)
-                ppmi -= np.log(np.where(row > 0, row, 1.0))[:, None]
-                ppmi -= np.log(np.where(ctx > 0, ctx / ctx_total, 1.0))[None, :]
-            ppmi[~positive] = 0.0
-            np.maximum(ppmi, 0.0, out=ppmi)
-            del positive
-            k_eff = min(k, len(vocab))
-            u, s = _randomized_svd(ppmi, k_eff, params.seed)
-            vec = u * np.sqrt(s)[None, :]
-            # Deterministic signs: each component's largest-magnitude entry is positive.
-            pivot = np.argmax(np.abs(vec), axis=0)
-            sign = np.sign(vec[pivot, np.arange(vec.shape[1])])
-            vec = vec * np.where(sign == 0, 1.0, sign)[None, :]
-            vec[ppmi.sum(axis=1) <= 0] = 0.0  # nothing co-rated: no collaborative evidence
-            vec = _unit_rows(vec)
-            rows = np.searchsorted(item_ids, vocab)
-            cf_unit[rows, :k_eff] = vec
-    emb = _combine(cf_unit, genres, params)
-    has_cf = np.linalg.norm(cf_unit, axis=1) > 0
-    info = {
-        "method": "ppmi-svd of training-period item co-rating + genre multi-hot",
-        "cf_dim": k,
-        "genre_dims": n_genres,
-        "genre_weight": params.genre_weight,
-        "projected": (k + n_genres) != params.embedding_dim,
-        "vocab": int(len(vocab)),
-        "items_with_cf": int(has_cf.sum()),
-        "items_genre_only": int((~has_cf).sum()),
-    }
-    return emb, info, has_cf
-
-
 # -- the import -------------------------------------------------------------------------------------
-
-
-def _quantiles(values: np.ndarray) -> dict:
-    if len(values) == 0:
-        return {"mean": 0.0, "max": 0}
-    out = {f"p{q}": round(float(np.percentile(values, q)), 3) for q in (10, 25, 50, 75, 90, 99)}
-    out["mean"] = round(float(np.mean(values)), 3)
-    out["max"] = int(np.max(values))
-    return out
-
-
-def _time_shift(first_day_ms: int, params: ImportParams) -> int:
-    if params.start_ms is not None:
-        return int(params.start_ms) - first_day_ms
-    if first_day_ms >= MIN_EVENT_TIME_MS:
-        return 0
-    return -(-(MIN_EVENT_TIME_MS - first_day_ms) // WEEK_MS) * WEEK_MS
 
 
 def import_movielens(src: Path | str, out: Path | str, params: ImportParams | None = None) -> dict:
     """Write a world built from the MovieLens files in `src` into `out`; returns world.json."""
     params = params or ImportParams()
     params.validate()
-    out = _prepare_out(Path(out))
+    out = prepare_out(out)
     data = read_movielens(src)
     world = build_world(data, params)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out {out}: {exc}") from None
-    _write(world, out)
+    write_world(world["tables"], world["meta"], out)
     return world["meta"]
 
 
@@ -609,29 +402,17 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
         r = r[keep].reset_index(drop=True)
         ts = ts[keep]
     first_day_ms = int(ts.min() // 86_400) * DAY_MS
-    shift = _time_shift(first_day_ms, params)
+    shift = time_shift(first_day_ms, params.start_ms)
     start_ms = first_day_ms + shift
 
     # Total event order: (user, second, item); ties within one second spread over milliseconds.
-    order = np.lexsort((r["item_id"].to_numpy(), ts, r["user_id"].to_numpy()))
+    eo = order_events(r["user_id"].to_numpy(), ts, r["item_id"].to_numpy(), grain_ms=SECOND_MS)
+    order = eo.order
     user = r["user_id"].to_numpy(np.int64)[order]
     item = r["item_id"].to_numpy(np.int64)[order]
     rating = r["rating"].to_numpy(np.float64)[order]
-    ts = ts[order]
     n = len(user)
-    new_group = np.ones(n, dtype=bool)
-    new_group[1:] = (user[1:] != user[:-1]) | (ts[1:] != ts[:-1])
-    group_start = np.flatnonzero(new_group)
-    group_size = np.diff(np.append(group_start, n))
-    if group_size.max() > MAX_TIES:
-        g = int(np.argmax(group_size))
-        raise UserError(f"user {int(user[group_start[g]])} has {int(group_size[g])} ratings in one "
-                        f"second (at most {MAX_TIES} can be ordered within it)")
-    group_id = np.cumsum(new_group) - 1
-    rank = np.arange(n) - group_start[group_id]
-    step = np.where(group_size <= TIE_SPAN_MS // TIE_STEP_MS, TIE_STEP_MS,
-                    TIE_SPAN_MS // np.maximum(group_size, 1))[group_id]
-    event_ms = ts * SECOND_MS + shift + TIE_BASE_MS + rank * step
+    event_ms = eo.event_ms + shift
     action = params.mapping.actions(rating)
 
     days = int((event_ms.max() - start_ms) // DAY_MS) + 1
@@ -644,8 +425,7 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
 
     # Requests: one per (user, bucket[, chunk of max_items]); events are sorted by (user, time).
     bucket = (event_ms - start_ms) // params.bucket_ms
-    new_req = np.ones(n, dtype=bool)
-    new_req[1:] = (user[1:] != user[:-1]) | (bucket[1:] != bucket[:-1])
+    new_req = bucket_requests(user, event_ms, start_ms, params.bucket_ms)
     if params.max_items:
         # Split a bucket every max_items ratings, but only where a new second starts: the
         # ratings of one second always share a request (so a request never starts between
@@ -653,14 +433,13 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
         req_start = np.flatnonzero(new_req)
         within = np.arange(n) - req_start[np.cumsum(new_req) - 1]
         chunk = within // params.max_items
-        starts = np.flatnonzero(new_group)
+        starts = np.flatnonzero(np.diff(np.append(-1, eo.group_id)) > 0)
         changed = np.zeros(len(starts), dtype=bool)
         changed[1:] = chunk[starts[1:]] != chunk[starts[:-1]]
         new_req[starts[changed]] = True
-    req_of = np.cumsum(new_req) - 1  # request index in (user, time) order
-    req_first = np.flatnonzero(new_req)
-    req_user = user[req_first]
-    req_time = event_ms[req_first] - REQUEST_LEAD_MS
+    rq = Requests.from_starts(new_req, user, event_ms)
+    req_of, req_first, req_user, req_time, req_id, req_size = (
+        rq.of, rq.first, rq.user, rq.time, rq.id, rq.size)
     req_bucket = bucket[req_first]
     req_chunk = np.zeros(len(req_first), dtype=np.int64)
     if params.max_items:
@@ -668,11 +447,6 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
         same[1:] = (req_user[1:] == req_user[:-1]) & (req_bucket[1:] == req_bucket[:-1])
         run_start = np.flatnonzero(~same)
         req_chunk = np.arange(len(req_first)) - run_start[np.cumsum(~same) - 1]
-    # request_id 1.. in request-time order (ties: user id).
-    by_time = np.lexsort((req_user, req_time))
-    req_id = np.empty(len(req_first), dtype=np.int64)
-    req_id[by_time] = np.arange(1, len(req_first) + 1)
-    req_size = np.diff(np.append(req_first, n))
 
     # Pins: every rated item; created at the UTC day start of its first rating.
     first = pd.Series(event_ms).groupby(item).min()
@@ -682,86 +456,40 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
     pin_genres = data.genres[cat_rows]
     topic = primary_genre(data.genres)[cat_rows]
     emb, emb_info, _ = item_embeddings(item_ids, pin_genres, user[in_train], item[in_train],
-                                            params)
+                                       params)
 
     # Impressions: the rated items of each request plus optional sampled negatives, positions
     # shuffled by a per-request generator (seeded by seed, user, bucket, chunk).
     imp_req, imp_pin, imp_action, imp_pos = _impressions(
         params, user, item, action, event_ms, req_of, req_first, req_size, req_user, req_time,
         req_bucket, req_chunk, item_ids, created_ms)
-    imp_rid = req_id[imp_req]
-    imp_time = req_time[imp_req]
-    imp_order = np.lexsort((imp_pos, imp_rid, imp_time))
-    imp_req, imp_pin, imp_action, imp_pos = (a[imp_order] for a in (imp_req, imp_pin, imp_action, imp_pos))
-    imp_rid, imp_time = imp_rid[imp_order], imp_time[imp_order]
 
     # Events: one per mapped rating.
     has_action = action > 0
     ev_user, ev_item, ev_action = user[has_action], item[has_action], action[has_action]
     ev_time = event_ms[has_action]
-    ev_arrival = ev_time + params.arrival_delay_ms
-    ev_rid = req_id[req_of[has_action]]
     ev_ids = np.array([f"ml{u}-{i}" for u, i in zip(ev_user.tolist(), ev_item.tolist())], dtype=object)
-    ev_order = np.lexsort((ev_ids.astype(str), ev_arrival))
-    names = np.array([""] + [a.wire_name for a in ActionType], dtype=object)
 
     # Users: segment by training-period events (all mapped ratings before the split).
-    user_ids = np.unique(user)
-    train_events = pd.Series(user[in_train & has_action]).value_counts()
-    n_train = train_events.reindex(user_ids, fill_value=0).to_numpy(np.int64)
-    segment = np.where(n_train >= params.core_min_events, "core",
-                       np.where(n_train > 0, "casual", "new")).astype(object)
+    user_ids, n_train = users_and_train_events(user, in_train & has_action)
+    segment = segments_from_history(n_train, params.core_min_events)
     user_first_req = pd.Series(req_time).groupby(req_user).min().reindex(user_ids).to_numpy(np.int64)
 
-    labels = {a: (imp_action == int(a)).astype(np.int8) for a in ActionType}
-    tables = {
-        PINS_FILE: pa.table({
-            PIN_ID: pa.array(item_ids.astype(np.int64)),
-            PIN_TOPIC: pa.array(topic.astype(np.int64)),
-            PIN_EMBEDDING: _list_array(emb),
-            PIN_CREATED_MS: pa.array(created_ms.astype(np.int64)),
-        }),
-        USERS_FILE: pa.table({
-            USER_ID: pa.array(user_ids.astype(np.int64)),
-            "segment": pa.array(segment, type=pa.string()),
-            "is_core": pa.array(segment == "core", type=pa.bool_()),
-            "first_active_ms": pa.array(user_first_req.astype(np.int64)),
-        }),
-        REQUESTS_FILE: pa.table({
-            REQUEST_ID: pa.array(imp_rid.astype(np.int64)),
-            USER_ID: pa.array(req_user[imp_req].astype(np.int64)),
-            "request_time": pa.array(imp_time.astype(np.int64)),
-            "day": pa.array(((imp_time - start_ms) // DAY_MS).astype(np.int32)),
-            "position": pa.array(imp_pos.astype(np.int32)),
-            PIN_ID: pa.array(imp_pin.astype(np.int64)),
-            LABEL_REPIN: pa.array(labels[ActionType.REPIN]),
-            LABEL_CLICK: pa.array(labels[ActionType.CLICK]),
-            LABEL_HIDE: pa.array(labels[ActionType.HIDE]),
-        }),
-        EVENTS_FILE: pa.table({
-            "event_id": pa.array(ev_ids[ev_order], type=pa.string()),
-            USER_ID: pa.array(ev_user[ev_order].astype(np.int64)),
-            PIN_ID: pa.array(ev_item[ev_order].astype(np.int64)),
-            "action_type": pa.array(names[ev_action[ev_order]], type=pa.string()),
-            "event_time": pa.array(ev_time[ev_order].astype(np.int64)),
-            "arrival_time": pa.array(ev_arrival[ev_order].astype(np.int64)),
-            "surface": pa.array(np.full(len(ev_ids), SURFACE, dtype=object), type=pa.string()),
-            REQUEST_ID: pa.array(ev_rid[ev_order].astype(np.int64)),
-        }),
-    }
+    w = WorldArrays(
+        item_ids=item_ids, topic=topic, embedding=emb, created_ms=created_ms,
+        user_ids=user_ids, segment=segment, is_core=segment == "core", first_active_ms=user_first_req,
+        imp_rid=req_id[imp_req], imp_user=req_user[imp_req], imp_time=req_time[imp_req],
+        imp_pos=imp_pos, imp_pin=imp_pin, imp_action=imp_action,
+        ev_ids=ev_ids, ev_user=ev_user, ev_pin=ev_item, ev_action=ev_action, ev_time=ev_time,
+        ev_arrival=ev_time + params.arrival_delay_ms, ev_rid=req_id[req_of[has_action]],
+    )
+    tables = world_tables(w, start_ms, SURFACE)
 
     # -- world.json ----------------------------------------------------------------------------
+    imp_time = w.imp_time
     req_is_eval = req_time >= split_ms
     imp_is_eval = imp_time >= split_ms
     imp_per_req = np.bincount(imp_req, minlength=len(req_first))
-    events_per_user = np.bincount(np.searchsorted(user_ids, ev_user), minlength=len(user_ids))
-    by_action = {a.wire_name: int((ev_action == int(a)).sum()) for a in ActionType}
-    n_imp = len(imp_pin)
-    seg_counts = {s: int((segment == s).sum()) for s in SEGMENTS}
-    ev_seg = segment[np.searchsorted(user_ids, ev_user)]
-    epu = _quantiles(events_per_user)
-    epu["users_without_events"] = int((events_per_user == 0).sum())
-    epu["events_by_segment"] = {s: int((ev_seg == s).sum()) for s in SEGMENTS}
     # History available to each request: the user's events strictly before request_time.
     hist_events = np.cumsum(np.concatenate([[0], has_action.astype(np.int64)]))
     hist_before = hist_events[req_first] - hist_events[np.searchsorted(user, req_user, side="left")]
@@ -779,57 +507,29 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
         }
 
     ev_eval = ev_time >= split_ms
-    tie_share = float((group_size[group_id] > 1).mean())
-    summary = {
-        "users": int(len(user_ids)),
-        "pins": int(len(item_ids)),
-        "requests": int(len(req_first)),
-        "impressions": int(n_imp),
-        "events": int(len(ev_ids)),
-        "events_by_action": by_action,
-        "rate_per_impression": {
-            a.wire_name: round(float(labels[a].mean()), 6) if n_imp else 0.0 for a in ActionType},
-        "late_fraction": 0.0,
-        "non_core_share": round(float((segment != "core").mean()), 6),
-        "segment_users": seg_counts,
-        "events_per_user": epu,
-        "effects": {},
-        "pins_created_during_world": int((created_ms > start_ms).sum()),
+    ties = eo.stats()
+    summary = base_summary(w, start_ms, SEGMENTS)
+    summary.update({
         "ratings": int(n),
+        "duplicate_rows_dropped": data.duplicates,
         "ratings_without_action": int((action == 0).sum()),
         "negatives": int((imp_action < 0).sum()),
-        "ratings_sharing_a_second": round(tie_share, 6),
-        "max_ratings_in_one_second": int(group_size.max()),
-        "rated_items_per_request": _quantiles(req_size),
-        "impressions_per_request": _quantiles(imp_per_req),
+        "ratings_sharing_a_second": round(ties["tie_share"], 6),
+        "max_ratings_in_one_second": ties["max_group"],
+        "rated_items_per_request": quantiles(req_size),
+        "impressions_per_request": quantiles(imp_per_req),
         "train": period(~req_is_eval, ~imp_is_eval, ~ev_eval),
         "eval": period(req_is_eval, imp_is_eval, ev_eval),
         "users_with_100_train_events": int((n_train >= 100).sum()),
         "eval_items_without_train_rating": int(
             len(np.setdiff1d(np.unique(item[~in_train]), np.unique(item[in_train])))),
         "embedding": emb_info,
-    }
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "source": "movielens-100k" if data.layout == LAYOUT_100K else "movielens-csv",
-        # WorldParams fields (load_world reads them); those without meaning here are 0.
-        "users": int(len(user_ids)),
-        "pins": int(len(item_ids)),
-        "days": days,
-        "seed": params.seed,
-        "start_ms": int(start_ms),
-        "embedding_dim": params.embedding_dim,
-        "n_topics": len(data.genre_names),
-        "non_core_share": summary["non_core_share"],
-        "late_fraction": 0.0,
-        "new_pin_share": round(float((created_ms > start_ms).mean()), 6),
-        "intent_outside_share": 0.0,
-        "min_candidates": int(imp_per_req.min()),
-        "max_candidates": int(imp_per_req.max()),
-        "end_ms": int(start_ms + days * DAY_MS),
-        "start_iso": _iso(start_ms),
-        "end_iso": _iso(start_ms + days * DAY_MS),
-        "files": list(WORLD_FILES[:-1]),
+    })
+    meta = world_meta(w, source="movielens-100k" if data.layout == LAYOUT_100K else "movielens-csv",
+                      days=days, seed=params.seed, start_ms=start_ms,
+                      embedding_dim=params.embedding_dim, n_topics=len(data.genre_names),
+                      summary=summary)
+    meta.update({
         # MovieLens specifics.
         "mapping": params.mapping.to_dict(),
         "split_day": split_day,
@@ -858,17 +558,9 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
             "tie_base_ms": TIE_BASE_MS,
             "tie_step_ms": TIE_STEP_MS,
             "tie_span_ms": TIE_SPAN_MS,
-            "request_lead_ms": REQUEST_LEAD_MS,
-            "arrival_delay_ms": params.arrival_delay_ms,
-            "genre_weight": params.genre_weight,
-            "cf_dim": emb_info["cf_dim"],
-            "max_vocab": params.max_vocab,
-            "ppmi_alpha": PPMI_ALPHA,
-            "svd_oversample": SVD_OVERSAMPLE,
-            "svd_power_iters": SVD_POWER_ITERS,
+            **embedding_behaviour(params, emb_info),
         },
-        "summary": summary,
-    }
+    })
     return {"tables": tables, "meta": meta}
 
 
@@ -923,11 +615,3 @@ def _impressions(params, user, item, action, event_ms, req_of, req_first, req_si
         parts_pos.append(rng.permutation(len(pins)).astype(np.int32))
     return (np.concatenate(parts_req), np.concatenate(parts_pin), np.concatenate(parts_act),
             np.concatenate(parts_pos))
-
-
-def _write(world: dict, out: Path) -> None:
-    for name, table in world["tables"].items():
-        _write_parquet(table, out / name)
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(world["meta"], indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / META_FILE)
