@@ -218,10 +218,10 @@ def add_bench_dataset_parser(bench_sub) -> None:
     p.add_argument("--users", default="150,300,600",
                    help="synthetic world sizes, comma-separated (default 150,300,600; each doubles)")
     p.add_argument("--days", type=int, default=8, help="days of each synthetic world (default 8)")
-    p.add_argument("--pins", type=int, default=2000)
+    p.add_argument("--pins", type=int, default=2000, help="pins in each synthetic world (default 2000)")
     p.add_argument("--long-span-events", type=int, default=100_000,
                    help="ratings of the ~20-year MovieLens-shaped world (0 = skip it)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic worlds (default 0)")
     p.add_argument("--keep", action="store_true",
                    help="keep the worlds, logs and datasets (the report names the directory)")
     p.add_argument("--json", action="store_true", help="one-line JSON")
