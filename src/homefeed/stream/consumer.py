@@ -141,8 +141,10 @@ def transient_errors() -> tuple[type[BaseException], ...]:
     from kafka.errors import KafkaError
     from redis import exceptions as R
 
+    # RedisClusterException: the cluster client refusing a command (topology or client misuse) is
+    # about every record alike: wait and say so, never dead-letter a batch for it.
     return (R.ConnectionError, R.TimeoutError, R.ReadOnlyError, R.TryAgainError, R.ClusterDownError,
-            R.MasterDownError, OSError, KafkaError, DeadLetterUnavailable)
+            R.MasterDownError, R.RedisClusterException, OSError, KafkaError, DeadLetterUnavailable)
 
 
 def wall_ms() -> int:
@@ -162,7 +164,7 @@ class SequenceBuilder:
         self.dlq = dlq_producer
         self.validator = validator
         self.project = store.project
-        self._cas = None  # the registered compare-and-set script
+        self._cas: dict = {}  # the compare-and-set script, registered per Redis node
 
     def warm_up(self) -> None:
         """Pay one-off costs (GX context, Feast registry) before the first real batch, so the
@@ -197,16 +199,40 @@ class SequenceBuilder:
             mset = getattr(self.redis, "mset_nonatomic", self.redis.mset)
             mset({self.state_key(u): s.to_bytes() for u, s in states.items()})
             return
-        if self._cas is None:
-            self._cas = self.redis.register_script(_CAS_STATE)
         users = list(states)
-        pipe = self.redis.pipeline(transaction=False)
-        for u in users:
-            seen = hashlib.sha1(loaded[u]).hexdigest() if loaded.get(u) is not None else ""
-            self._cas(keys=[self.state_key(u)], args=[seen, states[u].to_bytes()], client=pipe)
-        fenced = [u for u, ok in zip(users, pipe.execute()) if not ok]
+        ok = self._compare_and_set([(
+            self.state_key(u),
+            hashlib.sha1(loaded[u]).hexdigest() if loaded.get(u) is not None else "",
+            states[u].to_bytes()) for u in users])
+        fenced = [u for u, done in zip(users, ok) if not done]
         if fenced:
             raise StateFenced(fenced)
+
+    def _compare_and_set(self, items: list[tuple[str, str, bytes]]) -> list[bool]:
+        """Run the CAS script for each (key, sha1 seen, new value), pipelined per Redis node
+        (a cluster client's own pipeline refuses scripts; each key lives on one node)."""
+        groups: dict = defaultdict(list)
+        if hasattr(self.redis, "get_node_from_key"):  # RedisCluster
+            for i, (key, _, _) in enumerate(items):
+                node = self.redis.get_node_from_key(key)
+                groups[node.name].append(i)
+            clients = {name: self.redis.get_node(node_name=name).redis_connection for name in groups}
+        else:
+            groups["single"] = list(range(len(items)))
+            clients = {"single": self.redis}
+        out = [False] * len(items)
+        for name, idx in groups.items():
+            client = clients[name]
+            script = self._cas.get(name)
+            if script is None or script.registered_client is not client:
+                script = self._cas[name] = client.register_script(_CAS_STATE)
+            pipe = client.pipeline(transaction=False)
+            for i in idx:
+                key, seen, value = items[i]
+                script(keys=[key], args=[seen, value], client=pipe)
+            for i, done in zip(idx, pipe.execute()):
+                out[i] = bool(done)
+        return out
 
     def counters_key(self) -> str:
         return COUNTERS_KEY.format(project=self.project, group=self.settings.consumer_group)
