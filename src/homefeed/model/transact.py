@@ -1,7 +1,7 @@
 """TransAct: transformer over the user's realtime action sequence, early-fused with the candidate.
 
 Follows the KDD 2023 paper and Pinterest's reference module (`pinterest/transformer_user_action`),
-with its known quirks fixed (see /work/shared/docs/transact.md):
+with its known quirks fixed (see docs/transact.md):
 
 - padding is an explicit mask (`RankingBatch.seq_mask`), not the lowest action id;
 - the random time window T is drawn **per row**, not once per batch;
