@@ -297,26 +297,9 @@ def test_unbounded_numbers_are_refused_naming_the_field(service, raw, field):
 
 def test_chunked_body_over_the_limit_is_refused(service):
     """The limit counts bytes received: a chunked body (no Content-Length) cannot get past it."""
-    import http.client
-    from urllib.parse import urlparse
+    from homefeed.faults import post_chunked_rank
 
-    url = urlparse(service["url"])
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-
-    def body():
-        yield b'{"user_id": 1, "candidates": ['
-        for _ in range(200):  # ~2 MB in 10 KB chunks
-            yield b"1," * 5000
-        yield b"1]}"
-
-    try:
-        conn.request("POST", "/rank", body=body(), encode_chunked=True,
-                     headers={"content-type": "application/json"})
-        status = conn.getresponse().status
-    except (BrokenPipeError, ConnectionResetError):
-        status = 413  # the server answered and closed while we were still sending
-    finally:
-        conn.close()
+    status = post_chunked_rank(service["url"], megabytes=2)
     assert status == 413
     status, out = rank(service, user_id=USER, candidates=PINS[:3])  # and the service is fine
     assert status == 200, out

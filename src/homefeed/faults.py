@@ -503,9 +503,6 @@ def _ready(url: str) -> bool:
 
 
 def _request_cases(url: str) -> list[Case]:
-    import http.client
-    from urllib.parse import urlparse
-
     cases = []
     bad = [
         ("blend NaN", b'{"user_id": 5, "candidates": [1, 2], "blend": {"repin": NaN}}'),
@@ -526,25 +523,35 @@ def _request_cases(url: str) -> list[Case]:
     cases.append(Case("service: new user, only new pins", "200, neutral vectors flagged unknown",
                       f"{status}; unknown {out.get('unknown_pins')}; cold start {out.get('cold_start')}",
                       status == 200 and len(out.get("unknown_pins", [])) == 2))
+    status = post_chunked_rank(url, megabytes=4)
+    cases.append(Case("service: 4 MB chunked body (no Content-Length)", "413", str(status), status == 413))
+    return cases
+
+
+def post_chunked_rank(url: str, megabytes: int) -> int:
+    """POST a ~`megabytes` MB /rank body with chunked transfer encoding (no Content-Length), in
+    10 KB chunks; returns the status (413 also when the server answered and closed while the
+    body was still being sent)."""
+    import http.client
+    from urllib.parse import urlparse
+
     target = urlparse(url)
     conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
 
     def chunks():
         yield b'{"user_id": 1, "candidates": ['
-        for _ in range(400):  # ~4 MB
+        for _ in range(100 * megabytes):
             yield b"1," * 5000
         yield b"1]}"
 
     try:
         conn.request("POST", "/rank", body=chunks(), encode_chunked=True,
                      headers={"content-type": "application/json"})
-        status = conn.getresponse().status
+        return conn.getresponse().status
     except (BrokenPipeError, ConnectionResetError):
-        status = 413  # answered and closed while we were still sending
+        return 413
     finally:
         conn.close()
-    cases.append(Case("service: 4 MB chunked body (no Content-Length)", "413", str(status), status == 413))
-    return cases
 
 
 def _wiped_case(settings: Settings, url: str) -> Case:
