@@ -6,6 +6,8 @@ Subcommands:
                     docs/movielens.md), written with the same file contract.
   import-kuairand   a world built from a KuaiRand log (homefeed.world.kuairand,
                     docs/kuairand.md), the same contract.
+  fetch             download, check and unpack a dataset's official archive
+                    (homefeed.world.fetch), ready for the matching import command.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     _register_import_movielens(commands)
     _register_import_kuairand(commands)
+    _register_fetch(commands)
 
 
 def _add_import_args(p: argparse.ArgumentParser, d, dataset: str) -> None:
@@ -311,3 +314,51 @@ def _register_import_kuairand(commands) -> None:
     kr.add_argument("--max-vocab", type=int, default=d.max_vocab, metavar="N",
                     help=f"most-clicked training videos given a collaborative part (default {d.max_vocab})")
     kr.set_defaults(func=_import_kuairand)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from homefeed.world.fetch import fetch
+
+    r = fetch(args.name, args.out, cache_dir=args.cache_dir, url=args.url, mirror=args.mirror,
+              sha256=args.sha256, archive_file=args.archive, progress=not args.quiet)
+    how = "downloaded" if r.downloaded else ("copied from --archive" if args.archive else "from the cache")
+    check = ("recorded on this first fetch (no SHA-256 is pinned for it)" if r.recorded
+             else "checked")
+    where = "unpacked" if r.unpacked else "already there"
+    print(f"{r.archive.name}: {r.archive.filename} {how} ({r.size / 2**20:.1f} MiB, SHA-256 "
+          f"{r.sha256} {check}; cache {r.cached}); {where}: {r.files} files in {r.out}; next: "
+          f"homefeed world {r.archive.importer} --src {r.out} --out WORLD_DIR")
+    return 0
+
+
+def _register_fetch(commands) -> None:
+    from homefeed.world.fetch import ARCHIVES
+
+    listing = "\n".join(f"  {a.name:<24}{a.description}" for a in ARCHIVES.values())
+    fe = commands.add_parser(
+        "fetch",
+        help="download a dataset's official archive (MovieLens, KuaiRand), checked and unpacked",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Download the official archive of NAME into the cache (or take it from there), "
+        "check its SHA-256 (and the publisher's MD5 and size), and unpack the importer's files "
+        "into DIR, ready for `homefeed world import-movielens/import-kuairand --src DIR`. "
+        "Datasets:\n" + listing + "\n\nWhere no SHA-256 is pinned (KuaiRand), the first fetch "
+        "records one beside the cached archive and later fetches must match it (see "
+        "docs/world.md).",
+    )
+    fe.add_argument("name", choices=list(ARCHIVES), metavar="NAME", help=", ".join(ARCHIVES))
+    fe.add_argument("--out", required=True, metavar="DIR",
+                    help="directory for the unpacked files (new or empty)")
+    fe.add_argument("--cache-dir", default=None, metavar="DIR",
+                    help="where archives are kept (default: HOMEFEED_DATA_CACHE, else "
+                    "HOMEFEED_HOME/cache when a home is set, else $XDG_CACHE_HOME/homefeed)")
+    fe.add_argument("--url", default=None, metavar="URL", help="download from URL, not the official one")
+    fe.add_argument("--mirror", default=None, metavar="URL",
+                    help="a mirror holding the archives under their file names (default: "
+                    "HOMEFEED_DATA_MIRROR; none)")
+    fe.add_argument("--sha256", default=None, metavar="HEX",
+                    help="expect this SHA-256 instead of the pinned checks (a mirror's own build)")
+    fe.add_argument("--archive", default=None, metavar="FILE",
+                    help="use a copy downloaded by hand instead of downloading (same checks)")
+    fe.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    fe.set_defaults(func=_fetch)
