@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -316,6 +317,24 @@ def test_cli(tmp_path, src, world_dir, capsys):
     err = capsys.readouterr().err
     assert "nope" in err and len(err.strip().splitlines()) == 1
     assert main(["world", "import-kuairand", "--src", str(src), "--out", str(out), "--eval-days", "9"]) == 2
+
+
+def test_max_users_keeps_the_most_active_users(tmp_path, src):
+    rows = make_rows()
+    counts = {}
+    for r in rows:
+        counts[r["user_id"]] = counts.get(r["user_id"], 0) + 1
+    counts[1] -= 1  # user 1's exact duplicate row is dropped before the slice
+    top = sorted(counts, key=lambda u: (-counts[u], u))[:2]
+    meta = import_kuairand(src, tmp_path / "w", replace(PARAMS, max_users=2))
+    w = load_world(tmp_path / "w")
+    assert sorted(w.users.user_id) == sorted(u + 1 for u in top)
+    s = meta["summary"]
+    assert s["rows_outside_the_user_slice"] == sum(c for u, c in counts.items() if u not in top)
+    assert s["rows"] == len(rows) and meta["kuairand"]["max_users"] == 2
+    assert main(["world", "import-kuairand", "--src", str(src), "--out", str(tmp_path / "w2"),
+                 "--embedding-dim", "8", "--eval-days", "2", "--max-vocab", "50", "--max-users", "2"]) == 0
+    assert (tmp_path / "w2" / "world.json").read_bytes() == (tmp_path / "w" / "world.json").read_bytes()
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/kuairand-pure is not present")

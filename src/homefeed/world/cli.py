@@ -13,7 +13,11 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -130,190 +134,216 @@ def register(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 
-    _register_import_movielens(commands)
-    _register_import_kuairand(commands)
+    _register_importers(commands)
     _register_fetch(commands)
 
 
-def _add_import_args(p: argparse.ArgumentParser, d, dataset: str) -> None:
-    """The options every importer has (defaults from its params dataclass `d`)."""
-    p.add_argument("--src", required=True, metavar="DIR", help=f"directory with the {dataset} files")
+# -- importers: one table entry per dataset ------------------------------------------------------
+#
+# Every importer is `import_X(src, out, Params)` in a module of homefeed.world with a params
+# dataclass; its command is an `ImportCommand`: the shared options (`_add_import_args`) plus the
+# dataset's own `Opt`s, each setting one field of the params (default: the field's default), and
+# the dataset's part of the one-line summary. A next dataset is one more entry in IMPORTERS.
+
+FROM_PARAMS = object()  # an Opt's default: the params dataclass field's default
+
+
+@dataclass(frozen=True)
+class Opt:
+    flag: str
+    field: str  # the params field it sets
+    help: str  # "{default}" is filled in
+    type: Callable | None = int
+    metavar: str | None = "N"
+    default: object = FROM_PARAMS  # or a value, or a function of the params defaults
+    convert: Callable | None = None  # (module, CLI value) -> field value
+    action: str | None = None
+
+    def add(self, p: argparse.ArgumentParser, defaults) -> None:
+        default = (getattr(defaults, self.field) if self.default is FROM_PARAMS
+                   else self.default(defaults) if callable(self.default) else self.default)
+        kw = {"default": default, "help": self.help.format(default=default)}
+        if self.action == "store_true":
+            kw["action"] = "store_true"
+        else:
+            kw.update(metavar=self.metavar, **({"action": self.action} if self.action else {}),
+                      **({"type": self.type} if self.type and not self.action else {}))
+        p.add_argument(self.flag, dest=self.field, **kw)
+
+    def value(self, module, args: argparse.Namespace):
+        raw = getattr(args, self.field)
+        return self.convert(module, raw) if self.convert else raw
+
+
+@dataclass(frozen=True)
+class ImportCommand:
+    name: str  # the subcommand
+    dataset: str  # for help texts
+    module: str  # homefeed.world.X
+    params: str  # its params dataclass
+    run: str  # its import function
+    help: str
+    description: str
+    options: tuple[Opt, ...]
+    details: Callable[[dict], str]  # the dataset's part of the summary line
+
+
+def _bucket(module, text: str) -> int:
+    from homefeed.world.importer import parse_bucket
+
+    return parse_bucket(text)
+
+
+# The options every importer has (fields of every params dataclass).
+COMMON_OPTS = (
+    Opt("--embedding-dim", "embedding_dim", "pin embedding size (default: settings.embedding_dim, 32)",
+        metavar="D", default=None),
+    Opt("--eval-days", "eval_days", "the last N days are the evaluation period (default {default})"),
+    Opt("--arrival-delay-ms", "arrival_delay_ms", "arrival_time = event_time + MS (default {default})",
+        metavar="MS"),
+    Opt("--seed", "seed", "seed of every random choice: positions, SVD start, projection, MovieLens's negatives "
+        "(default {default})",
+        metavar="S"),
+    Opt("--cf-dim", "cf_dim", "collaborative dimensions of the embedding (default: embedding_dim - "
+        "genres or tags, at least 4 or embedding_dim / 2)", metavar="K", default=None),
+    Opt("--max-vocab", "max_vocab", "most-engaged training items given a collaborative part "
+        "(default {default})"),
+)
+
+
+def _add_import_args(p: argparse.ArgumentParser, command: ImportCommand, defaults) -> None:
+    """The options every importer has, then the dataset's own."""
+    p.add_argument("--src", required=True, metavar="DIR",
+                   help=f"directory with the {command.dataset} files (`homefeed world fetch` writes one)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--embedding-dim", type=int, default=None, metavar="D",
-                   help="pin embedding size (default: settings.embedding_dim, 32)")
-    p.add_argument("--eval-days", type=int, default=d.eval_days, metavar="N",
-                   help=f"the last N days are the evaluation period (default {d.eval_days})")
-    p.add_argument("--arrival-delay-ms", type=int, default=d.arrival_delay_ms, metavar="MS",
-                   help=f"arrival_time = event_time + MS (default {d.arrival_delay_ms})")
+    for opt in (*COMMON_OPTS, *command.options):
+        opt.add(p, defaults)
 
 
-def _import_movielens(args: argparse.Namespace) -> int:
-    from homefeed.world.movielens import ImportParams, RatingMapping, import_movielens, parse_bucket
+def _movielens_start(module, text):
+    if text in (None, "auto"):
+        return None
+    try:
+        return _start_ms(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"--start: {exc}") from None
 
-    start = None
-    if args.start not in (None, "auto"):
-        try:
-            start = _start_ms(args.start)
-        except argparse.ArgumentTypeError as exc:
-            raise UserError(f"--start: {exc}") from None
-    params = ImportParams(
-        embedding_dim=args.embedding_dim if args.embedding_dim is not None else _default_embedding_dim(),
-        bucket_ms=parse_bucket(args.bucket),
-        eval_days=args.eval_days,
-        mapping=RatingMapping.parse(args.mapping),
-        negatives=args.negatives,
-        seed=args.seed,
-        core_min_events=args.core_min_events,
-        max_items=args.max_items,
-        start_ms=start,
-        last_days=args.last_days,
-        arrival_delay_ms=args.arrival_delay_ms,
-        cf_dim=args.cf_dim,
-        genre_weight=args.genre_weight,
-        max_vocab=args.max_vocab,
-    )
-    began = time.perf_counter()
-    meta = import_movielens(Path(args.src), Path(args.out), params)
-    elapsed = time.perf_counter() - began
+
+def _movielens_details(meta: dict) -> str:
     s = meta["summary"]
-    train, ev = s["train"], s["eval"]
-    print(
-        f"world written to {args.out} in {elapsed:.1f} s ({meta['source']}): {s['users']} users, "
-        f"{s['pins']} pins, {meta['days']} days from {meta['start_iso'][:10]} "
-        f"(evaluation from day {meta['split_day']}), {s['requests']} requests "
-        f"({train['requests']} train / {ev['requests']} eval), {s['impressions']} impressions, "
-        f"{s['events']} events (repin {s['events_by_action']['repin']}, "
-        f"click {s['events_by_action']['click']}, hide {s['events_by_action']['hide']}); "
-        f"core users {s['segment_users']['core']}; "
-        f"genre-only embeddings {s['embedding']['items_genre_only']}"
-    )
-    return 0
+    return (f"core users {s['segment_users']['core']}; genre-only embeddings "
+            f"{s['embedding']['items_genre_only']}")
 
 
-def _register_import_movielens(commands) -> None:
-    from homefeed.world.movielens import ImportParams
+def _kuairand_details(meta: dict) -> str:
+    s = meta["summary"]
+    sliced = (f"; {s['rows_outside_the_user_slice']} rows outside the {meta['kuairand']['max_users']}"
+              "-user slice" if meta["kuairand"]["max_users"] else "")
+    return (f"{s['duplicate_rows_dropped']} duplicate rows dropped{sliced}; eval requests with > 3 "
+            f"candidates and a click and a non-click: {s['eval']['judgeable_requests']['click']}; "
+            f"non-core users {s['non_core_share']:.1%}")
 
-    d = ImportParams()
-    ml = commands.add_parser(
-        "import-movielens",
+
+def _max_gap(module, text: str) -> int:
+    from homefeed.world.importer import parse_duration
+
+    return 0 if text.strip() in ("0", "") else parse_duration(text, "--max-gap")
+
+
+IMPORTERS = (
+    ImportCommand(
+        "import-movielens", "MovieLens", "homefeed.world.movielens", "ImportParams", "import_movielens",
         help="turn MovieLens ratings into a world (same files as generate)",
         description="Turn GroupLens MovieLens ratings (ML-100K: u.data + u.item; later releases: "
         "ratings.csv + movies.csv) into pins.parquet, users.parquet, requests.parquet, "
         "events.parquet and world.json in DIR, the same contract as `world generate` "
         "(see docs/movielens.md).",
-    )
-    _add_import_args(ml, d, "MovieLens")
-    ml.add_argument("--bucket", default="day", metavar="SPAN",
-                    help="one request = a user's ratings within one bucket: day, hour or 6h, 30m, "
-                    "... (must divide a day; default day)")
-    ml.add_argument("--mapping", action="append", default=None, metavar="SPEC",
-                    help="rating thresholds, e.g. repin=4,click=3,hide=2 (the default): rating >= "
-                    "repin -> repin, >= click -> click, <= hide -> hide, in between -> no action")
-    ml.add_argument("--negatives", type=int, default=d.negatives, metavar="K",
-                    help="unrated items added to each request as ignored impressions, all labels 0 "
-                    f"(default {d.negatives})")
-    ml.add_argument("--seed", type=int, default=d.seed, metavar="S",
-                    help=f"seed for negatives, positions, SVD start and projection (default {d.seed})")
-    ml.add_argument("--core-min-events", type=int, default=d.core_min_events, metavar="N",
-                    help="training-period events that make a user core "
-                    f"(default {d.core_min_events})")
-    ml.add_argument("--max-items", type=int, default=d.max_items, metavar="N",
-                    help="split a bucket into requests of about N consecutive ratings, never "
-                    "between two ratings of one second (0 = no split; default 0)")
-    ml.add_argument("--start", default="auto", metavar="WHEN",
-                    help="UTC midnight that day 0 maps to (epoch ms or ISO date); default auto: the "
-                    "data's own dates, moved by whole weeks onto >= 2000-01-01 when older")
-    ml.add_argument("--last-days", type=int, default=d.last_days, metavar="N",
-                    help="keep only the ratings of the last N days (0 = all; default 0)")
-    ml.add_argument("--cf-dim", type=int, default=None, metavar="K",
-                    help="collaborative dimensions of the embedding (default embedding_dim - genres, "
-                    "at least 4)")
-    ml.add_argument("--genre-weight", type=float, default=d.genre_weight, metavar="W",
-                    help=f"share of the embedding's squared norm on genres (default {d.genre_weight})")
-    ml.add_argument("--max-vocab", type=int, default=d.max_vocab, metavar="N",
-                    help=f"most-rated training items given a collaborative part (default {d.max_vocab})")
-    ml.set_defaults(func=_import_movielens)
-
-
-def _import_kuairand(args: argparse.Namespace) -> int:
-    from homefeed.world.importer import parse_bucket, parse_duration
-    from homefeed.world.kuairand import KuaiRandParams, LabelMapping, import_kuairand, parse_degrees
-
-    params = KuaiRandParams(
-        embedding_dim=args.embedding_dim if args.embedding_dim is not None else _default_embedding_dim(),
-        bucket_ms=parse_bucket(args.bucket),
-        max_gap_ms=0 if args.max_gap.strip() in ("0", "") else parse_duration(args.max_gap, "--max-gap"),
-        eval_days=args.eval_days,
-        mapping=LabelMapping.parse(args.mapping),
-        seed=args.seed,
-        include_random=not args.no_random,
-        core_degrees=parse_degrees(args.core_degrees),
-        core_min_events=args.core_min_events,
-        arrival_delay_ms=args.arrival_delay_ms,
-        cf_dim=args.cf_dim,
-        genre_weight=args.tag_weight,
-        max_vocab=args.max_vocab,
-    )
-    began = time.perf_counter()
-    meta = import_kuairand(Path(args.src), Path(args.out), params)
-    elapsed = time.perf_counter() - began
-    s = meta["summary"]
-    train, ev = s["train"], s["eval"]
-    by = s["events_by_action"]
-    print(
-        f"world written to {args.out} in {elapsed:.1f} s ({meta['source']}): {s['users']} users, "
-        f"{s['pins']} pins, {meta['days']} days from {meta['start_iso'][:10]} (evaluation from day "
-        f"{meta['split_day']}), {s['requests']} requests ({train['requests']} train / "
-        f"{ev['requests']} eval), {s['impressions']} impressions "
-        f"({s['duplicate_rows_dropped']} duplicate rows dropped), {s['events']} events (repin "
-        f"{by['repin']}, click {by['click']}, hide {by['hide']}); eval requests with > 3 "
-        f"candidates and a click and a non-click: {ev['judgeable_requests']['click']}; "
-        f"non-core users {s['non_core_share']:.1%}"
-    )
-    return 0
-
-
-def _register_import_kuairand(commands) -> None:
-    from homefeed.world.kuairand import DEFAULT_CORE_DEGREES, KuaiRandParams
-
-    d = KuaiRandParams()
-    kr = commands.add_parser(
-        "import-kuairand",
+        options=(
+            Opt("--bucket", "bucket_ms", "one request = a user's ratings within one bucket: day, hour "
+                "or 6h, 30m, ... (must divide a day; default day)", type=str, metavar="SPAN",
+                default="day", convert=_bucket),
+            Opt("--mapping", "mapping", "rating thresholds, e.g. repin=4,click=3,hide=2 (the "
+                "default): rating >= repin -> repin, >= click -> click, <= hide -> hide, in between "
+                "-> no action", metavar="SPEC", default=None, action="append",
+                convert=lambda m, v: m.RatingMapping.parse(v)),
+            Opt("--negatives", "negatives", "unrated items added to each request as ignored "
+                "impressions, all labels 0 (default {default})", metavar="K"),
+            Opt("--core-min-events", "core_min_events", "training-period events that make a user "
+                "core (default {default})"),
+            Opt("--max-items", "max_items", "split a bucket into requests of about N consecutive "
+                "ratings, never between two ratings of one second (0 = no split; default {default})"),
+            Opt("--start", "start_ms", "UTC midnight that day 0 maps to (epoch ms or ISO date); "
+                "default auto: the data's own dates, moved by whole weeks onto >= 2000-01-01 when "
+                "older", type=str, metavar="WHEN", default="auto", convert=_movielens_start),
+            Opt("--last-days", "last_days", "keep only the ratings of the last N days (0 = all; "
+                "default {default})"),
+            Opt("--genre-weight", "genre_weight", "share of the embedding's squared norm on genres "
+                "(default {default})", type=float, metavar="W"),
+        ),
+        details=_movielens_details,
+    ),
+    ImportCommand(
+        "import-kuairand", "KuaiRand", "homefeed.world.kuairand", "KuaiRandParams", "import_kuairand",
         help="turn a KuaiRand log (Pure, 1K, 27K) into a world (same files as generate)",
         description="Turn the official KuaiRand layout (log_standard_*_{pure,1k,27k}.csv; optional "
         "log_random_*, user_features_*.csv, video_features_basic_*.csv) into pins.parquet, "
         "users.parquet, requests.parquet, events.parquet and world.json in DIR, the same contract "
         "as `world generate` (see docs/kuairand.md).",
+        options=(
+            Opt("--bucket", "bucket_ms", "one request = a user's impressions within one bucket of the "
+                "Beijing day: day, hour or 6h, 30m, ... (must divide a day; default day)", type=str,
+                metavar="SPAN", default="day", convert=_bucket),
+            Opt("--max-gap", "max_gap_ms", "also start a new request where two consecutive "
+                "impressions are more than SPAN apart, e.g. 3h (default 0: no cut)", type=str,
+                metavar="SPAN", default="0", convert=_max_gap),
+            Opt("--mapping", "mapping", "log columns per action, e.g. repin=like|follow|forward|"
+                "comment,click=click,hide=hate (the default); one action per impression, priority "
+                "hide > repin > click; an impression with none has all labels 0", metavar="SPEC",
+                default=None, action="append", convert=lambda m, v: m.LabelMapping.parse(v)),
+            Opt("--no-random", "include_random", "leave out log_random_* (randomly exposed videos), "
+                "read by default", default=False, action="store_true", convert=lambda m, v: not v),
+            Opt("--core-degrees", "core_degrees", "user_active_degree values that make a user core "
+                "(default {default})", type=str, metavar="LIST", default=lambda d: ",".join(d.core_degrees),
+                convert=lambda m, v: m.parse_degrees(v)),
+            Opt("--core-min-events", "core_min_events", "without user_features_*.csv: "
+                "training-period events that make a user core (default {default})"),
+            Opt("--tag-weight", "genre_weight", "share of the embedding's squared norm on tags "
+                "(default {default})", type=float, metavar="W"),
+            Opt("--max-users", "max_users", "a slice for demos and smoke tests: keep the N users "
+                "with the most impressions (0 = all; default {default})"),
+        ),
+        details=_kuairand_details,
+    ),
+)
+
+
+def _import(command: ImportCommand, args: argparse.Namespace) -> int:
+    module = importlib.import_module(command.module)
+    values = {opt.field: opt.value(module, args) for opt in (*COMMON_OPTS, *command.options)}
+    if values["embedding_dim"] is None:
+        values["embedding_dim"] = _default_embedding_dim()
+    params = getattr(module, command.params)(**values)
+    began = time.perf_counter()
+    meta = getattr(module, command.run)(Path(args.src), Path(args.out), params)
+    elapsed = time.perf_counter() - began
+    s = meta["summary"]
+    train, ev, by = s["train"], s["eval"], s["events_by_action"]
+    print(
+        f"world written to {args.out} in {elapsed:.1f} s ({meta['source']}): {s['users']} users, "
+        f"{s['pins']} pins, {meta['days']} days from {meta['start_iso'][:10]} (evaluation from day "
+        f"{meta['split_day']}), {s['requests']} requests ({train['requests']} train / "
+        f"{ev['requests']} eval), {s['impressions']} impressions, {s['events']} events (repin "
+        f"{by['repin']}, click {by['click']}, hide {by['hide']}); {command.details(meta)}"
     )
-    _add_import_args(kr, d, "KuaiRand")
-    kr.add_argument("--bucket", default="day", metavar="SPAN",
-                    help="one request = a user's impressions within one bucket of the Beijing day: "
-                    "day, hour or 6h, 30m, ... (must divide a day; default day)")
-    kr.add_argument("--max-gap", default="0", metavar="SPAN",
-                    help="also start a new request where two consecutive impressions are more than "
-                    "SPAN apart, e.g. 3h (default 0: no cut)")
-    kr.add_argument("--mapping", action="append", default=None, metavar="SPEC",
-                    help="log columns per action, e.g. repin=like|follow|forward|comment,"
-                    "click=click,hide=hate (the default); one action per impression, priority hide > "
-                    "repin > click; an impression with none has all labels 0")
-    kr.add_argument("--no-random", action="store_true",
-                    help="leave out log_random_* (randomly exposed videos), read by default")
-    kr.add_argument("--core-degrees", default=",".join(DEFAULT_CORE_DEGREES), metavar="LIST",
-                    help="user_active_degree values that make a user core (default "
-                    f"{','.join(DEFAULT_CORE_DEGREES)})")
-    kr.add_argument("--core-min-events", type=int, default=d.core_min_events, metavar="N",
-                    help="without user_features_*.csv: training-period events that make a user core "
-                    f"(default {d.core_min_events})")
-    kr.add_argument("--seed", type=int, default=d.seed, metavar="S",
-                    help=f"seed for positions, SVD start and projection (default {d.seed})")
-    kr.add_argument("--cf-dim", type=int, default=None, metavar="K",
-                    help="collaborative dimensions of the embedding (default max(embedding_dim - "
-                    "tags, embedding_dim / 2))")
-    kr.add_argument("--tag-weight", type=float, default=d.genre_weight, metavar="W",
-                    help=f"share of the embedding's squared norm on tags (default {d.genre_weight})")
-    kr.add_argument("--max-vocab", type=int, default=d.max_vocab, metavar="N",
-                    help=f"most-clicked training videos given a collaborative part (default {d.max_vocab})")
-    kr.set_defaults(func=_import_kuairand)
+    return 0
+
+
+def _register_importers(commands) -> None:
+    for command in IMPORTERS:
+        defaults = getattr(importlib.import_module(command.module), command.params)()
+        p = commands.add_parser(command.name, help=command.help, description=command.description)
+        _add_import_args(p, command, defaults)
+        p.set_defaults(func=functools.partial(_import, command))
 
 
 def _fetch(args: argparse.Namespace) -> int:

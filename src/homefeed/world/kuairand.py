@@ -9,7 +9,8 @@ docs/kuairand.md documents every choice; in short:
    `log_random_*` (optional, its rows are impressions like the others, `--no-random` skips
    them), `user_features_*.csv` and `video_features_basic_*.csv` (optional). Every row is
    validated before anything is written; a bad one is a one-line error naming file and line.
-2. Exact duplicate rows are dropped and counted; ids move up by one (KuaiRand counts from 0,
+2. Exact duplicate rows are dropped and counted; `--max-users N` keeps a slice (the N users with
+   the most impressions, for demos and smoke tests); ids move up by one (KuaiRand counts from 0,
    homefeed ids from 1; pin 0 is the padding row).
 3. One row = one impression. Its label is one action by the mapping (default: like, follow,
    forward or comment -> repin; click -> click; hate -> hide; priority hide > repin > click),
@@ -187,10 +188,12 @@ class KuaiRandParams:
     cf_dim: int | None = None  # collaborative dims; None = max(embedding_dim - tags, embedding_dim // 2)
     genre_weight: float = 0.5  # share of the squared norm given to the tag part
     max_vocab: int = 5000  # most-clicked training videos that get a collaborative part
+    max_users: int = 0  # a slice: keep the N users with the most impressions (0 = all)
 
     def validate(self) -> None:
         problems = common_option_problems(self)
         check_int(problems, "max_gap_ms", self.max_gap_ms, 0, 100 * DAY_MS)
+        check_int(problems, "max_users", self.max_users, 0, MAX_ID)
         if not self.core_degrees or any(not DEGREE_RE.match(d) for d in self.core_degrees):
             problems.append(f"core_degrees must be activity degree names, got {list(self.core_degrees)}")
         if problems:
@@ -216,6 +219,7 @@ class KuaiRandData:
     files: list[str]  # log files read, in order
     log: pd.DataFrame  # user_id, video_id, time_ms int64, flags int8, is_random bool, row int64
     duplicates: int  # exact duplicate rows dropped
+    sliced_out: int  # rows of users left out by max_users
     date_mismatches: int  # rows whose `date` is not the UTC+8 day of time_ms
     users: pd.DataFrame | None  # user_id int64, degree str (None: no user file)
     videos: pd.DataFrame | None  # video_id int64, tags list[int], upload_day_ms int64 or -1
@@ -385,6 +389,13 @@ def read_kuairand(src: Path | str, params: KuaiRandParams | None = None) -> Kuai
         else pd.concat([r.astype(str) for r in raws], ignore_index=True)
     kept, duplicates = drop_exact_duplicates(raw_all)
     log = log.loc[kept.index].reset_index(drop=True)
+    sliced_out = 0
+    if params.max_users:  # the N users with the most impressions, ties: the lower id
+        counts = log["user_id"].value_counts()
+        ranked = sorted(zip((-counts).tolist(), counts.index.tolist()))[: params.max_users]
+        keep = log["user_id"].isin([u for _, u in ranked]).to_numpy()
+        sliced_out = int((~keep).sum())
+        log = log.loc[keep].reset_index(drop=True)
     date_mismatches = 0
     if "date" in log.columns:
         local = pd.to_datetime(log["time_ms"] + TZ_OFFSET_MS, unit="ms", utc=True)
@@ -401,7 +412,8 @@ def read_kuairand(src: Path | str, params: KuaiRandParams | None = None) -> Kuai
         videos = _read_videos(video_path)
         feature_files.append(video_path.name)
     return KuaiRandData(release=release, files=[p.name for p in paths], log=log,
-                        duplicates=duplicates, date_mismatches=date_mismatches, users=users,
+                        duplicates=duplicates, sliced_out=sliced_out,
+                        date_mismatches=date_mismatches, users=users,
                         videos=videos, feature_files=feature_files)
 
 
@@ -575,8 +587,9 @@ def build_world(data: KuaiRandData, params: KuaiRandParams) -> dict:
     ties = eo.stats()
     summary = base_summary(w, start_ms, segments)
     summary.update({
-        "rows": int(n + data.duplicates),
+        "rows": int(n + data.duplicates + data.sliced_out),
         "duplicate_rows_dropped": int(data.duplicates),
+        "rows_outside_the_user_slice": int(data.sliced_out),
         "random_rows": int(is_random.sum()),
         "rows_without_action": int((action == 0).sum()),
         "rows_sharing_a_ms": round(ties["tie_share"], 6),
@@ -609,6 +622,10 @@ def build_world(data: KuaiRandData, params: KuaiRandParams) -> dict:
             "release": data.release,
             "files": data.files + data.feature_files,
             "include_random": params.include_random,
+            "max_users": params.max_users,
+            "user_slice_rule": ("all users" if not params.max_users else
+                                f"the {params.max_users} users with the most impressions (after "
+                                "dropping exact duplicates; ties: the lower id)"),
             "id_offset": ID_OFFSET,
             "time_shift_ms": int(shift),
             "time_rule": "epoch ms + 8 h: the world's UTC days are the log's Beijing (UTC+8) days",
