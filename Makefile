@@ -17,7 +17,7 @@ help:
 	@echo "make down    stop them"
 	@echo "make apply   feast apply the feature repo"
 	@echo "make test    run the test suite (starts and stops its own services on free ports)"
-	@echo "make demo    run the main job end to end on a small world"
+	@echo "make demo    run the main job end to end on a small world (DATASET=movielens|kuairand for real data)"
 
 setup: $(VENV)/.installed redis-server promtool
 
@@ -70,8 +70,15 @@ apply: up
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Real datasets (DATASET=movielens|kuairand): DATA=DIR, or KUAIRAND=DIR / MOVIELENS=DIR as
+# scripts/compare.sh takes them, names the unpacked files; unset, the demo runs
+# `homefeed world fetch` into .homefeed/data/ on its first run.
+KUAIRAND ?=
+MOVIELENS ?=
+DATA ?= $(if $(filter kuairand,$(DATASET)),$(KUAIRAND),$(if $(filter movielens,$(DATASET)),$(MOVIELENS)))
+
 demo: setup
-	$(BIN)/homefeed demo --dataset $(DATASET) --size $(SIZE)
+	$(BIN)/homefeed demo --dataset $(DATASET) --size $(SIZE) $(if $(DATA),--data "$(DATA)")
 
 clean: down
 	rm -rf .homefeed feature_repo/data

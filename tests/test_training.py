@@ -290,3 +290,17 @@ def test_long_span_bench_world_has_the_movielens_shape(tmp_path):
     assert r.groupby("user_id").size().min() >= 20  # GroupLens keeps users with >= 20 ratings
     years = (r["timestamp"].max() - r["timestamp"].min()) / 86_400 / 365.25
     assert 15 < years <= 20
+
+
+def test_lift_of_a_segment_without_requests_is_empty_not_an_error():
+    """A segment (e.g. non-core users of a slice of the most active ones) may have no request
+    for a head: no lift and no interval, not a crash of the whole comparison."""
+    import pandas as pd
+
+    from homefeed.training.evaluate import _lift
+
+    none = {"lift_vs_no_sequence": None, "interval": None}
+    empty, some = pd.Series([], dtype=float), pd.Series([1.0, 0.0], index=[7, 8])
+    assert _lift(empty, {"repin": some}, "repin", 10, 0) == none
+    assert _lift(some, {"repin": empty}, "repin", 10, 0) == none
+    assert _lift(some, {"repin": some}, "repin", 10, 0)["lift_vs_no_sequence"] == 0.0

@@ -394,7 +394,45 @@ def build_report(settings: Settings, demo_dir: Path, runs_dir: Path, title: str,
     return write_report(out, ctx)
 
 
-def run_demo(dataset: str, size: str) -> int:
+@dataclass(frozen=True)
+class RealData:
+    fetch_name: str  # `homefeed world fetch NAME`
+    importer: str  # `homefeed world IMPORTER`
+    title: str
+    users_flag: str | None = None  # the importer's option that slices to the size's user count
+
+
+# The real datasets the demo imports; their files come from --data DIR or `homefeed world fetch`.
+REAL_DATA = {
+    "movielens": RealData("movielens-100k", "import-movielens", "MovieLens-100K"),
+    "kuairand": RealData("kuairand-pure", "import-kuairand", "KuaiRand-Pure", users_flag="--max-users"),
+}
+DATASETS = ("synthetic", *REAL_DATA)
+
+
+def real_data_dir(settings: Settings, dataset: str, data: str | None) -> tuple[Path, bool]:
+    """(the dataset's files, whether they must be fetched first): --data DIR (`make demo
+    KUAIRAND=DIR`), else HOMEFEED_MOVIELENS_DIR for MovieLens, else what `homefeed world fetch`
+    writes to HOMEFEED_HOME/data/NAME (fetched on the first run)."""
+    real = REAL_DATA[dataset]
+    explicit = data or (os.environ.get("HOMEFEED_MOVIELENS_DIR") if dataset == "movielens" else None)
+    if explicit:
+        path = Path(explicit).expanduser().resolve()
+        if not path.is_dir():
+            raise UserError(f"--data {path}: not a directory (the unpacked {real.title} files, e.g. "
+                            f"from `homefeed world fetch {real.fetch_name} --out DIR`)")
+        return path, False
+    path = settings.home / "data" / real.fetch_name
+    return path, not (path / "fetch.json").is_file()
+
+
+def import_args(real: RealData, preset: Size) -> list[str]:
+    """The demo's own import options: KuaiRand is sliced to the size's user count (its most
+    active users; the full Pure release has 27k users and 2.6M rows)."""
+    return [real.users_flag, str(preset.users)] if real.users_flag else []
+
+
+def run_demo(dataset: str, size: str, data: str | None = None, serve: bool = True) -> int:
     from homefeed.feature_store import apply_repo
     from homefeed.stack import LocalStack, free_port
     from homefeed.world import generate_world, load_world
@@ -405,6 +443,9 @@ def run_demo(dataset: str, size: str) -> int:
     users, pins, days = preset.users, preset.pins, preset.days
     demo_dir = settings.home / "demo" / f"{dataset}-{size}"
     world_dir, dataset_dir, runs_dir = demo_dir / "world", demo_dir / "dataset", demo_dir / "runs"
+    real = REAL_DATA.get(dataset)
+    if real is not None:  # checked before anything starts
+        src, missing = real_data_dir(settings, dataset, data)
     stop_background(settings)
     reset_if_other_world(settings, demo_dir)
     step = Steps()
@@ -418,9 +459,12 @@ def run_demo(dataset: str, size: str) -> int:
     print("feature views:", ", ".join(apply_repo(settings.feature_repo)))
 
     if not (world_dir / "world.json").exists():
-        if dataset == "movielens":
-            step("3. MovieLens-100K as a world")
-            cli("world", "import-movielens", "--src", str(movielens_dir()), "--out", str(world_dir))
+        if real is not None:
+            step(f"3. {real.title} as a world" + (f" (first fetched into {src})" if missing else ""))
+            if missing:
+                cli("world", "fetch", real.fetch_name, "--out", str(src))
+            cli("world", real.importer, "--src", str(src), "--out", str(world_dir),
+                *import_args(real, preset))
         else:
             step(f"3. synthetic world: {users} users, {pins} pins, {days} days")
             generate_world(WorldParams(users=users, pins=pins, days=days, seed=0), world_dir)
@@ -449,6 +493,14 @@ def run_demo(dataset: str, size: str) -> int:
               "in training/movielens.toml); see docs/movielens.md")
     cli("train", "--dataset", str(dataset_dir), "--out", str(runs_dir), *demo_train_args(dataset, preset))
     cli("evaluate", "--runs", str(runs_dir), "--compare", "--n-boot", str(preset.n_boot))
+
+    if not serve:  # --no-serve: steps 1-7 only (CI's KuaiRand slice)
+        step.close()
+        print(f"\n== done in {time.perf_counter() - demo_started:.0f} s (steps 1-7; --no-serve) ==\n"
+              f"step seconds: {json.dumps(step.seconds)}\n"
+              f"comparison report: {runs_dir}/comparison.md (+ .csv, .png, .json)\n"
+              f"stop the local stack with: make down")
+        return 0
 
     step("8. export TransAct v1.1 to the BentoML model store and serve it")
     cli("export", str(runs_dir / "transact_v11"))
@@ -510,24 +562,23 @@ def demo_train_args(dataset: str, preset: Size) -> list[str]:
             "--threads", "2"]
 
 
-def movielens_dir() -> Path:
-    path = Path(os.environ.get("HOMEFEED_MOVIELENS_DIR", SOURCE_ROOT.parent / "shared" / "data" / "ml-100k"))
-    if not path.is_dir():
-        raise UserError(f"MovieLens files not found at {path}; set HOMEFEED_MOVIELENS_DIR")
-    return path
-
-
 def cmd_demo(args) -> int:
     if args.stop:
         stop_background(load_settings())
         return 0
-    return run_demo(args.dataset, args.size)
+    return run_demo(args.dataset, args.size, args.data, serve=not args.no_serve)
 
 
 def register(parser) -> None:
-    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "movielens"],
-                        help="synthetic world (default) or MovieLens-100K from HOMEFEED_MOVIELENS_DIR")
+    parser.add_argument("--dataset", default="synthetic", choices=list(DATASETS),
+                        help="synthetic world (default), MovieLens-100K or KuaiRand-Pure (sliced to "
+                        "the size's user count)")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="the real dataset's unpacked files (default: HOMEFEED_MOVIELENS_DIR for "
+                        "MovieLens, else `homefeed world fetch` into HOMEFEED_HOME/data on the first run)")
     parser.add_argument("--size", default="tiny", choices=list(SIZES),
                         help="smoke (CI), tiny (default), small, default")
+    parser.add_argument("--no-serve", action="store_true",
+                        help="stop after the comparison (steps 1-7): no service, live step or report")
     parser.add_argument("--stop", action="store_true", help="stop the demo's service and consumer")
     parser.set_defaults(func=cmd_demo)

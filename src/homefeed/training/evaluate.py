@@ -85,7 +85,7 @@ def _block(scores, frame, heads, per_req, base_req, n_boot, seed) -> dict:
 
 
 def _lift(series: pd.Series, base: dict | None, key: str, n_boot: int, seed: int) -> dict:
-    if base is None:
+    if base is None or series.index.intersection(base[key].index).empty:  # e.g. a segment without such requests
         return {"lift_vs_no_sequence": None, "interval": None}
     ci = metrics.bootstrap_lift_ci(series, base[key], n_boot=n_boot, seed=seed)
     return {"lift_vs_no_sequence": ci.lift, "interval": [ci.low, ci.high]}

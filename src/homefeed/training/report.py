@@ -49,7 +49,7 @@ def _pct(x: float | None) -> str:
 
 def _lift_cell(entry: dict) -> str:
     if entry.get("lift_vs_no_sequence") is None:
-        return "baseline"
+        return "n/a" if entry.get("n_requests") == 0 else "baseline"  # n/a: no such request
     lo, hi = entry["interval"]
     return f"{_pct(entry['lift_vs_no_sequence'])} [{_pct(lo)}, {_pct(hi)}]"
 
@@ -158,7 +158,10 @@ def plot_comparison(result: dict, path: Path) -> None:
             for n in names:
                 block = result["models"][n] if segment == "all" else result["models"][n]["segments"][segment]
                 e = block[metric]
-                lift, (lo, hi) = e["lift_vs_no_sequence"], e["interval"]
+                if e["lift_vs_no_sequence"] is None:  # a segment without such requests: no bar
+                    lift = lo = hi = float("nan")
+                else:
+                    lift, (lo, hi) = e["lift_vs_no_sequence"], e["interval"]
                 vals.append(100 * lift)
                 errs[0].append(100 * (lift - lo))
                 errs[1].append(100 * (hi - lift))
