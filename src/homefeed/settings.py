@@ -112,7 +112,7 @@ class Settings:
     redis_sentinel_master: str = "mymaster"
     redis_cluster_size: int = 3
     # `homefeed world fetch` (homefeed/world/fetch.py): where downloaded archives are kept
-    # (default: HOMEFEED_HOME/cache when a home is set, else $XDG_CACHE_HOME/homefeed or
+    # (default: $HOMEFEED_HOME/cache when that variable is set, else $XDG_CACHE_HOME/homefeed or
     # ~/.cache/homefeed), and a mirror URL that holds the archives under their file names
     # (empty = each archive's official URL).
     data_cache: Path | None = None

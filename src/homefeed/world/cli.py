@@ -381,7 +381,7 @@ def _register_fetch(commands) -> None:
                     help="directory for the unpacked files (new or empty)")
     fe.add_argument("--cache-dir", default=None, metavar="DIR",
                     help="where archives are kept (default: HOMEFEED_DATA_CACHE, else "
-                    "HOMEFEED_HOME/cache when a home is set, else $XDG_CACHE_HOME/homefeed)")
+                    "$HOMEFEED_HOME/cache when that is set, else $XDG_CACHE_HOME/homefeed)")
     fe.add_argument("--url", default=None, metavar="URL", help="download from URL, not the official one")
     fe.add_argument("--mirror", default=None, metavar="URL",
                     help="a mirror holding the archives under their file names (default: "

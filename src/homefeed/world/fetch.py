@@ -7,7 +7,8 @@ The output directory holds the files the matching importer reads, so it goes str
 1. Resolve the archive (`ARCHIVES`): its official URL, or `--url URL`, or a mirror that holds the
    archives under their file names (`--mirror` / `HOMEFEED_DATA_MIRROR` / `data_mirror`).
 2. Look in the cache (`--cache-dir`, `HOMEFEED_DATA_CACHE` / `data_cache`; default
-   HOMEFEED_HOME/cache when a home is set, else $XDG_CACHE_HOME/homefeed or ~/.cache/homefeed):
+   $HOMEFEED_HOME/cache when that variable is set, else $XDG_CACHE_HOME/homefeed or
+   ~/.cache/homefeed):
    a cached archive that passes the checks is used without a download; one that fails them is
    removed and fetched again.
 3. Download into a temporary file beside the cache entry (progress bar), hashing as it goes;
@@ -131,9 +132,9 @@ def default_cache_dir(settings=None) -> Path:
     settings = settings or load_settings()
     if settings.data_cache is not None:
         return Path(settings.data_cache)
-    if Path(settings.home).resolve() != (Path.cwd() / ".homefeed").resolve():
+    if os.environ.get("HOMEFEED_HOME"):  # a private home (tests, CI, a second stack) keeps its own
         return Path(settings.home) / "cache"
-    xdg = os.environ.get("XDG_CACHE_HOME")
+    xdg = os.environ.get("XDG_CACHE_HOME")  # else one cache per user, shared by checkouts
     return (Path(xdg) if xdg else Path.home() / ".cache") / "homefeed"
 
 
