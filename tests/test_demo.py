@@ -222,3 +222,26 @@ def test_a_demo_of_another_world_wipes_the_local_state_first(tmp_path, capsys):
     with pytest.raises(UserError, match="does not wipe external"):
         reset_if_other_world(settings.replace(redis_url="redis://example:6379/0"), tiny)
     assert settings.offline_dir.exists()
+
+
+def test_real_data_dir_and_its_errors(tmp_path, monkeypatch):
+    """Where the demo takes a real dataset's files from: --data DIR, HOMEFEED_MOVIELENS_DIR for
+    MovieLens, else `homefeed world fetch` into HOMEFEED_HOME/data (fetched when not there)."""
+    from homefeed.demo import real_data_dir, run_demo
+    from homefeed.errors import UserError
+    from homefeed.settings import Settings
+
+    monkeypatch.delenv("HOMEFEED_MOVIELENS_DIR", raising=False)
+    settings = Settings(home=tmp_path / "home")
+    assert real_data_dir(settings, "kuairand", str(tmp_path)) == (tmp_path.resolve(), False)
+    assert real_data_dir(settings, "kuairand", None) == (tmp_path / "home" / "data" / "kuairand-pure", True)
+    fetched = tmp_path / "home" / "data" / "movielens-100k"
+    fetched.mkdir(parents=True)
+    (fetched / "fetch.json").write_text("{}")
+    assert real_data_dir(settings, "movielens", None) == (fetched, False)
+    monkeypatch.setenv("HOMEFEED_MOVIELENS_DIR", str(tmp_path))
+    assert real_data_dir(settings, "movielens", None) == (tmp_path.resolve(), False)
+    with pytest.raises(UserError, match="not a directory"):
+        real_data_dir(settings, "kuairand", str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="--data is for a real dataset"):
+        run_demo("synthetic", "smoke", str(tmp_path))

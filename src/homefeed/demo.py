@@ -108,14 +108,14 @@ def print_user(settings: Settings, user_id: int) -> None:
         print(f"  pin {pin:>6}  action {action}  at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t / 1000))}")
 
 
-def cli(*argv: str) -> None:
-    """Run one stage exactly as a user would type it."""
+def cli(*argv: str, hint: str = "") -> None:
+    """Run one stage exactly as a user would type it (`hint`: appended to the error)."""
     from homefeed.cli import main
 
     print("$ homefeed " + " ".join(argv), flush=True)
     code = main(list(argv))
     if code != 0:
-        raise UserError(f"`homefeed {' '.join(argv)}` exited {code}")
+        raise UserError(f"`homefeed {' '.join(argv)}` exited {code}{hint}")
 
 
 def start_background(settings: Settings, name: str, argv: list[str], env: dict | None = None) -> int:
@@ -446,6 +446,8 @@ def run_demo(dataset: str, size: str, data: str | None = None, serve: bool = Tru
     real = REAL_DATA.get(dataset)
     if real is not None:  # checked before anything starts
         src, missing = real_data_dir(settings, dataset, data)
+    elif data:
+        raise UserError(f"--data is for a real dataset ({', '.join(REAL_DATA)}), not {dataset}")
     stop_background(settings)
     reset_if_other_world(settings, demo_dir)
     step = Steps()
@@ -462,7 +464,10 @@ def run_demo(dataset: str, size: str, data: str | None = None, serve: bool = Tru
         if real is not None:
             step(f"3. {real.title} as a world" + (f" (first fetched into {src})" if missing else ""))
             if missing:
-                cli("world", "fetch", real.fetch_name, "--out", str(src))
+                cli("world", "fetch", real.fetch_name, "--out", str(src),
+                    hint=f"; without internet access give the demo the unpacked files: make demo "
+                    f"DATASET={dataset} DATA=DIR (homefeed demo --data DIR), or set "
+                    "HOMEFEED_DATA_MIRROR")
             cli("world", real.importer, "--src", str(src), "--out", str(world_dir),
                 *import_args(real, preset))
         else:
