@@ -41,6 +41,14 @@ class Served:
 
             def do_GET(self):  # noqa: N802
                 served.hits[self.path] = served.hits.get(self.path, 0) + 1
+                if self.path == "/short.zip":  # a connection that drops after 10 of 1000 bytes
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b"PK" + b"x" * 8)
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 super().do_GET()
 
             def log_message(self, *args):
@@ -170,7 +178,8 @@ def test_pinned_digest_mismatch_keeps_nothing(tmp_path, server, capsys):
 
 def test_network_and_http_errors_are_one_line(tmp_path, server, capsys):
     closed = f"http://127.0.0.1:{free_port()}/ml-100k.zip"
-    for url, message in ((closed, "connection refused"), (server.url + "/nope.zip", "HTTP 404")):
+    for url, message in ((closed, "connection refused"), (server.url + "/nope.zip", "HTTP 404"),
+                         (server.url + "/short.zip", "broke off after 10 of 1000 bytes")):
         assert fetch_cli("movielens-100k", "--out", str(tmp_path / "ml"), "--cache-dir",
                          str(tmp_path / "cache"), "--url", url) == 2
         err = capsys.readouterr().err.strip()

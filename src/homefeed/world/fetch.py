@@ -31,6 +31,7 @@ first fetch records one (`<cache>/<name>/<file>.sha256`) and every later fetch m
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -207,7 +208,7 @@ def _download(url: str, into: Path, filename: str, progress: bool) -> Path:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)  # noqa: S310 (http/https/file)
     except urllib.error.HTTPError as exc:
         raise UserError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise UserError(f"cannot download {url}: {_network_reason(exc)} (offline? pass --url or "
                         "--mirror, or --archive FILE for a copy downloaded by hand)") from None
     fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=into)
@@ -221,7 +222,10 @@ def _download(url: str, into: Path, filename: str, progress: bool) -> Path:
                 while True:
                     try:
                         chunk = response.read(CHUNK)
-                    except OSError as exc:
+                    except http.client.IncompleteRead as exc:
+                        got += len(exc.partial)
+                        break  # reported below with the byte counts
+                    except (OSError, http.client.HTTPException) as exc:
                         raise UserError(f"download of {url} broke off after {got} bytes: "
                                         f"{_network_reason(exc)}") from None
                     if not chunk:
