@@ -8,8 +8,9 @@
 #          MOVIELENS=DIR scripts/compare.sh OUT_DIR [- - - EPOCHS]    (MovieLens files in DIR)
 #          KUAIRAND=DIR scripts/compare.sh OUT_DIR [- - - EPOCHS]     (KuaiRand files in DIR)
 #   e.g.   scripts/compare.sh /tmp/cmp 600 2000 8 4
-#          MOVIELENS=../shared/data/ml-100k scripts/compare.sh /tmp/ml
-#          KUAIRAND=../shared/data/kuairand-pure scripts/compare.sh /tmp/kr
+#          MOVIELENS=data/ml-100k scripts/compare.sh /tmp/ml
+#          KUAIRAND=data/kuairand-pure scripts/compare.sh /tmp/kr
+#   (data/ml-100k, data/kuairand-pure: `homefeed world fetch movielens-100k|kuairand-pure --out DIR`)
 # Training follows the world's recipe, training/{synthetic,movielens,kuairand}.toml (RECIPE=FILE
 # picks another); EPOCHS, when given, and TRAIN_ARGS (more `homefeed train` flags, e.g.
 # TRAIN_ARGS="--max-steps 40 --force") win over it. EVAL_ARGS adds `homefeed evaluate` flags
