@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -234,8 +235,11 @@ class Settings:
         time zone, Arrow transfers, no UI), the master, then `spark_conf` on top."""
         conf = {"spark.master": self.spark_master, "spark.app.name": "homefeed-offline",
                 "spark.sql.session.timeZone": "UTC", "spark.ui.enabled": "false",
-                "spark.sql.execution.arrow.pyspark.enabled": "true",
-                "spark.sql.shuffle.partitions": "8"}
+                "spark.ui.showConsoleProgress": "false",
+                "spark.sql.execution.arrow.pyspark.enabled": "true"}
+        local = re.fullmatch(r"local\[(\d+)\]", self.spark_master.strip())
+        if local:  # Spark's 200 shuffle partitions are for a cluster; one per local core here
+            conf["spark.sql.shuffle.partitions"] = local.group(1)
         for part in self.spark_conf.replace("\n", ";").split(";"):
             if part.strip():
                 key, sep, value = part.partition("=")
