@@ -108,25 +108,16 @@ def _replay(settings: Settings, world_dir: Path) -> dict:
     """world -> Kafka -> consumer -> Redis + log; then profiles and compaction. Returns counts."""
     from homefeed import features as F
     from homefeed.stack import ensure_topics
-    from homefeed.stream.consumer import build_consumer
-    from homefeed.stream.producer import Producer, event_records, load_world_tables, pin_records
+    from homefeed.stream.replay import replay_world
     from homefeed.training.dataset import compact_table
     from homefeed.training.profiles_job import run_profile_job
 
     ensure_topics(settings)
-    events, pins, start_ms = load_world_tables(world_dir)
-    producer = Producer(settings)
-    producer.send_all(settings.pins_topic, pin_records(pins, start_ms), total=len(pins), desc="pins")
-    producer.send_all(settings.actions_topic, event_records(events, use_arrival_time=True),
-                      total=len(events), desc="events")
-    producer.close()
-    started = time.perf_counter()
-    build_consumer(settings, validate=False).run(idle_exit_s=3)
-    consume_s = time.perf_counter() - started
+    done = replay_world(settings, world_dir, validate=False)
     run_profile_job(settings)
     files = {t: compact_table(settings.offline_dir, t)["files_before"]
              for t in (F.USER_ACTION_SEQUENCE, F.PIN_FEATURES, F.USER_PROFILE, "action_events")}
-    return {"events": int(len(events)), "pins": int(len(pins)), "consume_seconds": round(consume_s, 1),
+    return {"events": done["events"], "pins": done["pins"], "consume_seconds": done["seconds"],
             "log_files_before_compaction": files}
 
 
