@@ -1,7 +1,7 @@
 """What one point-in-time call reads of the partitioned log, the same for every engine.
 
 1. The batch source must be a ``FileSource`` over a log table (homefeed.offline_log); a single
-   parquet file is read whole.
+   parquet file, or a URI with a scheme (an object-storage glob), is read whole.
 2. Of the table's ``month=YYYY-MM`` partitions, keep those that can hold an answer for entity
    rows in [min_ts, max_ts]: a feature row answers an entity row only if its event time is <= the
    entity time, so partitions after max_ts are dropped; with a ttl, so are those before
@@ -36,13 +36,16 @@ def view_keys(view) -> list[str]:
 
 
 def source_files(data_source, repo_path: str, view, min_ts: datetime, max_ts: datetime,
-                 engine: str) -> tuple[list[Path], bool]:
+                 engine: str) -> tuple[list[Path | str], bool]:
     """(the parquet files of `data_source` that entity rows in [min_ts, max_ts] can use, whether
     they are a partitioned log table; a single-file source is read whole)."""
     if not isinstance(data_source, FileSource):
         raise UserError(f"batch source {data_source.name} is not a FileSource; "
                         f"the {engine} offline store reads the parquet log")
-    path = Path(FileSource.get_uri_for_file_path(repo_path, data_source.path))
+    uri = FileSource.get_uri_for_file_path(repo_path, data_source.path)
+    if "://" in uri:  # object storage (s3://, gs://, s3a://...): the engine reads it whole
+        return [uri], False
+    path = Path(uri)
     if path.suffix == ".parquet" or not path.is_dir():
         return [path], False
     first = _date(min_ts - view.ttl) if view.ttl else None
