@@ -8,24 +8,27 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 DATASET ?= synthetic
 SIZE ?= tiny
+# Extras `make setup` installs: dev (tests) and spark (the distributed offline store and its
+# parity test). EXTRAS=dev skips pyspark (and then no JDK is needed).
+EXTRAS ?= dev,spark
 
-.PHONY: help setup redis-server promtool up down status apply test demo clean
+.PHONY: help setup redis-server promtool java up down status apply test demo clean
 
 help:
-	@echo "make setup   venv + project + dev deps (+ redis-server and promtool via apt-get when root)"
+	@echo "make setup   venv + project + dev/spark deps (+ redis-server, promtool, a JDK via apt-get when root)"
 	@echo "make up      start local redis-server and Kafka-protocol broker (homefeed stack up)"
 	@echo "make down    stop them"
 	@echo "make apply   feast apply the feature repo"
 	@echo "make test    run the test suite (starts and stops its own services on free ports)"
 	@echo "make demo    run the main job end to end on a small world (DATASET=movielens|kuairand for real data)"
 
-setup: $(VENV)/.installed redis-server promtool
+setup: $(VENV)/.installed redis-server promtool java
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	@touch $@
 
 redis-server:
@@ -37,6 +40,18 @@ redis-server:
 	else \
 		echo "redis-server is missing: install it (sudo apt-get install -y redis-server, or brew install redis)"; \
 		echo "or set REDIS_URL to an existing Redis"; \
+		exit 1; \
+	fi
+
+# A Java runtime for the spark offline store (pyspark starts a JVM); only with the spark extra.
+java:
+	@if [[ ",$(EXTRAS)," != *",spark,"* ]] || command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ]; then \
+		true; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing a headless JDK (default-jre-headless) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends default-jre-headless >/dev/null; \
+	else \
+		echo "java is missing: the spark offline store needs a Java 17+ runtime (sudo apt-get install default-jre-headless, or set JAVA_HOME)"; \
 		exit 1; \
 	fi
 

@@ -176,3 +176,17 @@ def test_offline_store_setting_defaults_to_duckdb_and_names_the_choices(tmp_path
     assert load_settings(env={}, config_file=write(tmp_path, "")).offline_store == "duckdb"
     with pytest.raises(ValueError, match="offline_store='file' is not one of duckdb"):
         load_settings(env={"HOMEFEED_OFFLINE_STORE": "file"}, config_file=write(tmp_path, ""))
+
+
+def test_spark_engine_conf_comes_from_settings(tmp_path):
+    s = load_settings(env={"HOMEFEED_OFFLINE_STORE": "spark"}, config_file=write(tmp_path, ""))
+    assert s.offline_store == "spark"
+    assert s.spark_conf_map["spark.master"] == "local[2]"
+    assert s.spark_conf_map["spark.sql.session.timeZone"] == "UTC"
+    env = {"HOMEFEED_SPARK_MASTER": "spark://10.0.0.5:7077",
+           "HOMEFEED_SPARK_CONF": "spark.executor.memory=4g; spark.sql.shuffle.partitions = 64"}
+    conf = load_settings(env=env, config_file=write(tmp_path, "")).spark_conf_map
+    assert conf["spark.master"] == "spark://10.0.0.5:7077"
+    assert conf["spark.executor.memory"] == "4g" and conf["spark.sql.shuffle.partitions"] == "64"
+    with pytest.raises(ValueError, match="spark_conf entry 'spark.executor.memory' is not key=value"):
+        load_settings(env={"HOMEFEED_SPARK_CONF": "spark.executor.memory"}, config_file=write(tmp_path, ""))

@@ -444,6 +444,26 @@ def test_derived_time_comparisons_are_exact():
     assert S.derive_columns("action_events", df) is df  # no derived columns: no copy
 
 
+def test_derived_columns_of_shared_cells_are_per_row():
+    """One sequence object on many rows (a request's impressions) is read once, but each row is
+    judged against its own timestamp, and the answers equal those of separate copies."""
+    shared_times, shared_pins, shared_acts = [NOW - 5, NOW - 9], [3, 4], [1, 2]
+    ts = pd.Series([NOW_TS, NOW_TS - pd.Timedelta(milliseconds=7), NOW_TS, NOW_TS]).dt.as_unit("us")
+    rows = {F.EVENT_TIMESTAMP: ts, F.SEQ_LENGTH: [2, 2, 2, 3],
+            F.SEQ_PIN_IDS: [shared_pins] * 3 + [[1, 2, 3]],
+            F.SEQ_ACTION_TYPES: [shared_acts] * 3 + [[1, 9, 1]],
+            F.SEQ_ACTION_TIMES: [shared_times] * 3 + [[NOW - 1, NOW - 2, NOW - 3]],
+            "embedding": [[0.0] * DIM] * 2 + [[1.0] * 3, None]}
+    shared = S.derive_columns("training_set", pd.DataFrame(rows))
+    copies = S.derive_columns("training_set", pd.DataFrame(
+        {k: [list(v) if isinstance(v, list) else v for v in vals] for k, vals in rows.items()}))
+    assert shared["_no_leakage"].tolist() == [True, False, True, True]  # row 1: NOW - 5 >= its time
+    assert shared["_aligned"].tolist() == [True, True, True, True]
+    assert shared["_embedding_dim"].tolist()[:3] == [DIM, DIM, 3] and pd.isna(shared["_embedding_dim"][3])
+    for col in S.SUITE_DERIVED["training_set"]:
+        assert shared[col].equals(copies[col]), col
+
+
 def test_report_text_and_dict(project):
     df = events(30)
     df["action_type"] = "like"

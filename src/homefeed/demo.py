@@ -78,20 +78,10 @@ class Steps:
 
 def stream_world(settings: Settings, world_dir: Path) -> dict:
     """History through the real path: producer -> Kafka -> consumer -> Feast/Redis + log."""
-    from homefeed.stream.consumer import build_consumer
-    from homefeed.stream.producer import Producer, event_records, load_world_tables, pin_records
+    from homefeed.stream.replay import replay_world
 
-    events, pins, start_ms = load_world_tables(world_dir)
-    producer = Producer(settings)
-    producer.send_all(settings.pins_topic, pin_records(pins, start_ms), total=len(pins), desc="pins")
-    producer.send_all(settings.actions_topic, event_records(events, use_arrival_time=True),
-                      total=len(events), desc="events")
-    producer.close()
-    started = time.perf_counter()
-    stats = build_consumer(settings).run(idle_exit_s=3.0)
-    out = stats.to_dict()
-    out["seconds"] = round(time.perf_counter() - started, 1)
-    return out
+    done = replay_world(settings, world_dir)
+    return {**done["consumer"], "seconds": done["seconds"]}
 
 
 def print_user(settings: Settings, user_id: int) -> None:

@@ -5,7 +5,7 @@ online store type. It is Feast's own Redis store; the only difference is that it
 string, ``redis_type`` (standalone / cluster / sentinel) and sentinel master default to homefeed
 settings (``REDIS_URL``, ``HOMEFEED_REDIS_MODE``, ... or the local stack's ports), so the YAML holds
 no second copy of them and plain ``feast apply`` works on a fresh clone. The offline store
-(point-in-time training data) is homefeed.offline_store: DuckDB over the log.
+(point-in-time training data) is homefeed.offline_store: DuckDB or Spark over the log.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,7 +42,7 @@ KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # kafka-python's mechanisms that need no Python object in the config (OAUTHBEARER needs a token
 # provider: build that client yourself).
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "AWS_MSK_IAM")
-OFFLINE_STORES = ("duckdb",)  # engines of the `offline_store` setting this version ships
+OFFLINE_STORES = ("duckdb", "spark")  # engines of the `offline_store` setting (homefeed/offline_store/)
 
 
 # The source checkout (editable install); installed elsewhere, set HOMEFEED_FEATURE_REPO.
@@ -89,6 +90,10 @@ class Settings:
     sequence_length: int = 100
     # Offline store Feast answers point-in-time queries with (homefeed/offline_store.py).
     offline_store: str = "duckdb"
+    # The Spark engine (offline_store = "spark"): the master URL, and more Spark conf as
+    # "key=value;key=value" (spark.executor.memory=4g;spark.sql.shuffle.partitions=64).
+    spark_master: str = "local[2]"
+    spark_conf: str = ""
     # Stream processing.
     max_future_skew_ms: int = 5 * 60 * 1000
     batch_max_events: int = 5000
@@ -231,6 +236,25 @@ class Settings:
         return ",".join(parts)
 
     @property
+    def spark_conf_map(self) -> dict[str, str]:
+        """The Spark session conf of the spark offline store: homefeed's defaults (UTC session
+        time zone, Arrow transfers, no UI), the master, then `spark_conf` on top."""
+        conf = {"spark.master": self.spark_master, "spark.app.name": "homefeed-offline",
+                "spark.sql.session.timeZone": "UTC", "spark.ui.enabled": "false",
+                "spark.ui.showConsoleProgress": "false",
+                "spark.sql.execution.arrow.pyspark.enabled": "true"}
+        local = re.fullmatch(r"local\[(\d+)\]", self.spark_master.strip())
+        if local:  # Spark's 200 shuffle partitions are for a cluster; one per local core here
+            conf["spark.sql.shuffle.partitions"] = local.group(1)
+        for part in self.spark_conf.replace("\n", ";").split(";"):
+            if part.strip():
+                key, sep, value = part.partition("=")
+                if not sep or not key.strip():
+                    raise ValueError(f"spark_conf entry {part.strip()!r} is not key=value")
+                conf[key.strip()] = value.strip()
+        return conf
+
+    @property
     def run_dir(self) -> Path:
         return self.home / "run"
 
@@ -319,4 +343,5 @@ def load_settings(env: dict[str, str] | None = None, config_file: Path | None = 
         raise ValueError(f"setting offline_store={settings.offline_store!r} is not one of "
                          f"{', '.join(OFFLINE_STORES)} (Feast's file/dask store is not offered: it "
                          "picks the wrong row when two feature rows share an event time)")
+    settings.spark_conf_map  # a malformed spark_conf fails here, not at the first query
     return settings

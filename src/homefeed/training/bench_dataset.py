@@ -7,10 +7,12 @@ home, own copy of the feature repo), so the build reads what a replay wrote:
    MovieLens `ratings.csv` shape (`--long-span-events` ratings by 610 users over ~20 years,
    written as ratings.csv + movies.csv and imported with `homefeed world import-movielens`);
 2. replay it: producer -> broker -> consumer -> Redis + offline log; daily profiles; compaction;
-3. time `homefeed dataset build` in its own process and read its peak RSS (wait4).
+3. time `homefeed dataset build` in its own process and read its peak RSS (wait4), once per
+   offline store (`--stores`).
 
     homefeed bench dataset --json                                  # the default cases
     homefeed bench dataset --users 300,600 --long-span-events 0     # synthetic only
+    homefeed bench dataset --stores duckdb,spark                    # both offline stores
 
 The report lists each case's events, requests, impressions, build seconds and peak RSS, and the
 time ratio between consecutive synthetic sizes against their event ratio.
@@ -108,29 +110,22 @@ def _replay(settings: Settings, world_dir: Path) -> dict:
     """world -> Kafka -> consumer -> Redis + log; then profiles and compaction. Returns counts."""
     from homefeed import features as F
     from homefeed.stack import ensure_topics
-    from homefeed.stream.consumer import build_consumer
-    from homefeed.stream.producer import Producer, event_records, load_world_tables, pin_records
+    from homefeed.stream.replay import replay_world
     from homefeed.training.dataset import compact_table
     from homefeed.training.profiles_job import run_profile_job
 
     ensure_topics(settings)
-    events, pins, start_ms = load_world_tables(world_dir)
-    producer = Producer(settings)
-    producer.send_all(settings.pins_topic, pin_records(pins, start_ms), total=len(pins), desc="pins")
-    producer.send_all(settings.actions_topic, event_records(events, use_arrival_time=True),
-                      total=len(events), desc="events")
-    producer.close()
-    started = time.perf_counter()
-    build_consumer(settings, validate=False).run(idle_exit_s=3)
-    consume_s = time.perf_counter() - started
+    done = replay_world(settings, world_dir, validate=False)
     run_profile_job(settings)
     files = {t: compact_table(settings.offline_dir, t)["files_before"]
              for t in (F.USER_ACTION_SEQUENCE, F.PIN_FEATURES, F.USER_PROFILE, "action_events")}
-    return {"events": int(len(events)), "pins": int(len(pins)), "consume_seconds": round(consume_s, 1),
+    return {"events": done["events"], "pins": done["pins"], "consume_seconds": done["seconds"],
             "log_files_before_compaction": files}
 
 
-def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: int) -> dict:
+def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: int,
+             stores: tuple[str, ...] = ("duckdb",)) -> list[dict]:
+    """Replay one world, then time `homefeed dataset build` on it once per offline store."""
     from homefeed.feature_store import apply_repo
     from homefeed.validation import init_context
 
@@ -152,26 +147,30 @@ def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: 
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    seconds, peak_mib = _run_measured(
-        [sys.executable, "-m", "homefeed.cli", "dataset", "build", "--world", str(world_dir),
-         "--out", str(home / "dataset"), "--test-days", str(test_days), "-q"], env, home / "build.log")
-    meta = json.loads((home / "dataset" / "dataset.json").read_text())
-    report.update({
-        "days": int(meta["days"]),
-        "requests": sum(c["requests"] for c in meta["counts"].values()),
-        "impressions": sum(c["impressions"] for c in meta["counts"].values()),
-        "leaked_actions": meta["audit"]["leaked_actions"],
-        "build_seconds": round(seconds, 1),  # the whole `homefeed dataset build` process
-        "build_seconds_inside": meta["build_seconds"],
-        "build_timings_s": meta.get("build_timings_s"),  # setup, point_in_time, ..., validation
-        "peak_rss_mib": round(peak_mib, 1),
-    })
-    log.info("dataset bench case %s", report)
-    return report
+    replayed, reports = report, []
+    for store in stores:
+        out = home / f"dataset-{store}"
+        seconds, peak_mib = _run_measured(
+            [sys.executable, "-m", "homefeed.cli", "dataset", "build", "--world", str(world_dir),
+             "--out", str(out), "--test-days", str(test_days), "-q"],
+            dict(env, HOMEFEED_OFFLINE_STORE=store), home / f"build-{store}.log")
+        meta = json.loads((out / "dataset.json").read_text())
+        report = {**replayed, "store": store,
+                  "days": int(meta["days"]),
+                  "requests": sum(c["requests"] for c in meta["counts"].values()),
+                  "impressions": sum(c["impressions"] for c in meta["counts"].values()),
+                  "leaked_actions": meta["audit"]["leaked_actions"],
+                  "build_seconds": round(seconds, 1),  # the whole `homefeed dataset build` process
+                  "build_seconds_inside": meta["build_seconds"],
+                  "build_timings_s": meta.get("build_timings_s"),  # setup, point_in_time, ..., validation
+                  "peak_rss_mib": round(peak_mib, 1)}  # the build process; a Spark JVM is a process of its own
+        log.info("dataset bench case %s", report)
+        reports.append(report)
+    return reports
 
 
 def run_dataset_bench(users: list[int], days: int, pins: int, long_span_events: int,
-                      seed: int = 0, keep: bool = False) -> dict:
+                      seed: int = 0, keep: bool = False, stores: tuple[str, ...] = ("duckdb",)) -> dict:
     from homefeed.stack import LocalStack, free_port
     from homefeed.world import WorldParams, generate_world
     from homefeed.world.movielens import import_movielens
@@ -186,29 +185,40 @@ def run_dataset_bench(users: list[int], days: int, pins: int, long_span_events: 
         for n in users:
             world = root / f"world-{n}"
             generate_world(WorldParams(users=n, pins=pins, days=days, seed=seed), world, progress=False)
-            cases.append(run_case(base, root, f"synthetic-{n}u-{days}d", world, test_days=2))
+            cases += run_case(base, root, f"synthetic-{n}u-{days}d", world, test_days=2, stores=stores)
         if long_span_events:
             src = write_long_span_ratings(root / "long-span-src", long_span_events, seed=seed)
             world = root / "world-long-span"
             import_movielens(src, world)
             eval_days = json.loads((world / "world.json").read_text()).get("eval_days") or 2
-            cases.append(run_case(base, root, "long-span", world, test_days=int(eval_days)))
+            cases += run_case(base, root, "long-span", world, test_days=int(eval_days), stores=stores)
     finally:
         stack.down()
-    synthetic = [c for c in cases if c["case"].startswith("synthetic")]
-    scaling = [{"from": a["case"], "to": b["case"], "events_ratio": round(b["events"] / a["events"], 2),
-                "time_ratio": round(b["build_seconds"] / a["build_seconds"], 2)}
-               for a, b in zip(synthetic, synthetic[1:])]
+    scaling = []
+    for store in stores:
+        synthetic = [c for c in cases if c["case"].startswith("synthetic") and c["store"] == store]
+        scaling += [{"store": store, "from": a["case"], "to": b["case"],
+                     "events_ratio": round(b["events"] / a["events"], 2),
+                     "time_ratio": round(b["build_seconds"] / a["build_seconds"], 2)}
+                    for a, b in zip(synthetic, synthetic[1:])]
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
-    return {"store": "duckdb", "kept": str(root) if keep else None, "cases": cases, "scaling": scaling, "machine": f"{os.cpu_count()} cores",
+    return {"stores": list(stores), "kept": str(root) if keep else None, "cases": cases, "scaling": scaling, "machine": f"{os.cpu_count()} cores",
             "date": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
 
 
 def cmd_bench_dataset(args) -> int:
     users = [int(u) for u in args.users.split(",") if u.strip()]
+    stores = tuple(s.strip() for s in args.stores.split(",") if s.strip())
+    from homefeed.settings import OFFLINE_STORES
+
+    unknown = [s for s in stores if s not in OFFLINE_STORES]
+    if unknown or not stores:
+        from homefeed.errors import UserError
+
+        raise UserError(f"--stores {args.stores!r}: use one or more of {', '.join(OFFLINE_STORES)}")
     report = run_dataset_bench(users, args.days, args.pins, args.long_span_events, seed=args.seed,
-                               keep=args.keep)
+                               keep=args.keep, stores=stores)
     print(json.dumps(report, indent=None if args.json else 2))
     return 0
 
@@ -222,6 +232,9 @@ def add_bench_dataset_parser(bench_sub) -> None:
     p.add_argument("--long-span-events", type=int, default=100_000,
                    help="ratings of the ~20-year MovieLens-shaped world (0 = skip it)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic worlds (default 0)")
+    p.add_argument("--stores", default="duckdb",
+                   help="offline stores to build each world with, comma-separated: duckdb, spark "
+                        "(default duckdb; each world is replayed once)")
     p.add_argument("--keep", action="store_true",
                    help="keep the worlds, logs and datasets (the report names the directory)")
     p.add_argument("--json", action="store_true", help="one-line JSON")

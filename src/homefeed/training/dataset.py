@@ -282,6 +282,18 @@ def pair_chunks(times: np.ndarray, keys: np.ndarray, feature_keys: np.ndarray,
     return chunks
 
 
+def share_equal_arrays(values: pd.Series) -> pd.Series:
+    """`values` with equal array cells as one shared object (nulls left as they are).
+
+    A pin's features repeat on each of its impressions; one object per distinct embedding keeps
+    the flat training frame small and lets the training_set checkpoint read each one once."""
+    shared: dict[bytes, object] = {}
+    out = [v if v is None or not hasattr(v, "__len__") else
+           shared.setdefault(np.asarray(v).tobytes() + str(np.asarray(v).dtype).encode(), v)
+           for v in values.tolist()]
+    return pd.Series(out, index=values.index, dtype=object)
+
+
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, compression="zstd")
@@ -353,6 +365,7 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
     impressions = impressions[[F.REQUEST_ID, F.USER_ID, F.PIN_ID, "request_time_ms", "position", *labels]]
     impressions = impressions.merge(pd.concat(pin_parts, ignore_index=True), on=[F.REQUEST_ID, F.PIN_ID],
                                     validate="one_to_one")
+    impressions[F.PIN_EMBEDDING] = share_equal_arrays(impressions[F.PIN_EMBEDDING])
     impressions.insert(3, F.EVENT_TIMESTAMP, pd.to_datetime(impressions["request_time_ms"], unit="ms",
                                                             utc=True).astype("datetime64[us, UTC]"))
     impressions = impressions.drop(columns=["request_time_ms"])

@@ -388,46 +388,69 @@ def _is_listlike(value: Any) -> bool:
 class _Ragged:
     """A list-valued column as flat numeric values plus per-row lengths.
 
-    ``state`` per row: 1 = numeric list, 0 = null, -1 = not a list of numbers.
+    ``state`` per row: 1 = numeric list, 0 = null, -1 = not a list of numbers. A cell object that
+    fills many rows (a request's sequence repeated on each of its impressions in the flat training
+    frame) is read and checked once: ``flat`` and ``row`` hold each distinct cell once, and the
+    per-row answers are mapped back through ``inverse``.
     """
 
     def __init__(self, series: pd.Series, kind: str):
-        n = len(series)
-        self.state = np.zeros(n, dtype=np.int8)
-        self.lengths = np.zeros(n, dtype=np.int64)
+        values = series.tolist()
+        seen: dict[int, int] = {}
+        inverse = np.empty(len(values), dtype=np.int64)
+        cells = []
+        for i, value in enumerate(values):
+            at = seen.setdefault(id(value), len(cells))
+            if at == len(cells):
+                cells.append(value)
+            inverse[i] = at
+        self.inverse = inverse
+        m = len(cells)
+        state = np.zeros(m, dtype=np.int8)
+        lengths = np.zeros(m, dtype=np.int64)
         parts = []
-        for i, value in enumerate(series.tolist()):
+        for i, value in enumerate(cells):
             if _is_listlike(value):
                 try:
                     arr = np.asarray(value)
                 except (TypeError, ValueError):  # ragged nested lists
-                    self.state[i] = -1
+                    state[i] = -1
                     continue
                 if arr.ndim != 1 or (arr.size and arr.dtype.kind not in ("i", "u", "f")):
-                    self.state[i] = -1
+                    state[i] = -1
                     continue
                 if kind == "i" and arr.size and arr.dtype.kind == "f":
                     finite_ints = np.isfinite(arr).all() and (arr == np.round(arr)).all()
                     if not finite_ints:
-                        self.state[i] = -1
+                        state[i] = -1
                         continue
-                self.state[i] = 1
-                self.lengths[i] = arr.size
+                state[i] = 1
+                lengths[i] = arr.size
                 parts.append(arr.astype(np.float64 if kind == "f" else np.int64, copy=False))
             elif value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-                self.state[i] = 0
+                state[i] = 0
             else:
-                self.state[i] = -1
+                state[i] = -1
         dtype = np.float64 if kind == "f" else np.int64
         self.flat = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-        self.row = np.repeat(np.arange(n), self.lengths)  # row of each flat value
-
-    def count_rows(self, bad: np.ndarray) -> np.ndarray:
-        """Per row, how many flat values are flagged in `bad`."""
-        return np.bincount(self.row[bad], minlength=len(self.state))
+        self.row = np.repeat(np.arange(m), lengths)  # distinct cell of each flat value
+        self._state, self._lengths = state, lengths
+        self.state, self.lengths = state[inverse], lengths[inverse]  # per row
 
     def all_ok(self, bad: np.ndarray) -> np.ndarray:
-        return (self.count_rows(bad) == 0) & (self.state == 1)
+        """Per row: a numeric list none of whose flat values is flagged in `bad`."""
+        clean = np.bincount(self.row[bad], minlength=len(self._state)) == 0
+        return (clean & (self._state == 1))[self.inverse]
+
+    def max_per_row(self) -> np.ndarray:
+        """Per row, the largest value of its list (the dtype's minimum for an empty or null one)."""
+        low = np.iinfo(np.int64).min if self.flat.dtype.kind == "i" else -np.inf
+        out = np.full(len(self._state), low, dtype=self.flat.dtype)
+        nonempty = self._lengths > 0
+        if nonempty.any():
+            starts = (np.cumsum(self._lengths) - self._lengths)[nonempty]
+            out[nonempty] = np.maximum.reduceat(self.flat, starts)
+        return out[self.inverse]
 
 
 def _time_ns(series: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
@@ -526,9 +549,9 @@ def derive_columns(suite_name: str, df: pd.DataFrame) -> pd.DataFrame:
         # a_ms * 1e6 <= ns  <=>  a_ms <= floor(ns / 1e6);  a_ms * 1e6 < ns  <=>  a_ms < ceil(ns / 1e6)
         floor_ms = ns // 1_000_000
         ceil_ms = -((-ns) // 1_000_000)
-        limit = np.repeat(ceil_ms if strict else floor_ms, times.lengths)
-        bad = times.flat >= limit if strict else times.flat > limit
-        out[name] = _tri(times.all_ok(bad), (times.state != 0) & ts_known)
+        newest = times.max_per_row()  # a row is bad if any action is after its limit
+        bad = newest >= ceil_ms if strict else newest > floor_ms
+        out[name] = _tri(~bad & (times.state == 1), (times.state != 0) & ts_known)
 
     if D_EMBEDDING_DIM in wanted or D_EMBEDDING_FINITE in wanted:
         emb_s = col(F.PIN_EMBEDDING)
@@ -550,7 +573,9 @@ def derive_columns(suite_name: str, df: pd.DataFrame) -> pd.DataFrame:
         values = out[name]
         values.index = df.index
         derived[name] = values
-    return derived
+    # One consolidated copy (cell objects are shared, not copied): GX filters the frame once per
+    # expectation, and each filter of a fragmented frame would consolidate its own copy again.
+    return derived.copy()
 
 
 # -- the file context ------------------------------------------------------------------------
