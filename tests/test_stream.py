@@ -394,3 +394,68 @@ def test_state_writes_are_fenced_against_a_zombie(pipeline):
         assert set(now[u].event_ids) == {e.event_id for e in first + newer if e.user_id == u}
     assert now[users[2]].snapshot_ms == stale[users[2]].snapshot_ms
     client.close()
+
+
+@pytest.mark.slow
+def test_zombie_paused_past_its_poll_interval_loses_and_regresses_nothing(pipeline):
+    """A real rebalance. B (the group leader) and A share the partitions. A stalls mid-batch
+    (its users' state loaded, not yet written) past max_poll_interval_ms, so its client leaves
+    the group; B takes every partition, applies A's batch and newer events for the same users,
+    and commits. Then A resumes and finishes its stale batch: its Feast rows are older (dropped)
+    and its state writes are refused (fenced), so nothing is lost or regressed: the store equals
+    what one consumer builds from all the events.
+
+    B joins first so that it leads the group: Tansu (0.6, the test broker) keeps a departed
+    leader as the group's leader when it leaves during a rebalance, and the group never forms
+    again (the remaining member's SyncGroup waits for that leader and fails, forever). A real
+    Kafka elects a new leader; this test does not depend on that difference."""
+    import threading
+
+    from homefeed.stream.ops import committed_offsets
+
+    users = user_block(20)
+    first = make_events(users, 10, now_ms() - 900_000, "z1")
+    newer = make_events(users, 10, now_ms() - 300_000, "z2")
+    b = build_consumer(pipeline, validate=False, max_poll_interval_ms=3000, client_id="owner-b")
+    a = build_consumer(pipeline, validate=False, max_poll_interval_ms=3000, client_id="zombie-a")
+    stalled, resume = threading.Event(), threading.Event()
+    write = a.builder.online.write_sequences
+
+    def stall_then_write(rows):  # A's first batch waits here, its users' state already loaded
+        stalled.set()
+        resume.wait(120)
+        write(rows)
+
+    a.builder.online.write_sequences = stall_then_write
+    threads = {c: threading.Thread(target=c.run, daemon=True) for c in (b, a)}
+    n_parts = 2 * pipeline.topic_partitions  # actions + pins
+    try:
+        threads[b].start()
+        wait_for(lambda: len(b._assignment()) == n_parts, 60, "B to own every partition")
+        threads[a].start()
+        wait_for(lambda: a._assignment() and len(a._assignment()) + len(b._assignment()) == n_parts,
+                 60, "A and B to share the partitions")
+        produce(pipeline, first)
+        wait_for(stalled.is_set, 30, "A's first batch")
+        # A cannot poll: its client leaves the group after 3 s and B takes A's partitions too.
+        wait_for(lambda: b.stats.applied == len(first), 60, "B to take every partition and apply")
+        produce(pipeline, newer)
+        total = len(first) + len(newer)
+        wait_for(lambda: b.stats.applied == total, 60, "B to apply the newer events")
+        wait_for(lambda: sum(o for tp, o in committed_offsets(pipeline).items()
+                             if tp.topic == pipeline.actions_topic) == total, 30, "B's commits")
+        resume.set()  # the zombie wakes up and finishes its stale batch
+        wait_for(lambda: a.stats.fenced == 1, 30, "A's stale batch to be fenced")
+    finally:
+        resume.set()
+        for c in (a, b):
+            c.stop.set()
+        for t in threads.values():
+            t.join(60)
+    assert a.stats.applied == 0 and b.stats.fenced == 0  # A's batch was never applied or committed
+    expected = expected_sequences(first + newer)
+    assert online_sequences(users) == expected
+    states = b.builder.load_states(users)
+    assert all(states[u].feature_row() == expected[u] for u in users)
+    logged = set(offline_log.read(pipeline.offline_dir, "action_events")["event_id"])
+    assert {e.event_id for e in first + newer} <= logged
