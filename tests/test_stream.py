@@ -200,11 +200,12 @@ def consumer_env(settings) -> dict:
                 HOMEFEED_BATCH_MAX_EVENTS=str(settings.batch_max_events))
 
 
-def consumer_process(settings, env_extra: dict, stats_path, idle_s: float = 4.0):
+def consumer_process(settings, env_extra: dict, stats_path, idle_s: float | None = 4.0, ready=None):
     env = {**os.environ, **consumer_env(settings), **env_extra}
-    return subprocess.Popen(
-        [sys.executable, "-m", "homefeed.cli", "stream", "consume", "--exit-when-idle", str(idle_s),
-         "--stats-out", str(stats_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    argv = [sys.executable, "-m", "homefeed.cli", "stream", "consume", "--stats-out", str(stats_path)]
+    argv += ["--exit-when-idle", str(idle_s)] if idle_s is not None else []
+    argv += ["--ready-file", str(ready)] if ready else []
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -217,23 +218,42 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 @pytest.mark.slow
-def test_consumer_killed_mid_batch_loses_nothing_and_duplicates_nothing(pipeline, tmp_path):
-    users = user_block(50)
-    evs = make_events(users, 120, now_ms() - 3_600_000, "k")
-    produce(pipeline, evs)
-    settings = pipeline.replace(batch_max_events=200)
-    proc = consumer_process(settings, {}, tmp_path / "first.json")
-    log_dir = settings.offline_dir / "action_events"
-    wait_for(lambda: log_dir.exists() and len(list(log_dir.rglob("*.parquet"))) >= 3, 60, "first batches")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+def test_one_of_two_consumers_killed_mid_batch_the_other_takes_over_and_state_is_exact(pipeline, tmp_path):
+    """Two consumer processes share the partitions; one is SIGKILLed while batches are in
+    flight. The broker evicts it (session timeout), the survivor takes its partition from the
+    last committed offset and replays the uncommitted batch: every sequence and state equals
+    what one consumer builds (at least once + idempotent, fenced writes), the log is complete."""
+    users = user_block(30)
+    evs = make_events(users, 60, now_ms() - 3_600_000, "k")
+    settings = pipeline.replace(batch_max_events=100)
+    ready = [tmp_path / f"c{i}.ready" for i in range(2)]
+    procs = [consumer_process(settings, {}, tmp_path / f"c{i}.json", idle_s=None, ready=r)
+             for i, r in enumerate(ready)]
+    survivor, victim = procs  # either may lead the group: Tansu replaces a killed leader
 
-    proc = consumer_process(settings, {}, tmp_path / "second.json")
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 0, out.decode()[-2000:]
-    second = json.loads((tmp_path / "second.json").read_text())
-    assert second["applied"] >= 1  # the restart resumed from committed offsets, not from zero
-    assert second["applied"] < len(evs)
+    def both_committed():
+        from homefeed.stream.ops import committed_offsets
+
+        done = {tp.partition: o for tp, o in committed_offsets(settings).items()
+                if tp.topic == settings.actions_topic}
+        return (all(done.get(p, 0) > 0 for p in range(settings.topic_partitions))
+                and sum(done.values()) < len(evs))
+
+    try:
+        wait_for(lambda: all(r.exists() for r in ready), 120, "both consumers to hold partitions")
+        produce(settings, evs)
+        wait_for(both_committed, 90, "both consumers to commit batches")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        wait_for(lambda: _committed(settings) == len(evs), 120, "the survivor to finish")
+    finally:
+        victim.kill()  # no-op once it is dead; never leave a consumer behind
+        survivor.send_signal(signal.SIGTERM)
+        out, _ = survivor.communicate(timeout=60)
+        victim.communicate(timeout=10)
+    assert survivor.returncode == 0, out.decode()[-2000:]
+    stats = json.loads((tmp_path / "c0.json").read_text())
+    assert 0 < stats["applied"] < len(evs)  # it did its share, then the victim's rest
     online = online_sequences(users)
     expected = expected_sequences(evs)
     for u in users:
@@ -394,3 +414,68 @@ def test_state_writes_are_fenced_against_a_zombie(pipeline):
         assert set(now[u].event_ids) == {e.event_id for e in first + newer if e.user_id == u}
     assert now[users[2]].snapshot_ms == stale[users[2]].snapshot_ms
     client.close()
+
+
+@pytest.mark.slow
+def test_zombie_paused_past_its_poll_interval_loses_and_regresses_nothing(pipeline):
+    """A real rebalance. B (the group leader) and A share the partitions. A stalls mid-batch
+    (its users' state loaded, not yet written) past max_poll_interval_ms, so its client leaves
+    the group; B takes every partition, applies A's batch and newer events for the same users,
+    and commits. Then A resumes and finishes its stale batch: its Feast rows are older (dropped)
+    and its state writes are refused (fenced), so nothing is lost or regressed: the store equals
+    what one consumer builds from all the events.
+
+    B joins first so that it leads the group: Tansu (0.6, the test broker) keeps a departed
+    leader as the group's leader when it leaves during a rebalance, and the group never forms
+    again (the remaining member's SyncGroup waits for that leader and fails, forever). A real
+    Kafka elects a new leader; this test does not depend on that difference."""
+    import threading
+
+    from homefeed.stream.ops import committed_offsets
+
+    users = user_block(20)
+    first = make_events(users, 10, now_ms() - 900_000, "z1")
+    newer = make_events(users, 10, now_ms() - 300_000, "z2")
+    b = build_consumer(pipeline, validate=False, max_poll_interval_ms=3000, client_id="owner-b")
+    a = build_consumer(pipeline, validate=False, max_poll_interval_ms=3000, client_id="zombie-a")
+    stalled, resume = threading.Event(), threading.Event()
+    write = a.builder.online.write_sequences
+
+    def stall_then_write(rows):  # A's first batch waits here, its users' state already loaded
+        stalled.set()
+        resume.wait(120)
+        write(rows)
+
+    a.builder.online.write_sequences = stall_then_write
+    threads = {c: threading.Thread(target=c.run, daemon=True) for c in (b, a)}
+    n_parts = 2 * pipeline.topic_partitions  # actions + pins
+    try:
+        threads[b].start()
+        wait_for(lambda: len(b._assignment()) == n_parts, 60, "B to own every partition")
+        threads[a].start()
+        wait_for(lambda: a._assignment() and len(a._assignment()) + len(b._assignment()) == n_parts,
+                 60, "A and B to share the partitions")
+        produce(pipeline, first)
+        wait_for(stalled.is_set, 30, "A's first batch")
+        # A cannot poll: its client leaves the group after 3 s and B takes A's partitions too.
+        wait_for(lambda: b.stats.applied == len(first), 60, "B to take every partition and apply")
+        produce(pipeline, newer)
+        total = len(first) + len(newer)
+        wait_for(lambda: b.stats.applied == total, 60, "B to apply the newer events")
+        wait_for(lambda: sum(o for tp, o in committed_offsets(pipeline).items()
+                             if tp.topic == pipeline.actions_topic) == total, 30, "B's commits")
+        resume.set()  # the zombie wakes up and finishes its stale batch
+        wait_for(lambda: a.stats.fenced == 1, 30, "A's stale batch to be fenced")
+    finally:
+        resume.set()
+        for c in (a, b):
+            c.stop.set()
+        for t in threads.values():
+            t.join(60)
+    assert a.stats.applied == 0 and b.stats.fenced == 0  # A's batch was never applied or committed
+    expected = expected_sequences(first + newer)
+    assert online_sequences(users) == expected
+    states = b.builder.load_states(users)
+    assert all(states[u].feature_row() == expected[u] for u in users)
+    logged = set(offline_log.read(pipeline.offline_dir, "action_events")["event_id"])
+    assert {e.event_id for e in first + newer} <= logged

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,33 +62,59 @@ def _fresh(settings: Settings, root: Path, partitions: int, label: str) -> Setti
     return s
 
 
-def _consumers(settings: Settings, n: int, idle_s: float, out_dir: Path) -> list[tuple]:
-    """Start n consumer processes and wait until each has its partitions."""
+def _consumers(settings: Settings, n: int, out_dir: Path) -> list[tuple]:
+    """Start n consumer processes and wait until each has its partitions. They run until
+    `_drain` stops them (no idle exit: a member leaving mid-run would force a rebalance)."""
     procs = []
     for i in range(n):
         stats = out_dir / f"{settings.consumer_group}-{i}.json"
         ready = out_dir / f"{settings.consumer_group}-{i}.ready"
-        p = subprocess.Popen([sys.executable, "-m", "homefeed.cli", "stream", "consume",
-                              "--exit-when-idle", str(idle_s), "--stats-out", str(stats),
-                              "--ready-file", str(ready)],
-                             env=_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(out_dir / f"{settings.consumer_group}-{i}.log", "wb") as log_fh:  # never a full pipe
+            p = subprocess.Popen([sys.executable, "-m", "homefeed.cli", "stream", "consume",
+                                  "--stats-out", str(stats), "--ready-file", str(ready)],
+                                 env=_env(settings), stdout=subprocess.DEVNULL, stderr=log_fh)
+        p.log_path = log_fh.name
         procs.append((p, stats, ready))
-    deadline = time.monotonic() + 120
-    while not all(r.exists() for _, _, r in procs) and time.monotonic() < deadline:
-        if any(p.poll() is not None for p, _, _ in procs):
-            break
-        time.sleep(0.1)
+    _wait_until(lambda: all(r.exists() for _, _, r in procs), [p for p, _, _ in procs], 120,
+                "every consumer to join the group")
     return [(p, stats) for p, stats, _ in procs]
 
 
-def _wait(procs) -> list[dict]:
+def _wait_until(predicate, procs: list, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"consumer exited while waiting for {what}: {_log_tail(dead[0])}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def committed_total(settings: Settings) -> int:
+    """Records of the actions topic the group has committed (offsets are dense from 0)."""
+    from homefeed.stream.ops import committed_offsets
+
+    return sum(o for tp, o in committed_offsets(settings).items() if tp.topic == settings.actions_topic)
+
+
+def _drain(settings: Settings, procs, records: int, timeout_s: float = 1800) -> list[dict]:
+    """Wait until the group has committed all `records`, then stop every consumer at once
+    (SIGTERM: each finishes its batch, leaves the group and writes its stats)."""
+    _wait_until(lambda: committed_total(settings) >= records, [p for p, _ in procs], timeout_s,
+                f"{records} records committed")
+    for p, _ in procs:
+        p.send_signal(signal.SIGTERM)
     out = []
     for p, stats in procs:
-        _, err = p.communicate(timeout=1800)
-        if p.returncode != 0:
-            raise RuntimeError(f"consumer failed: {err.decode()[-2000:]}")
+        if p.wait(timeout=120) != 0:
+            raise RuntimeError(f"consumer failed: {_log_tail(p)}")
         out.append(json.loads(Path(stats).read_text()))
     return out
+
+
+def _log_tail(proc) -> str:
+    return Path(proc.log_path).read_bytes()[-2000:].decode("utf-8", "replace")
 
 
 def raw_kafka_consume_rate(settings: Settings, expected: int) -> float:
@@ -208,7 +235,7 @@ def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], con
                     "kafka_consume_per_s": round(raw_kafka_consume_rate(s, len(events)), 1),
                     "redis_pipelined_writes_per_s": round(raw_redis_write_rate(s), 1),
                 }
-            stats = _wait(_consumers(s, c, idle_s=4.0, out_dir=root))
+            stats = _drain(s, _consumers(s, c, out_dir=root), len(events) + len(bad))
             first = min(st["first_batch_at"] for st in stats if st["first_batch_at"])
             last = max(st["last_batch_at"] for st in stats if st["last_batch_at"])
             applied = sum(st["applied"] for st in stats)
@@ -224,14 +251,14 @@ def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], con
 
     # Freshness: live traffic at a fixed rate, one consumer already running.
     s = _fresh(base, root, partitions[0], "live")
-    procs = _consumers(s, 1, idle_s=5.0, out_dir=root)
+    procs = _consumers(s, 1, out_dir=root)
     live = events.head(int(live_rate * live_seconds))
     prefix = f"{s.consumer_group}-"
     producer = Producer(s)
     producer.send_all(s.actions_topic, event_records(live, False, id_prefix=prefix, live=True),
                       rate=live_rate, total=len(live), desc="live")
     producer.close()
-    stats = _wait(procs)[0]
+    stats = _drain(s, procs, len(live))[0]
     fresh = np.asarray(stats["freshness_ms"], dtype=float)
     report["freshness_ms"] = {q: round(float(np.percentile(fresh, v)), 1) for q, v in
                               (("p50", 50), ("p95", 95), ("p99", 99))} if fresh.size else {}

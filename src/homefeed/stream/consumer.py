@@ -492,8 +492,28 @@ def make_consumer(settings: Settings, **overrides):
     )
     config.update(overrides)
     consumer = KafkaConsumer(**config)
-    consumer.subscribe([settings.actions_topic, settings.pins_topic])
+    consumer.subscribe([settings.actions_topic, settings.pins_topic], listener=_rebalance_log())
     return consumer
+
+
+def _rebalance_log():
+    from kafka import ConsumerRebalanceListener
+
+    class RebalanceLog(ConsumerRebalanceListener):
+        """Says when this consumer gains or loses partitions (a rebalance), one line each."""
+
+        def on_partitions_revoked(self, revoked) -> None:
+            if revoked:
+                log.info("partitions revoked: %s", _partition_list(revoked))
+
+        def on_partitions_assigned(self, assigned) -> None:
+            log.info("partitions assigned: %s", _partition_list(assigned) or "none")
+
+    return RebalanceLog()
+
+
+def _partition_list(tps) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps))
 
 
 def make_producer(settings: Settings, **overrides):
