@@ -1,6 +1,7 @@
 """homefeed ranking service: online Feast features -> TransAct (GPU or CPU) -> top-k candidates.
 
     bentoml serve bento.service:Ranking            # from the repo root
+    homefeed bento build                           # the bento homefeed-service, model inside
     curl -s localhost:3000/rank -H 'content-type: application/json' \
          -d '{"user_id": 17, "candidates": [1, 2, 3], "k": 2}'
 
@@ -67,7 +68,7 @@ def stop_server(message: str) -> None:
     os._exit(2)  # no traceback: the line above says everything
 
 
-@bentoml.service(name="homefeed-ranker", traffic={"timeout": 10}, workers=SERVING_WORKERS,
+@bentoml.service(name="homefeed-service", traffic={"timeout": 10}, workers=SERVING_WORKERS,
                  resources={"cpu": str(SERVING_WORKERS * SERVING_THREADS)})
 class Ranking:
     def __init__(self) -> None:

@@ -34,33 +34,31 @@ def test_compose_has_the_whole_stack_wired_to_one_redis_and_kafka():
 
 
 def test_bentofile_points_at_the_service_and_existing_files():
-    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    bentofile = yaml.safe_load((ROOT / "bento" / "bentofile.yaml").read_text())
     module, cls = bentofile["service"].split(":")
     assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
     assert f"class {cls}" in (ROOT / (module.replace(".", "/") + ".py")).read_text()
-    assert (ROOT / bentofile["python"]["requirements_txt"]).is_file()
+    assert "requirements_txt" not in bentofile["python"] and "packages" not in bentofile["python"]
 
 
-def test_every_homefeed_command_in_compose_parses_with_the_real_cli():
-    """The compose services run `homefeed ...` command lines; each must be one the CLI accepts
-    (a renamed flag would otherwise only fail inside a container)."""
-    import shlex
+def test_bento_packages_are_the_serving_extra_and_the_full_install_includes_it():
+    import tomllib
 
-    from homefeed.cli import build_parser
+    from homefeed.serving.bento_build import pinned_torch, serving_requirements
 
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    checked = 0
-    for name, service in compose["services"].items():
-        command = service.get("command")
-        if not command:
-            continue
-        line = command[-1] if command[:2] == ["sh", "-c"] else shlex.join(command)
-        for part in line.split("&&"):
-            argv = shlex.split(part)
-            if argv and argv[0] == "homefeed":
-                try:
-                    build_parser().parse_args(argv[1:])
-                except SystemExit:
-                    pytest.fail(f"compose service {name}: `{part.strip()}` is not a valid homefeed command")
-                checked += 1
-    assert checked >= 8
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    serving = project["optional-dependencies"]["serving"]
+    assert serving_requirements() == serving
+    assert "homefeed[serving]" in project["dependencies"]
+    assert not any(r.startswith(("great-expectations", "matplotlib")) for r in serving)
+    import torch
+
+    assert f"torch=={torch.__version__.split('+')[0]}" in pinned_torch(serving)
+
+
+def test_docker_build_context_is_small():
+    """.dockerignore is an allowlist: the context is the sources, never a venv or run-time state."""
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
+    assert lines[lines.index("*")] == "*"
+    for state in ("feature_repo/data", "validation/gx/uncommitted", "bento/state"):
+        assert state in lines

@@ -41,13 +41,39 @@ def test_feast_cli_apply_works_on_a_fresh_copy(stack, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stderr, result.stderr  # every batch source validates
     assert (tmp_path / "home" / "offline" / F.USER_ACTION_SEQUENCE / offline_log.SCHEMA_FILE).is_file()
+    assert (tmp_path / "home" / "feast" / "registry.db").is_file()  # the home's one registry
+    assert not (repo / "data").exists()
     listed = subprocess.run([feast, "-c", str(repo), "feature-views", "list"], capture_output=True,
-                            text=True, timeout=120, cwd=tmp_path)
+                            text=True, timeout=120, cwd=tmp_path, env=env)
     for view in (F.PIN_FEATURES, F.USER_ACTION_SEQUENCE, F.USER_PROFILE):
         assert view in listed.stdout
     sources = subprocess.run([feast, "-c", str(repo), "data-sources", "list"], capture_output=True,
-                             text=True, timeout=120, cwd=tmp_path)
+                             text=True, timeout=120, cwd=tmp_path, env=env)
     assert "user_actions_stream" in sources.stdout  # the Kafka topic is documented in the registry
+
+
+def test_a_registry_nothing_was_applied_to_is_one_clear_line(stack, tmp_path):
+    """Another home has its own (empty) registry: opening the store says so, it does not fail
+    later with Feast's FeatureViewNotFoundException; the CLI prints that one line."""
+    from conftest import REPO_ROOT
+
+    from homefeed.errors import UserError
+
+    env = dict(os.environ, HOMEFEED_HOME=str(tmp_path / "empty-home"))
+    saved = os.environ["HOMEFEED_HOME"]
+    os.environ["HOMEFEED_HOME"] = env["HOMEFEED_HOME"]
+    try:
+        with pytest.raises(UserError, match="nothing has been applied.*homefeed feast apply"):
+            open_store(REPO_ROOT / "feature_repo")
+    finally:
+        os.environ["HOMEFEED_HOME"] = saved
+    homefeed = shutil.which("homefeed", path=os.path.dirname(os.sys.executable))
+    result = subprocess.run([homefeed, "feast", "user", "1", "--repo", str(REPO_ROOT / "feature_repo")],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nothing has been applied" in lines[0], result.stderr
+    assert not (tmp_path / "empty-home" / "feast" / "registry.db").exists()
 
 
 def test_push_100_long_sequence_reads_back_equal_from_redis(feature_repo):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,17 @@ REPIN, CLICK, HIDE = (F.label_column(a) for a in (ActionType.REPIN, ActionType.C
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
+    """A GX project of its own; its run-time output goes to a home of its own."""
     root = tmp_path_factory.mktemp("gx") / "validation"
+    saved = os.environ.get("HOMEFEED_HOME")
+    os.environ["HOMEFEED_HOME"] = str(root.parent / "home")
     S.init_context(root)
     yield root
     runner.clear_cache()
+    if saved is None:
+        os.environ.pop("HOMEFEED_HOME", None)
+    else:
+        os.environ["HOMEFEED_HOME"] = saved
 
 
 def validate(suite: str, df: pd.DataFrame, project: Path, **kw) -> runner.ValidationReport:
@@ -504,8 +512,10 @@ def test_run_checkpoint_stores_result(project):
     df.loc[0, F.PIN_ID] = -1
     report = runner.run_checkpoint("pin_features", df, settings=SETTINGS, project_dir=project)
     assert checks(report) == {"bad_id"}
-    stored = list((project / "gx" / "uncommitted" / "validations" / "pin_features").rglob("*.json"))
+    # results go under HOMEFEED_HOME, never into the project (the source tree, or an image's)
+    stored = list((project.parent / "home" / "validation" / "validations" / "pin_features").rglob("*.json"))
     assert len(stored) >= 2
+    assert not list((project / "gx").rglob("*pin_features*/**/*.json"))
 
 
 def test_unknown_suite_name(project):
@@ -725,7 +735,7 @@ def test_cli_docs(project, cli_env, capsys):
     code, out, _ = run_cli(["docs", "--project-dir", str(project)], capsys)
     index = Path(out.strip())
     assert code == 0 and index.name == "index.html" and index.is_file()
-    assert "uncommitted" in index.parts
+    assert index.is_relative_to(project.parent / "home" / "validation")  # not the project's uncommitted/
 
 
 def test_bench_validate_json(project, capsys):

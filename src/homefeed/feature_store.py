@@ -6,12 +6,22 @@ string, ``redis_type`` (standalone / cluster / sentinel) and sentinel master def
 settings (``REDIS_URL``, ``HOMEFEED_REDIS_MODE``, ... or the local stack's ports), so the YAML holds
 no second copy of them and plain ``feast apply`` works on a fresh clone. The offline store
 (point-in-time training data) is homefeed.offline_store: DuckDB or Spark over the log.
+
+The registry is one per HOMEFEED_HOME, shared by every process and container that uses that home:
+
+1. `registry_config` picks it from settings: a file registry at ``$HOMEFEED_HOME/feast/registry.db``
+   by default, Feast's SQL registry when ``feast_registry`` (``HOMEFEED_FEAST_REGISTRY``) holds a
+   SQLAlchemy URL (``postgresql+psycopg://user@db/feast``; the password from the environment).
+2. `open_store` builds the FeatureStore from feature_store.yaml with that registry, and refuses, in
+   one line, a registry nothing has been applied to (instead of Feast's FeatureViewNotFound later).
+3. `apply_repo` (`homefeed feast apply`) registers the repo's objects there, once for all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Literal
@@ -62,14 +72,47 @@ def repo_project(repo_path: Path | None = None) -> str:
     return str(yaml.safe_load((path / "feature_store.yaml").read_text())["project"])
 
 
-def open_store(repo_path: Path | None = None):
-    """The FeatureStore every stage uses (pipeline, training, serving)."""
+def registry_config(settings=None) -> dict:
+    """Feast's `registry:` block for these settings (see the module docstring)."""
+    s = settings or load_settings()
+    common = {"cache_ttl_seconds": 60}
+    if s.feast_registry:
+        return {"registry_type": "sql", "path": s.feast_registry, **common}
+    return {"registry_type": "file", "path": str(s.feast_registry_path), **common}
+
+
+def _describe_registry(registry: dict) -> str:
+    if registry["registry_type"] == "file":
+        return f"at {registry['path']}"
+    return f"in {registry['path'].split('@')[-1]} (HOMEFEED_FEAST_REGISTRY)"  # no password in logs
+
+
+def open_store(repo_path: Path | None = None, *, require_applied: bool = True):
+    """The FeatureStore every stage uses (pipeline, training, serving), on the shared registry.
+    Raises UserError when nothing has been applied to that registry (unless `require_applied`
+    is false: `apply_repo` opens it to apply)."""
+    import yaml
     from feast import FeatureStore
+    from feast.repo_config import RepoConfig
 
     path = Path(repo_path) if repo_path else feature_repo_path()
-    if not (path / "feature_store.yaml").is_file():
+    yaml_path = path / "feature_store.yaml"
+    if not yaml_path.is_file():
         raise UserError(f"no feature_store.yaml in {path}; set HOMEFEED_FEATURE_REPO")
-    return FeatureStore(repo_path=str(path))
+    settings = load_settings()
+    registry = registry_config(settings)
+    if require_applied and registry["registry_type"] == "file" and not Path(registry["path"]).is_file():
+        raise UserError(f"no Feast registry {_describe_registry(registry)}: nothing has been applied "
+                        f"for HOMEFEED_HOME={settings.home}; run `homefeed feast apply` first")
+    if registry["registry_type"] == "file":
+        Path(registry["path"]).parent.mkdir(parents=True, exist_ok=True)
+    raw = yaml.safe_load(os.path.expandvars(yaml_path.read_text()))  # as Feast reads it
+    raw["registry"] = registry
+    store = FeatureStore(repo_path=str(path), config=RepoConfig(repo_path=path, **raw))
+    if require_applied and registry["registry_type"] != "file" and not store.list_feature_views():
+        raise UserError(f"no feature views in the Feast registry {_describe_registry(registry)}: "
+                        "nothing has been applied; run `homefeed feast apply` first")
+    return store
 
 
 def apply_repo(repo_path: Path | None = None) -> list[str]:
@@ -81,10 +124,11 @@ def apply_repo(repo_path: Path | None = None) -> list[str]:
     # earlier apply in this process would register that apply's settings (paths, Kafka servers).
     for py in path.glob("*.py"):
         sys.modules.pop(py.stem, None)
-    store = open_store(path)
+    store = open_store(path, require_applied=False)
     cli_check_repo(path, path / "feature_store.yaml")
     with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress; keep stdout for results
         apply_total(store.config, path, skip_source_validation=False)
     names = sorted(fv.name for fv in open_store(path).list_feature_views())
-    log.info("applied feature repo %s: feature views %s", path, names)
+    log.info("applied feature repo %s to the registry %s: feature views %s", path,
+             _describe_registry(registry_config()), names)
     return names

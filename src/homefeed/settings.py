@@ -79,6 +79,10 @@ class Settings:
     # Where run files (pids, logs), the offline log and generated data live.
     home: Path = field(default_factory=_default_home)
     feature_repo: Path = field(default_factory=_default_feature_repo)
+    # Feast registry: empty = a file registry under `home` (feast/registry.db) that every process
+    # with this home shares; else a SQLAlchemy URL for Feast's SQL registry
+    # (postgresql+psycopg://user@host/db; a password belongs in the environment variable).
+    feast_registry: str = field(default="", repr=False)
     # Topics.
     actions_topic: str = "user-actions"
     pins_topic: str = "pin-upserts"
@@ -257,6 +261,16 @@ class Settings:
     @property
     def run_dir(self) -> Path:
         return self.home / "run"
+
+    @property
+    def feast_registry_path(self) -> Path:
+        """The default (file) Feast registry, shared by everything using this home."""
+        return self.home / "feast" / "registry.db"
+
+    @property
+    def gx_output_dir(self) -> Path:
+        """Great Expectations' run-time output: stored validation results and Data Docs."""
+        return self.home / "validation"
 
     @property
     def offline_dir(self) -> Path:

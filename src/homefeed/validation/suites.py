@@ -626,7 +626,34 @@ def open_context(project_dir: Path, *, create: bool = False):
             "run `homefeed validate init` to create it"
         )
     gx = import_gx()
-    return gx.get_context(mode="file", project_root_dir=str(project_dir))
+    context = gx.get_context(mode="file", project_root_dir=str(project_dir))
+    redirect_output(context)
+    return context
+
+
+def output_dir() -> Path:
+    """Where GX's run-time output goes: $HOMEFEED_HOME/validation (results, Data Docs), never
+    the project directory (source tree, read-only in an image)."""
+    from homefeed.settings import load_settings
+
+    return load_settings().gx_output_dir
+
+
+def redirect_output(context) -> None:
+    """Point the context's validation-results store and Data Docs site at `output_dir()`, in
+    memory only (great_expectations.yml keeps GX's defaults: never save this context's
+    variables; `init_context` opens its own)."""
+    from great_expectations.data_context.store import ValidationResultsStore
+
+    out = output_dir()
+    name = context.variables.validation_results_store_name
+    context._stores[name] = ValidationResultsStore(
+        store_name=name, store_backend={"class_name": "TupleFilesystemStoreBackend",
+                                        "base_directory": str(out / "validations")})
+    for site in (context.variables.config["data_docs_sites"] or {}).values():  # the raw config
+        backend = site.get("store_backend") or {}
+        if backend.get("class_name") == "TupleFilesystemStoreBackend":
+            backend["base_directory"] = str(out / "data_docs" / "local_site")
 
 
 def expectation_id(suite_name: str, check: Check) -> str:
