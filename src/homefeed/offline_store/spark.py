@@ -17,6 +17,7 @@ keeps its ``FileSource``s over the log, so one registry serves both engines; per
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 import warnings
@@ -36,8 +37,6 @@ def _require_spark():
         import pyspark  # noqa: F401
     except ImportError:
         raise UserError(f"offline_store=spark: pyspark is not installed; {INSTALL_HINT}") from None
-    import os
-
     if not os.environ.get("JAVA_HOME") and not shutil.which("java"):
         raise UserError(f"offline_store=spark: no java on PATH and JAVA_HOME is unset; {INSTALL_HINT}")
 
