@@ -25,7 +25,7 @@ BATCH_SIZE = Histogram("homefeed_stream_batch_records", "Records per micro-batch
 FRESHNESS_SECONDS = Histogram(
     "homefeed_stream_freshness_seconds",
     "Event arrival at the broker (record timestamp) to visible in the online store",
-    buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10))
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10, 30, 60))
 BROKER_ERRORS = Counter("homefeed_stream_broker_errors_total",
                         "Kafka errors survived by retrying (poll, commit)", ["operation"])
 FENCED = Counter("homefeed_stream_fenced_batches_total",
