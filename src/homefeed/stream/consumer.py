@@ -3,7 +3,8 @@ Feast online store (Redis) and the offline parquet log.
 
 One micro-batch at a time, at least once:
 
-1. poll up to `batch_max_events` records or `batch_max_ms`;
+1. poll up to `batch_max_events` records; a batch waits for more at most `batch_max_ms` after its
+   oldest record reached the broker (records that queued meanwhile are taken at once);
 2. cheap per-message checks (homefeed.events.parse_event); failures go to the dead-letter topic
    with the original bytes and a reason header (a summary instead, when the value is too big for
    the topic); no record can raise out of this step;
