@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from homefeed.settings import load_settings
-from homefeed.stack import LocalStack, free_port
+from homefeed.stack import LocalStack, private_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -23,23 +23,10 @@ SHARED = REPO_ROOT.parent / "shared"
 
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory):
-    """Environment for a private local stack; services are started by `stack`."""
-    home = tmp_path_factory.mktemp("homefeed-home")
-    env = {
-        "HOMEFEED_HOME": str(home),
-        "HOMEFEED_REDIS_PORT": str(free_port()),
-        "HOMEFEED_KAFKA_PORT": str(free_port()),
-    }
-    saved = {k: os.environ.get(k) for k in (*env, "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")}
-    os.environ.pop("REDIS_URL", None)
-    os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    os.environ.update(env)
-    yield env
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    """Environment for a private local stack (homefeed.stack.private_stack: free ports, nothing
+    external); services are started by `stack`."""
+    with private_stack(tmp_path_factory.mktemp("homefeed-home"), services=()):
+        yield {k: os.environ[k] for k in ("HOMEFEED_HOME", "HOMEFEED_REDIS_PORT", "HOMEFEED_KAFKA_PORT")}
 
 
 @pytest.fixture(scope="session")

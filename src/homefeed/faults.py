@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from homefeed import events as E
-from homefeed.settings import KAFKA_ENV, SOURCE_ROOT, Settings, load_settings
+from homefeed.settings import SOURCE_ROOT, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,10 @@ def now_ms() -> int:
 
 @contextlib.contextmanager
 def private_stack(workdir: Path):
-    """Start redis + broker on free ports with everything private; yields Settings. The process
-    environment carries them while inside (Feast and subprocesses read settings from it)."""
+    """stack.private_stack with the matrix's own feature repo, GX project, BentoML home, topics
+    and short timeouts; yields (Settings, LocalStack)."""
+    from homefeed import stack as local
     from homefeed.feature_store import apply_repo
-    from homefeed.stack import LocalStack, ensure_topics, free_port
     from homefeed.validation import init_context
 
     tag = uuid.uuid4().hex[:8]
@@ -80,36 +80,17 @@ def private_stack(workdir: Path):
     shutil.copytree(SOURCE_ROOT / "feature_repo", repo,
                     ignore=shutil.ignore_patterns("data", "__pycache__"), dirs_exist_ok=True)
     env = {
-        "HOMEFEED_HOME": str(workdir / "home"), "HOMEFEED_REDIS_PORT": str(free_port()),
-        "HOMEFEED_KAFKA_PORT": str(free_port()), "HOMEFEED_FEATURE_REPO": str(repo),
+        "HOMEFEED_FEATURE_REPO": str(repo),
         "HOMEFEED_VALIDATION_DIR": str(workdir / "validation"), "BENTOML_HOME": str(workdir / "bentoml"),
         "HOMEFEED_ACTIONS_TOPIC": f"faults-actions-{tag}", "HOMEFEED_PINS_TOPIC": f"faults-pins-{tag}",
         "HOMEFEED_DEAD_LETTER_TOPIC": f"faults-dlq-{tag}", "HOMEFEED_CONSUMER_GROUP": f"faults-{tag}",
         "HOMEFEED_TOPIC_PARTITIONS": "1", "HOMEFEED_REDIS_TIMEOUT_MS": "1000",
         "HOMEFEED_BATCH_MAX_MS": "50", "BENTOML_DO_NOT_TRACK": "true",
     }
-    external = ("REDIS_URL", "HOMEFEED_REDIS_MODE", "HOMEFEED_REDIS_NODES", *KAFKA_ENV)
-    saved = {k: os.environ.get(k) for k in (*env, *external)}
-    for name in external:  # a private stack: plaintext local broker, one local redis-server
-        os.environ.pop(name, None)
-    os.environ.update(env)
-    stack = None
-    try:
-        settings = load_settings()
-        stack = LocalStack(settings)
-        stack.up()
-        ensure_topics(settings)
+    with local.private_stack(workdir / "home", env) as (settings, stack):
         init_context(workdir / "validation")
         apply_repo(repo)
         yield settings, stack
-    finally:
-        if stack is not None:
-            stack.down()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def start_logged(argv: list[str], log_path: Path) -> subprocess.Popen:

@@ -101,7 +101,7 @@ class Settings:
     # Stream processing.
     max_future_skew_ms: int = 5 * 60 * 1000
     batch_max_events: int = 5000
-    batch_max_ms: int = 100
+    batch_max_ms: int = 100  # the longest a record waits (from its broker timestamp) for its batch to fill
     # Redis client timeouts. The pipeline (consumer, backfill, Feast writes) waits a while and
     # retries its batch; serving answers from its cache instead of waiting (see docs/reliability.md).
     redis_timeout_ms: int = 5000

@@ -10,6 +10,7 @@ of the code knows which broker it talks to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -392,6 +393,52 @@ def _alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+# Variables that would point a private stack at shared infrastructure: unset while inside.
+_EXTERNAL_ENV = ("REDIS_URL", "HOMEFEED_REDIS_MODE", "HOMEFEED_REDIS_NODES", "HOMEFEED_REDIS_CLUSTER_SIZE")
+
+
+@contextlib.contextmanager
+def private_stack(home: Path, env: dict[str, str] | None = None, redis_cluster: int = 0,
+                  services: tuple[str, ...] = ("redis", "kafka")):
+    """A stack of one's own (benchmarks, the fault matrix, the test session): a redis-server (or a
+    local cluster of `redis_cluster` nodes) and a broker on free loopback ports, state under `home`.
+
+    1. pick free ports; export them, `home` and `env` through HOMEFEED_* variables, and unset
+       whatever points elsewhere (REDIS_URL, Redis topology, KAFKA_BOOTSTRAP_SERVERS, Kafka
+       security), so every load_settings() in this process and in its subprocesses (CLI calls,
+       `feast`, `bentoml serve`) talks to this stack;
+    2. start `services` (LocalStack) and yield (settings, stack);
+    3. stop them and restore the environment, whatever happened inside.
+    """
+    from homefeed.settings import KAFKA_ENV
+
+    topology = ({"HOMEFEED_REDIS_MODE": "cluster", "HOMEFEED_REDIS_CLUSTER_SIZE": str(redis_cluster),
+                 "HOMEFEED_REDIS_PORT": str(free_port_block(redis_cluster))} if redis_cluster
+                else {"HOMEFEED_REDIS_PORT": str(free_port())})
+    exported = {"HOMEFEED_HOME": str(home), "HOMEFEED_KAFKA_PORT": str(free_port()), **topology,
+                **(env or {})}
+    saved = {k: os.environ.get(k) for k in (*exported, *_EXTERNAL_ENV, *KAFKA_ENV)}
+    for name in (*_EXTERNAL_ENV, *KAFKA_ENV):
+        os.environ.pop(name, None)
+    os.environ.update(exported)
+    stack = None
+    try:
+        stack = LocalStack(load_settings().local_kafka(redis_url="", redis_nodes=""))
+        if "redis" in services:
+            stack._up_redis()
+        if "kafka" in services:
+            stack._up_kafka()
+        yield stack.settings, stack
+    finally:
+        if stack is not None:
+            stack.down(services=services)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def ensure_topics(settings: Settings) -> None:

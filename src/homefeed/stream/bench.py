@@ -7,7 +7,13 @@ Three measurements in one run, so their ratios are comparable on a noisy machine
 * throughput: a backlog of the world's events drained by 1..C consumer processes over P
   partitions (events/s = applied events / time from first to last batch);
 * freshness: events produced live at a fixed rate while one consumer runs; freshness = visible
-  in the online store minus the record's broker timestamp.
+  in the online store minus the record's broker timestamp, from the consumer's samples and from
+  its Prometheus histogram (scraped, as a monitoring system would); and where each micro-batch's
+  time goes, stage by stage (`live_stage_ms`: poll window, parse, GX suite, state read, offline
+  log, Feast write, state write, dead letters, commit).
+
+Consumers run until the group has committed every record produced, then stop together: a member
+that left mid-run would force a rebalance into the measurement.
 
 Every valid event produced must be in the offline log afterwards: `lost` counts those that are not.
 Each backlog run starts from an empty Redis and ends with `state_digest`, a SHA-256 over every
@@ -33,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from homefeed import offline_log
-from homefeed.settings import KAFKA_ENV, Settings, load_settings
+from homefeed.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ def _fresh(settings: Settings, root: Path, partitions: int, label: str) -> Setti
     return s
 
 
-def _consumers(settings: Settings, n: int, out_dir: Path) -> list[tuple]:
+def _consumers(settings: Settings, n: int, out_dir: Path, metrics_port: int | None = None) -> list[tuple]:
     """Start n consumer processes and wait until each has its partitions. They run until
     `_drain` stops them (no idle exit: a member leaving mid-run would force a rebalance)."""
     procs = []
@@ -70,12 +76,15 @@ def _consumers(settings: Settings, n: int, out_dir: Path) -> list[tuple]:
         stats = out_dir / f"{settings.consumer_group}-{i}.json"
         ready = out_dir / f"{settings.consumer_group}-{i}.ready"
         with open(out_dir / f"{settings.consumer_group}-{i}.log", "wb") as log_fh:  # never a full pipe
-            p = subprocess.Popen([sys.executable, "-m", "homefeed.cli", "stream", "consume",
-                                  "--stats-out", str(stats), "--ready-file", str(ready)],
-                                 env=_env(settings), stdout=subprocess.DEVNULL, stderr=log_fh)
+            argv = [sys.executable, "-m", "homefeed.cli", "stream", "consume",
+                    "--stats-out", str(stats), "--ready-file", str(ready)]
+            if metrics_port and i == 0:
+                argv += ["--metrics-port", str(metrics_port)]
+            p = subprocess.Popen(argv, env=_env(settings), stdout=subprocess.DEVNULL, stderr=log_fh)
         p.log_path = log_fh.name
         procs.append((p, stats, ready))
-    _wait_until(lambda: all(r.exists() for _, _, r in procs), [p for p, _, _ in procs], 120,
+    # Generous: on a loaded 2-core machine four processes importing Feast and GX take minutes.
+    _wait_until(lambda: all(r.exists() for _, _, r in procs), [p for p, _, _ in procs], 900,
                 "every consumer to join the group")
     return [(p, stats) for p, stats, _ in procs]
 
@@ -110,6 +119,52 @@ def _drain(settings: Settings, procs, records: int, timeout_s: float = 1800) -> 
         if p.wait(timeout=120) != 0:
             raise RuntimeError(f"consumer failed: {_log_tail(p)}")
         out.append(json.loads(Path(stats).read_text()))
+    return out
+
+
+def stage_summary(stats: list[dict]) -> dict:
+    """{stage: {mean, p50, p99}} in ms per micro-batch, over every batch of these consumers."""
+    from homefeed.stream.consumer import STAGES
+
+    out = {}
+    for stage in STAGES:
+        per_batch = np.asarray([x for st in stats for x in st.get("stage_s", {}).get(stage, [])]) * 1000
+        if per_batch.size:
+            out[stage] = {"mean": round(float(per_batch.mean()), 2),
+                          "p50": round(float(np.percentile(per_batch, 50)), 2),
+                          "p99": round(float(np.percentile(per_batch, 99)), 2)}
+    return out
+
+
+def prometheus_quantiles(url: str, name: str = "homefeed_stream_freshness_seconds",
+                         quantiles=(0.5, 0.99)) -> dict:
+    """Quantiles (ms) of a Prometheus histogram scraped from `url`, interpolated within buckets
+    as PromQL's histogram_quantile does."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    buckets = []
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            buckets = sorted((float(sm.labels["le"]), sm.value) for sm in family.samples
+                             if sm.name == name + "_bucket")
+    total = buckets[-1][1] if buckets else 0
+    out: dict = {"samples": int(total)}
+    for q in quantiles:
+        if not total:
+            break
+        rank, lower, below = q * total, 0.0, 0.0
+        for upper, count in buckets:
+            if count >= rank:
+                if upper == float("inf"):
+                    value = lower
+                else:
+                    value = lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+                out[f"p{round(q * 100)}"] = round(1000 * value, 1)
+                break
+            lower, below = upper, count
     return out
 
 
@@ -180,29 +235,13 @@ def state_digest(settings: Settings, user_ids) -> str:
 def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int], live_rate: float,
                      live_seconds: float, redis_cluster: int = 0) -> dict:
     from homefeed.feature_store import apply_repo
-    from homefeed.stack import LocalStack, free_port, free_port_block
+    from homefeed.stack import private_stack
 
     # A private stack on free ports: the benchmark never touches your Redis or topics.
     root = Path(tempfile.mkdtemp(prefix="homefeed-bench-"))
-    topology = ({"redis_mode": "cluster", "redis_cluster_size": redis_cluster,
-                 "redis_port": free_port_block(redis_cluster)} if redis_cluster
-                else {"redis_mode": "standalone", "redis_port": free_port()})
-    base = load_settings().local_kafka(home=root / "stack", kafka_port=free_port(), redis_url="",
-                                       redis_nodes="", **topology)
-    # In-process Feast clients read settings from the environment: point it at the same stack.
-    os.environ.update(HOMEFEED_HOME=str(base.home), HOMEFEED_REDIS_PORT=str(base.redis_port),
-                      HOMEFEED_KAFKA_PORT=str(base.kafka_port), HOMEFEED_REDIS_MODE=base.redis_mode,
-                      HOMEFEED_REDIS_CLUSTER_SIZE=str(base.redis_cluster_size))
-    os.environ.pop("HOMEFEED_REDIS_NODES", None)
-    for name in ("REDIS_URL", *KAFKA_ENV):
-        os.environ.pop(name, None)
-    stack = LocalStack(base)
-    stack.up()
-    try:
+    with private_stack(root / "stack", redis_cluster=redis_cluster) as (base, _):
         apply_repo(base.feature_repo)
         return _run(base, root, world_dir, partitions, consumers, live_rate, live_seconds)
-    finally:
-        stack.down()
 
 
 def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], consumers: list[int],
@@ -245,27 +284,35 @@ def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], con
                    "dead_lettered": sum(st["dead_lettered"] for st in stats),
                    "bad_events_sent": len(bad), "lost": lost,
                    "batches": sum(st["batches"] for st in stats),
+                   "stage_ms_mean": {k: v["mean"] for k, v in stage_summary(stats).items()},
                    "state_digest": state_digest(s, users)[:16]}
             report["runs"].append(run)
             log.info("backlog run %s", run)
 
     # Freshness: live traffic at a fixed rate, one consumer already running.
+    from homefeed.stack import free_port
+
     s = _fresh(base, root, partitions[0], "live")
-    procs = _consumers(s, 1, out_dir=root)
+    metrics_port = free_port()
+    procs = _consumers(s, 1, out_dir=root, metrics_port=metrics_port)
     live = events.head(int(live_rate * live_seconds))
     prefix = f"{s.consumer_group}-"
     producer = Producer(s)
     producer.send_all(s.actions_topic, event_records(live, False, id_prefix=prefix, live=True),
                       rate=live_rate, total=len(live), desc="live")
     producer.close()
+    _wait_until(lambda: committed_total(s) >= len(live), [p for p, _ in procs], 600, "the live events")
+    # The consumer's own histogram, scraped as Prometheus would: it must agree with the samples.
+    report["freshness_prometheus_ms"] = prometheus_quantiles(f"http://{s.host}:{metrics_port}/metrics")
     stats = _drain(s, procs, len(live))[0]
+    report["live_stage_ms"] = stage_summary([stats])
     fresh = np.asarray(stats["freshness_ms"], dtype=float)
     report["freshness_ms"] = {q: round(float(np.percentile(fresh, v)), 1) for q, v in
                               (("p50", 50), ("p95", 95), ("p99", 99))} if fresh.size else {}
     report["freshness_ms"]["samples"] = int(fresh.size)
     report["live_rate_per_s"] = live_rate
     report["live_lost"] = len({prefix + i for i in live["event_id"]} - _logged_ids(s))
-    report["live_pushed_sequences_per_batch"] = round(stats["applied"] / max(stats["batches"], 1), 1)
+    report["live_events_per_batch"] = round(stats["applied"] / max(stats["batches"], 1), 1)
 
     best = max(report["runs"], key=lambda r: r["events_per_s"])
     single = report["runs"][0]

@@ -3,7 +3,8 @@ Feast online store (Redis) and the offline parquet log.
 
 One micro-batch at a time, at least once:
 
-1. poll up to `batch_max_events` records or `batch_max_ms`;
+1. poll up to `batch_max_events` records; a batch waits for more at most `batch_max_ms` after its
+   oldest record reached the broker (records that queued meanwhile are taken at once);
 2. cheap per-message checks (homefeed.events.parse_event); failures go to the dead-letter topic
    with the original bytes and a reason header (a summary instead, when the value is too big for
    the topic); no record can raise out of this step;
@@ -30,6 +31,7 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from itertools import groupby
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,9 @@ for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 ACTION_EVENTS_TABLE = "action_events"
+# Where a micro-batch's time goes, in order (BatchResult.stage_s, the stage histogram, the benchmark).
+STAGES = ("poll", "parse", "validate", "state_read", "log_write", "feast_write", "state_write",
+          "dead_letter", "commit")
 # Records whose broker timestamp is this close to the wall clock are "live": they feed the
 # freshness histogram. Replayed history (record timestamp = simulated arrival) does not.
 LIVE_WINDOW_MS = 10 * 60 * 1000
@@ -105,6 +110,7 @@ class BatchResult:
     pins_pushed: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
     freshness_ms: list[int] = field(default_factory=list)
+    stage_s: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
 
     @property
     def accounted(self) -> int:
@@ -117,7 +123,17 @@ class BatchResult:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.dead.extend(other.dead)
         self.freshness_ms.extend(other.freshness_ms)
+        for stage, seconds in other.stage_s.items():
+            self.stage_s[stage] = self.stage_s.get(stage, 0.0) + seconds
         return self
+
+    @contextmanager
+    def timed(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_s[stage] = self.stage_s.get(stage, 0.0) + time.perf_counter() - start
 
 
 class StateFenced(RuntimeError):
@@ -251,17 +267,20 @@ class SequenceBuilder:
         """Apply one micro-batch. Raises only on an outage (`transient_errors`) or, for a record
         that passed every check but cannot be applied, on the error it caused."""
         result = BatchResult(records=len(records))
-        actions, pins = self._parse(records, result)
+        with result.timed("parse"):
+            actions, pins = self._parse(records, result)
         # Redelivered copies within one batch are duplicates, not invalid: drop them before the
         # suite (whose uniqueness check is for corruption, not for at-least-once). Event ids are
         # unique per user: two users' events that share an id are two events.
         unique = list({(ev.user_id, ev.event_id): (rec, ev)
                        for rec, ev in reversed(actions)}.values())[::-1]
         result.duplicates += len(actions) - len(unique)
-        actions = self._validate_batch(unique, result)
+        with result.timed("validate"):
+            actions = self._validate_batch(unique, result)
         self._apply_actions(actions, result)
         self._apply_pins(pins, result)
-        self._dead_letter(result.dead)
+        with result.timed("dead_letter"):
+            self._dead_letter(result.dead)
         self._count(records, result)
         return result
 
@@ -335,7 +354,8 @@ class SequenceBuilder:
 
         users = sorted(by_user)
         loaded: dict[int, bytes | None] = {}
-        states = self.load_states(users, raw_out=loaded)
+        with result.timed("state_read"):
+            states = self.load_states(users, raw_out=loaded)
         changed: dict[int, SequenceState] = {}
         rows, log_rows = [], []
         already = 0  # events this user's state already holds (a replay)
@@ -358,12 +378,16 @@ class SequenceBuilder:
                 log_rows.extend(versions)  # offline: every version, as it became servable
 
         # Durable first (the log is what backfill and training read), then online, then state.
-        offline_log.append(self.settings.offline_dir, ACTION_EVENTS_TABLE,
-                           events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions]))
+        with result.timed("log_write"):
+            offline_log.append(self.settings.offline_dir, ACTION_EVENTS_TABLE,
+                               events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions]))
+            if rows:
+                offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_frame(log_rows))
         if rows:
-            offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_frame(log_rows))
-            self.online.write_sequences(rows)  # Feast keeps only strictly newer rows: a zombie's lose
-            self.save_states(changed, loaded)  # fenced: a zombie's stale state is refused
+            with result.timed("feast_write"):
+                self.online.write_sequences(rows)  # Feast keeps only strictly newer rows: a zombie's lose
+            with result.timed("state_write"):
+                self.save_states(changed, loaded)  # fenced: a zombie's stale state is refused
         visible = wall_ms()
         for record, _ in actions:
             if 0 <= visible - record.timestamp < LIVE_WINDOW_MS:
@@ -382,8 +406,10 @@ class SequenceBuilder:
             F.PIN_CREATED_MS: p.created_ms, F.EVENT_TIMESTAMP: p.event_time,
             F.CREATED: max(r.timestamp, p.event_time),
         } for r, p in pins]
-        offline_log.append(self.settings.offline_dir, F.PIN_FEATURES, pin_frame(pd.DataFrame(rows)))
-        self.online.write_pins(rows)
+        with result.timed("log_write"):
+            offline_log.append(self.settings.offline_dir, F.PIN_FEATURES, pin_frame(pd.DataFrame(rows)))
+        with result.timed("feast_write"):
+            self.online.write_pins(rows)
         result.pins_pushed += len(rows)
 
     def _dead_letter(self, dead: list[DeadLetter]) -> None:
@@ -550,6 +576,7 @@ class ConsumeStats:
     first_batch_at: float | None = None  # wall-clock seconds; throughput = applied / span
     last_batch_at: float | None = None
     freshness_ms: list[int] = field(default_factory=list)
+    stage_s: dict[str, list[float]] = field(default_factory=dict)  # per batch, per stage
 
     def add(self, r: BatchResult) -> None:
         self.first_batch_at = self.first_batch_at or time.time()
@@ -562,10 +589,13 @@ class ConsumeStats:
         self.outside_window += r.outside_window
         self.batches += 1
         self.freshness_ms.extend(r.freshness_ms)
+        for stage in STAGES:
+            self.stage_s.setdefault(stage, []).append(r.stage_s.get(stage, 0.0))
 
     def to_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "freshness_ms"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("freshness_ms", "stage_s")}
         out["freshness_samples"] = len(self.freshness_ms)
+        out["stage_ms_mean"] = {k: round(1000 * sum(v) / len(v), 2) for k, v in self.stage_s.items() if v}
         return out
 
 
@@ -592,24 +622,32 @@ class StreamConsumer:
         self._last_lag = 0.0
 
     def poll_batch(self) -> list:
-        """Up to batch_max_events records within batch_max_ms; a broker error ends the window
+        """Up to batch_max_events records. A batch waits at most batch_max_ms for more records,
+        counted from the moment its oldest record reached the broker: under load (records that
+        queued while the last batch was applied) it is cut at once, with whatever the client
+        already holds, so the window never adds to the queueing. A broker error ends the window
         early (the client reconnects on the next poll)."""
         from kafka.errors import KafkaError
 
         batch: list = []
-        deadline = time.monotonic() + self.settings.batch_max_ms / 1000
-        while len(batch) < self.settings.batch_max_events and not self.stop.is_set():
+        cap, window_ms = self.settings.batch_max_events, self.settings.batch_max_ms
+        deadline = time.monotonic() + window_ms / 1000
+        while len(batch) < cap and not self.stop.is_set():
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
+            if remaining_ms <= 0 and not batch:
                 break
             try:
-                polled = self.consumer.poll(timeout_ms=remaining_ms,
-                                            max_records=self.settings.batch_max_events - len(batch))
+                polled = self.consumer.poll(timeout_ms=max(0, remaining_ms), max_records=cap - len(batch))
             except KafkaError as exc:
                 self._broker_error("poll", exc)
                 break
-            for records in polled.values():
-                batch.extend(records)
+            got = [r for records in polled.values() for r in records]
+            if not got and remaining_ms <= 0:
+                break  # window over and nothing more buffered
+            if got and not batch:
+                oldest_age_ms = wall_ms() - min(r.timestamp for r in got)
+                deadline = min(deadline, time.monotonic() + max(0, window_ms - oldest_age_ms) / 1000)
+            batch.extend(got)
         return batch
 
     def _broker_error(self, what: str, exc: BaseException) -> None:
@@ -687,7 +725,9 @@ class StreamConsumer:
                  self.settings.pins_topic, self.settings.consumer_group)
         try:
             while not self.stop.is_set():
+                polled_at = time.perf_counter()
                 batch = self.poll_batch()
+                poll_s = time.perf_counter() - polled_at
                 if ready_file and self._assignment():
                     Path(ready_file).touch()  # partitions assigned: orchestration may start producing
                     ready_file = None
@@ -705,7 +745,11 @@ class StreamConsumer:
                 except StateFenced as exc:
                     self.fenced(batch, exc)
                     continue
-                self.commit()
+                result.stage_s["poll"] = poll_s
+                with result.timed("commit"):
+                    self.commit()
+                for stage, seconds in result.stage_s.items():
+                    M.STAGE_SECONDS.labels(stage).observe(seconds)
                 self.stats.add(result)
                 self.builder.record_counters(result)
                 if result.dead:
@@ -777,4 +821,4 @@ def build_consumer(settings: Settings, validate: bool = True, **consumer_overrid
 
 def write_stats(path, stats: ConsumeStats) -> None:
     with open(path, "w") as fh:
-        json.dump({**stats.to_dict(), "freshness_ms": stats.freshness_ms}, fh)
+        json.dump({**stats.to_dict(), "freshness_ms": stats.freshness_ms, "stage_s": stats.stage_s}, fh)

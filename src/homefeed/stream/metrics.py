@@ -25,10 +25,15 @@ BATCH_SIZE = Histogram("homefeed_stream_batch_records", "Records per micro-batch
 FRESHNESS_SECONDS = Histogram(
     "homefeed_stream_freshness_seconds",
     "Event arrival at the broker (record timestamp) to visible in the online store",
-    buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10))
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10, 30, 60))
 BROKER_ERRORS = Counter("homefeed_stream_broker_errors_total",
                         "Kafka errors survived by retrying (poll, commit)", ["operation"])
 FENCED = Counter("homefeed_stream_fenced_batches_total",
                  "Batches abandoned uncommitted: another consumer wrote their users' state (a rebalance)")
 RETRIES = Counter("homefeed_stream_write_retries_total", "Batches retried after a Redis/storage error")
 LAG = Gauge("homefeed_stream_consumer_lag", "Records behind the end of the log", ["topic", "partition"])
+STAGE_SECONDS = Histogram(
+    "homefeed_stream_stage_seconds",
+    "Time per micro-batch in each stage: poll (the batch window), parse, validate (the GX suite), "
+    "state_read, log_write (offline log, fsync'd), feast_write, state_write, dead_letter, commit",
+    ["stage"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
