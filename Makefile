@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 DATASET ?= synthetic
 SIZE ?= tiny
 
-.PHONY: help setup redis-server promtool up down status apply test demo clean
+.PHONY: help setup redis-server promtool up down status apply test test-containers demo clean
 
 help:
 	@echo "make setup   venv + project + dev deps (+ redis-server and promtool via apt-get when root)"
@@ -17,6 +17,7 @@ help:
 	@echo "make down    stop them"
 	@echo "make apply   feast apply the feature repo"
 	@echo "make test    run the test suite (starts and stops its own services on free ports)"
+	@echo "make test-containers  build the images, run the compose stack and the bento image on a real engine"
 	@echo "make demo    run the main job end to end on a small world"
 
 setup: $(VENV)/.installed redis-server promtool
@@ -70,8 +71,12 @@ apply: up
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Also part of `make test` (tests/test_containers.py) where it can run: as root, or with an engine.
+test-containers: setup
+	$(BIN)/python tests/containers/run.py
+
 demo: setup
 	$(BIN)/homefeed demo --dataset $(DATASET) --size $(SIZE)
 
 clean: down
-	rm -rf .homefeed feature_repo/data
+	rm -rf .homefeed feature_repo/data bento/state
