@@ -12,7 +12,7 @@ SIZE ?= tiny
 # parity test). EXTRAS=dev skips pyspark (and then no JDK is needed).
 EXTRAS ?= dev,spark
 
-.PHONY: help setup redis-server promtool java up down status apply test demo clean
+.PHONY: help setup redis-server promtool java up down status apply test test-containers demo clean
 
 help:
 	@echo "make setup   venv + project + dev/spark deps (+ redis-server, promtool, a JDK via apt-get when root)"
@@ -20,6 +20,7 @@ help:
 	@echo "make down    stop them"
 	@echo "make apply   feast apply the feature repo"
 	@echo "make test    run the test suite (starts and stops its own services on free ports)"
+	@echo "make test-containers  build the images, run the compose stack and the bento image on a real engine"
 	@echo "make demo    run the main job end to end on a small world (DATASET=movielens|kuairand for real data)"
 
 setup: $(VENV)/.installed redis-server promtool java
@@ -85,6 +86,10 @@ apply: up
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Also part of `make test` (tests/test_containers.py) where it can run: as root, or with an engine.
+test-containers: setup
+	$(BIN)/python tests/containers/run.py
+
 # Real datasets (DATASET=movielens|kuairand): DATA=DIR, or KUAIRAND=DIR / MOVIELENS=DIR as
 # scripts/compare.sh takes them, names the unpacked files; unset, the demo runs
 # `homefeed world fetch` into .homefeed/data/ on its first run.
@@ -96,4 +101,4 @@ demo: setup
 	$(BIN)/homefeed demo --dataset $(DATASET) --size $(SIZE) $(if $(DATA),--data "$(DATA)")
 
 clean: down
-	rm -rf .homefeed feature_repo/data
+	rm -rf .homefeed feature_repo/data bento/state

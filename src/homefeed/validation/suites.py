@@ -626,7 +626,15 @@ def open_context(project_dir: Path, *, create: bool = False):
             "run `homefeed validate init` to create it"
         )
     gx = import_gx()
-    context = gx.get_context(mode="file", project_root_dir=str(project_dir))
+    # GX builds the project's own results store first and warns when it cannot create its
+    # directory (a read-only project, as in an image); `redirect_output` replaces that store.
+    backend_log = logging.getLogger("great_expectations.data_context.store._store_backend")
+    level = backend_log.level
+    backend_log.setLevel(logging.ERROR)
+    try:
+        context = gx.get_context(mode="file", project_root_dir=str(project_dir))
+    finally:
+        backend_log.setLevel(level)
     redirect_output(context)
     return context
 
