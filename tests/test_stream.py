@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +46,10 @@ def pipeline(feature_repo, stack, tmp_path):
         home=tmp_path / "home", actions_topic=f"actions-{tag}", pins_topic=f"pins-{tag}",
         dead_letter_topic=f"dlq-{tag}", consumer_group=f"group-{tag}", topic_partitions=2,
         batch_max_events=500, batch_max_ms=100)
+    # Consumer processes open the Feast registry of the home they are given: this test's home
+    # gets a copy of the one the session applied (the registry is one per HOMEFEED_HOME).
+    settings.feast_registry_path.parent.mkdir(parents=True)
+    shutil.copy(load_settings().feast_registry_path, settings.feast_registry_path)
     ensure_topics(settings)
     return settings
 
