@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Literal
@@ -79,6 +80,15 @@ def registry_config(settings=None) -> dict:
     if s.feast_registry:
         return {"registry_type": "sql", "path": s.feast_registry, **common}
     return {"registry_type": "file", "path": str(s.feast_registry_path), **common}
+
+
+def copy_registry(source, target) -> None:
+    """Give `target`'s home the Feast registry applied for `source` (settings of two homes on
+    the same stack): a file registry is one per home; a SQL registry is already shared."""
+    if source.feast_registry or source.feast_registry_path == target.feast_registry_path:
+        return
+    target.feast_registry_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source.feast_registry_path, target.feast_registry_path)
 
 
 def _describe_registry(registry: dict) -> str:

@@ -58,12 +58,14 @@ def _env(settings: Settings) -> dict:
 
 
 def _fresh(settings: Settings, root: Path, partitions: int, label: str) -> Settings:
+    from homefeed.feature_store import copy_registry
     from homefeed.stack import ensure_topics
 
     tag = f"{label}-{uuid.uuid4().hex[:6]}"
     s = settings.replace(home=root / tag, actions_topic=f"bench-actions-{tag}",
                          pins_topic=f"bench-pins-{tag}", dead_letter_topic=f"bench-dlq-{tag}",
                          consumer_group=f"bench-{tag}", topic_partitions=partitions)
+    copy_registry(settings, s)  # consumer processes open the registry of the home they are given
     ensure_topics(s)
     return s
 
