@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from kafka import KafkaConsumer
 from homefeed import events as E
 from homefeed import features as F
 from homefeed import offline_log
-from homefeed.feature_store import open_store
+from homefeed.feature_store import copy_registry, open_store
 from homefeed.sequence import build
 from homefeed.settings import load_settings
 from homefeed.stack import LocalStack, ensure_topics, free_port
@@ -46,10 +45,7 @@ def pipeline(feature_repo, stack, tmp_path):
         home=tmp_path / "home", actions_topic=f"actions-{tag}", pins_topic=f"pins-{tag}",
         dead_letter_topic=f"dlq-{tag}", consumer_group=f"group-{tag}", topic_partitions=2,
         batch_max_events=500, batch_max_ms=100)
-    # Consumer processes open the Feast registry of the home they are given: this test's home
-    # gets a copy of the one the session applied (the registry is one per HOMEFEED_HOME).
-    settings.feast_registry_path.parent.mkdir(parents=True)
-    shutil.copy(load_settings().feast_registry_path, settings.feast_registry_path)
+    copy_registry(load_settings(), settings)  # consumer processes open their home's registry
     ensure_topics(settings)
     return settings
 
@@ -205,12 +201,20 @@ def consumer_env(settings) -> dict:
                 HOMEFEED_BATCH_MAX_EVENTS=str(settings.batch_max_events))
 
 
-def consumer_process(settings, env_extra: dict, stats_path, idle_s: float | None = 4.0, ready=None):
+def consumer_process(settings, env_extra: dict, stats_path, idle_s: float | None = 4.0, ready=None,
+                     log_path=None):
+    """A `homefeed stream consume` process; its output goes to a pipe, or to `log_path` for a
+    long-running one (a pipe nobody reads fills up and blocks the process)."""
     env = {**os.environ, **consumer_env(settings), **env_extra}
     argv = [sys.executable, "-m", "homefeed.cli", "stream", "consume", "--stats-out", str(stats_path)]
     argv += ["--exit-when-idle", str(idle_s)] if idle_s is not None else []
     argv += ["--ready-file", str(ready)] if ready else []
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = open(log_path, "wb") if log_path else subprocess.PIPE
+    try:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log_path:
+            out.close()  # the child holds its own descriptor
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -244,6 +248,64 @@ def test_consumer_killed_mid_batch_loses_nothing_and_duplicates_nothing(pipeline
     expected = expected_sequences(evs)
     for u in users:
         assert online[u] == expected[u]  # no loss, no duplicate action in any sequence
+    assert set(offline_log.read(settings.offline_dir, "action_events")["event_id"]) == {e.event_id for e in evs}
+
+
+@pytest.mark.slow
+def test_one_of_two_consumers_killed_mid_batch_the_other_takes_over_and_state_is_exact(pipeline, tmp_path):
+    """Two consumer processes share the partitions; one is SIGKILLed while both still have
+    records to apply. The broker evicts it (session timeout), the survivor takes its partition
+    from the last committed offset and replays the uncommitted batch: every sequence and state
+    equals what one consumer builds (at least once + idempotent, fenced writes), the log is
+    complete.
+
+    The processes start one after the other and the victim joins second, so the survivor leads
+    the group: Tansu 0.6 never re-forms a group whose leader left during a rebalance (see the
+    zombie test below). Every wait is on observable state (ready files, committed offsets), never
+    on a sleep."""
+    from homefeed.stream.ops import stream_status
+
+    users = user_block(60)
+    evs = make_events(users, 100, now_ms() - 3_600_000, "t")
+    settings = pipeline.replace(batch_max_events=100)
+    ready = [tmp_path / "survivor.ready", tmp_path / "victim.ready"]
+    survivor = consumer_process(settings, {}, tmp_path / "survivor.json", idle_s=None, ready=ready[0],
+                                log_path=tmp_path / "survivor.log")
+    victim = None
+
+    def partitions():
+        return stream_status(settings)["topics"][settings.actions_topic]
+
+    def both_mid_work():  # one partition each: both have committed batches and records left
+        rows = partitions()
+        return all((r["committed"] or 0) > 0 and r["lag"] > 0 for r in rows)
+
+    try:
+        wait_for(ready[0].exists, 300, "the survivor to own the partitions")
+        victim = consumer_process(settings, {}, tmp_path / "victim.json", idle_s=None, ready=ready[1],
+                                  log_path=tmp_path / "victim.log")
+        wait_for(ready[1].exists, 300, "the victim to join and take a partition")
+        produce(settings, evs)
+        wait_for(both_mid_work, 300, "both consumers to commit batches")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        left = sum(r["lag"] for r in partitions())
+        wait_for(lambda: _committed(settings) == len(evs), 300, "the survivor to finish")
+    finally:
+        for proc in (victim, survivor):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM if proc is survivor else signal.SIGKILL)
+        survivor.wait(60)
+        if victim is not None:
+            victim.wait(10)
+    assert survivor.returncode == 0, (tmp_path / "survivor.log").read_text()[-2000:]
+    assert left > 0  # the victim died with records of its partition still to apply
+    stats = json.loads((tmp_path / "survivor.json").read_text())
+    assert 0 < stats["applied"] < len(evs)  # its share, then the victim's rest
+    expected = expected_sequences(evs)
+    assert online_sequences(users) == expected  # no loss, no duplicate action in any sequence
+    states = build_consumer(settings, validate=False).builder.load_states(users)
+    assert all(states[u].feature_row() == expected[u] for u in users)
     assert set(offline_log.read(settings.offline_dir, "action_events")["event_id"]) == {e.event_id for e in evs}
 
 
