@@ -505,6 +505,40 @@ def test_failing_rows_for_the_dead_letter_path(project):
     assert sorted(whole) == [0, 1, 2, 3, 4] and "missing_column" in whole[0]
 
 
+def test_the_stream_skips_only_structure_checks_and_rejects_the_same_rows(project):
+    full = runner.get_project(project).suite("action_events")
+    values = runner.get_project(project).suite("action_events", structure=False)
+    kept = {e.expectation_type for e in values.expectations}
+    assert not kept & S.STRUCTURE_TYPES and len(values.expectations) == 7
+    assert len(full.expectations) - len(values.expectations) == 15  # exists, not null, types x 5
+    df = events(20).assign(arrival_time=NOW)
+    df.loc[3, "action_type"] = "like"
+    df.loc[5, ["user_id", "event_id"]] = df.loc[4, ["user_id", "event_id"]].to_numpy()
+    df.loc[7, "event_time"] = NOW + 120_000
+    df.loc[9, "pin_id"] = MAX_ID + 1
+    df.loc[11, "event_id"] = "x" * 500
+    both = [runner.failing_rows("action_events", df, project_dir=project, settings=SETTINGS,
+                                now_ms=NOW, max_future_skew_ms=60_000, structure=structure)
+            for structure in (True, False)]
+    assert both[0] == both[1] and sorted(both[0]) == [3, 5, 7, 9, 11]
+
+
+def test_the_consumers_batch_frame_meets_the_structure_checks_by_construction(project):
+    """The stream skips the structure checks because `events_frame` guarantees them: the whole
+    suite passes on what it builds from parsed events, edge values included."""
+    from homefeed.events import ActionEvent
+    from homefeed.stream.consumer import events_frame
+
+    evs = [ActionEvent(f"e{i}", [1, MAX_ID, 7][i % 3], [MAX_ID, 1, 42][i % 3], ActionType(1 + i % 3),
+                       MIN_EVENT_TIME_MS + i, surface=["homefeed", "", "search"][i % 3])
+           for i in range(9)]
+    for batch in (evs, evs[:1]):
+        frame = events_frame(batch, [NOW] * len(batch))
+        report = runner.validate_dataframe("action_events", frame, project_dir=project,
+                                           settings=SETTINGS, now_ms=NOW)
+        assert report.success, report.to_text()
+
+
 def test_run_checkpoint_stores_result(project):
     report = runner.run_checkpoint("pin_features", pin_rows(), settings=SETTINGS, project_dir=project)
     assert report.success, report.to_text()

@@ -217,7 +217,7 @@ class _Project:
         self.project_dir = project_dir
         self.context = S.open_context(project_dir)
         self.lock = threading.Lock()
-        self._suites: dict[str, Any] = {}
+        self._suites: dict[Any, Any] = {}  # name: stored suite; (name, structure): run-time copy
         self._batch_definitions: dict[str, Any] = {}
         self._checkpoints: dict[str, Any] = {}
 
@@ -232,10 +232,12 @@ class _Project:
                 ) from None
         return cache[name]
 
-    def suite(self, name: str):
-        """The stored suite with its run-time parameters as $PARAMETER references."""
-        return self._lookup(self._suites, name,
-                            lambda n: S.runtime_suite(self.context.suites.get(n)))
+    def suite(self, name: str, structure: bool = True):
+        """The stored suite with its run-time parameters as $PARAMETER references (without its
+        structure checks when `structure` is false: see suites.STRUCTURE_TYPES)."""
+        self._lookup(self._suites, name, lambda n: self.context.suites.get(n))  # a clear error
+        return self._lookup(self._suites, (name, structure),
+                            lambda key: S.runtime_suite(self._suites[name], structure))
 
     def batch_definition(self, name: str):
         def get(asset_name: str):
@@ -365,6 +367,7 @@ def failing_rows(
     now_ms: int | None = None,
     max_future_skew_ms: int | None = None,
     project_dir: Path | str | None = None,
+    structure: bool = True,
     **params: Any,
 ) -> dict[int, str]:
     """Which rows of `df` the suite rejects: {row position: "check: expectation(column); ..."}.
@@ -372,12 +375,14 @@ def failing_rows(
     For the stream consumer's dead-letter path (empty dict when the batch passes). Row-level
     failures name their rows; a duplicate key rejects its later occurrences only (the first
     one stays valid); a batch-level failure (missing column, wrong dtype, an aggregate check,
-    an expectation GX could not evaluate) rejects every row.
+    an expectation GX could not evaluate) rejects every row. `structure=False` skips the
+    suite's structure checks (suites.STRUCTURE_TYPES), for a frame whose columns, dtypes and
+    non-null values its builder guarantees.
     """
     report, results = _validate_frame(
         suite_name, df, settings=settings, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms,
         project_dir=project_dir, label_rate_bounds=None, params=params,
-        detail_format={"result_format": "COMPLETE"})
+        detail_format={"result_format": "COMPLETE"}, structure=structure)
     if report.success:
         return {}
     rejected: dict[int, list[str]] = {}
@@ -406,7 +411,7 @@ def failing_rows(
 
 
 def _validate_frame(suite_name, df, *, settings, now_ms, max_future_skew_ms, project_dir,
-                    label_rate_bounds, params, detail_format):
+                    label_rate_bounds, params, detail_format, structure=True):
     _check_name(suite_name)
     start = time.perf_counter()
     project = get_project(project_dir)
@@ -415,7 +420,7 @@ def _validate_frame(suite_name, df, *, settings, now_ms, max_future_skew_ms, pro
                                     label_rate_bounds=label_rate_bounds, **params)
     data = S.derive_columns(suite_name, df)
     with project.lock:
-        suite = project.suite(suite_name)
+        suite = project.suite(suite_name, structure)
         batch = project.batch_definition(suite_name).get_batch(batch_parameters={"dataframe": data})
         # Pass 1 only decides pass/fail (GX skips the unexpected-value metrics: ~40% cheaper);
         # pass 2 re-runs just the failed expectations for counts and examples.
