@@ -1,11 +1,13 @@
-"""Helpers shared by the training and experiment tests (plain functions, not fixtures)."""
+"""Helpers shared by the tests (plain functions, not fixtures)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from homefeed import features as F
 from homefeed.events import ActionEvent
@@ -13,6 +15,28 @@ from homefeed.settings import Settings
 from homefeed.training.dataset import Dataset, save_dataset
 
 DAY = 86_400_000
+
+
+def assert_same_contract_as_generator(world_dir: Path, tmp_path: Path):
+    """An imported world has the synthetic generator's parquet schemas and world.json keys, and
+    its requests and events in the generator's sort orders. Returns the loaded world."""
+    from homefeed.world import WORLD_FILES, WorldParams, generate_world, load_world
+
+    synth = tmp_path / "synth"
+    generate_world(WorldParams(users=20, pins=50, days=2, embedding_dim=8, n_topics=4), synth,
+                   progress=False)
+    for name in WORLD_FILES:
+        if name.endswith(".parquet"):
+            assert pq.read_schema(world_dir / name) == pq.read_schema(synth / name), name
+    meta = json.loads((world_dir / "world.json").read_text())
+    synth_meta = json.loads((synth / "world.json").read_text())
+    assert set(synth_meta) <= set(meta) and set(synth_meta["summary"]) <= set(meta["summary"])
+    world = load_world(world_dir)
+    keys = world.requests[["request_time", "request_id", "position"]].to_records(index=False).tolist()
+    assert keys == sorted(keys)
+    order = world.events[["arrival_time", "event_id"]].to_records(index=False).tolist()
+    assert order == sorted(order) and world.events.event_id.is_unique
+    return meta
 
 
 def replay(settings: Settings, events: list[tuple[ActionEvent, int]], pins: pd.DataFrame | None = None,

@@ -4,19 +4,19 @@ plus one run on the real KuaiRand-Pure slice when ../shared/data/kuairand-pure i
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from homefeed.cli import main
 from homefeed.errors import UserError
-from homefeed.world import DAY_MS, WORLD_FILES, WorldParams, generate_world, load_world
+from homefeed.world import DAY_MS, WORLD_FILES, load_world
 from homefeed.world.kuairand import KuaiRandParams, LabelMapping, import_kuairand
+
+from helpers import assert_same_contract_as_generator
 
 PARQUETS = [name for name in WORLD_FILES if name.endswith(".parquet")]
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kuairand-pure"
@@ -256,19 +256,8 @@ def test_eval_period_clicks_never_change_an_embedding(tmp_path, world):
 
 
 def test_same_schemas_as_the_generator(tmp_path, world_dir, world):
-    synth = tmp_path / "synth"
-    generate_world(WorldParams(users=20, pins=50, days=2, embedding_dim=8, n_topics=4), synth,
-                   progress=False)
-    for name in PARQUETS:
-        assert pq.read_schema(world_dir / name) == pq.read_schema(synth / name), name
-    meta = json.loads((world_dir / "world.json").read_text())
-    synth_meta = json.loads((synth / "world.json").read_text())
-    assert set(synth_meta) <= set(meta) and set(synth_meta["summary"]) <= set(meta["summary"])
-    req, ev = world.requests, world.events
-    keys = req[["request_time", "request_id", "position"]].to_records(index=False).tolist()
-    assert keys == sorted(keys)
-    order = ev[["arrival_time", "event_id"]].to_records(index=False).tolist()
-    assert order == sorted(order) and ev.event_id.is_unique
+    assert_same_contract_as_generator(world_dir, tmp_path)
+    req = world.requests
     assert (req.user_id >= 1).all() and (req.pin_id >= 1).all()  # KuaiRand's id 0 -> 1
 
 

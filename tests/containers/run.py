@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -45,6 +44,9 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+
+from homefeed.faults import request  # the project's venv runs this script
+from homefeed.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -80,22 +82,6 @@ def sh(cmd: list[str], *, env: dict | None = None, check: bool = True, timeout: 
             detail = log.read_text(errors="replace")[-3000:]
         raise Failed(f"`{' '.join(cmd)[:200]}` exited {result.returncode}\n{detail}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(method: str, url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, str]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 def wait_for(what: str, probe, timeout_s: float, every_s: float = 1.0):
@@ -504,7 +490,7 @@ class Run:
         url = f"http://127.0.0.1:{self.ranker_port}"
         produced = self.figures["world events"]
         self.caught_up(produced)
-        wait_for("the ranker's /readyz", lambda: request("GET", url + "/readyz", timeout=5)[0] == 200, 300, 2)
+        wait_for("the ranker's /readyz", lambda: request("GET", url + "/readyz", timeout_s=5)[0] == 200, 300, 2)
         say(f"consumer caught up on {produced} events, ranker ready")
 
         # A replayed user is ranked from their sequence by the containerized service.
@@ -548,7 +534,7 @@ class Run:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
 
         def done() -> bool:
-            text = request("GET", url, timeout=5)[1]
+            text = request("GET", url, timeout_s=5)[1]
             polled = sum(float(line.split()[-1]) for line in text.splitlines()
                          if line.startswith('homefeed_stream_events_in_total{topic="user-actions"'))
             lags = [float(line.split()[-1]) for line in text.splitlines()
@@ -576,7 +562,7 @@ class Run:
         self.bento_container = name
         url = f"http://127.0.0.1:{self.bento_port}"
         try:
-            wait_for("the bento container's /readyz", lambda: request("GET", url + "/readyz", timeout=5)[0] == 200, 300, 2)
+            wait_for("the bento container's /readyz", lambda: request("GET", url + "/readyz", timeout_s=5)[0] == 200, 300, 2)
         except Failed:
             logs = self.engine.docker("logs", "--tail", "40", name, check=False, capture=True, quiet=True)
             raise Failed(f"the bento container did not become ready:\n{logs.stdout}{logs.stderr}") from None
