@@ -786,6 +786,8 @@ def test_bench_validate_json(project, capsys):
     passing = [r for r in data["results"] if r["passing"]]
     assert [r["events"] for r in passing] == [200]
     assert passing[0]["median_ms"] > 0 and passing[0]["p95_ms"] >= passing[0]["median_ms"]
+    stream = passing[0]["stream_path"]
+    assert stream["median_ms"] > 0 and stream["p95_ms"] >= stream["median_ms"]
 
 
 # ----------------------------------------------------------- plain GX and `great_expectations`

@@ -1,8 +1,9 @@
 """`homefeed bench validate`: what the action_events suite costs per micro-batch.
 
-Times `validate_dataframe("action_events", batch)` (the stream consumer's path: cached
-context, no stored results) on synthetic valid batches of 1k and 10k events, repeated, and
-reports median and p95 milliseconds. Also times a 1k batch with one bad row (the failing path
+Times `validate_dataframe("action_events", batch)` (the whole suite: cached context, no stored
+results) and the stream consumer's call (`failing_rows(..., structure=False)`: the value checks)
+on synthetic valid batches of 1k and 10k events, repeated, and reports median and p95
+milliseconds. Also times a 1k batch with one bad row (the failing path
 re-runs the failed expectation for counts and examples) and the cold first call (GX import
 and context load). `--json` prints one JSON object.
 """
@@ -74,6 +75,15 @@ def run_bench(sizes: list[int], repeats: int, project_dir: Path | None = None) -
             assert report.success
         row = {"events": n, "passing": True, **_stats(samples)}
         row["events_per_s"] = round(n / (row["median_ms"] / 1000))
+        # The consumer's call: failing_rows with the value checks only (structure by construction).
+        stream = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            rejected = runner.failing_rows("action_events", batch, settings=settings, now_ms=BENCH_NOW_MS,
+                                           project_dir=project_dir, structure=False)
+            stream.append((time.perf_counter() - t) * 1000)
+            assert not rejected
+        row["stream_path"] = _stats(stream)
         results.append(row)
 
     bad = synthetic_events(1000, seed=1)
@@ -122,6 +132,9 @@ def bench_validate(args) -> int:
     for row in result["results"]:
         label = f"{row['events']:>6} events" + ("" if row["passing"] else " (1 bad row)")
         print(f"  {label}: median {row['median_ms']} ms, p95 {row['p95_ms']} ms")
+        if "stream_path" in row:
+            print(f"  {label}, the consumer's value checks: median {row['stream_path']['median_ms']} ms, "
+                  f"p95 {row['stream_path']['p95_ms']} ms")
     return 0
 
 
