@@ -103,7 +103,8 @@ def append(offline_dir: Path, table: str, rows: pd.DataFrame, schema: pa.Schema 
     for col in TIMESTAMP_COLUMNS:
         if col in rows:
             rows[col] = to_utc_us(rows[col])
-    dates = rows[F.EVENT_TIMESTAMP].dt.strftime("%Y-%m").to_numpy()
+    # month of each row, as numpy months (strftime costs ~40 ms per 4k rows: per micro-batch)
+    dates = rows[F.EVENT_TIMESTAMP].dt.tz_convert(None).to_numpy().astype("datetime64[M]")
     created_ms = int(rows[F.CREATED].max().value // 1_000_000) if F.CREATED in rows else 0
     arrow = pa.Table.from_pandas(rows.reset_index(drop=True), schema=schema, preserve_index=False)
     order = np.argsort(dates, kind="stable")
@@ -111,7 +112,8 @@ def append(offline_dir: Path, table: str, rows: pd.DataFrame, schema: pa.Schema 
     bounds = [*starts[1:], len(order)]
 
     def write(i: int) -> Path:
-        directory = table_dir(offline_dir, table) / f"{PARTITION_PREFIX}{unique[i]}"
+        month = np.datetime_as_string(unique[i], unit="M")  # YYYY-MM
+        directory = table_dir(offline_dir, table) / f"{PARTITION_PREFIX}{month}"
         directory.mkdir(parents=True, exist_ok=True)
         name = f"{created_ms:013d}-{uuid.uuid4().hex[:12]}.parquet"
         tmp = directory / f".{name}.tmp"
