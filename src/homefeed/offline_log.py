@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -92,21 +93,38 @@ def to_utc_us(series: pd.Series) -> pd.Series:
 WRITE_THREADS = 8  # parallel file writes + fsyncs of one append (a long-span batch has thousands)
 
 
-def append(offline_dir: Path, table: str, rows: pd.DataFrame, schema: pa.Schema | None = None) -> list[Path]:
+def int64_lists(values: list) -> pa.ListArray:
+    """A list<int64> Arrow column from Python lists of ints, through one flat buffer: about half
+    the time of converting the same lists through pandas (the stream's sequence rows)."""
+    lengths = np.fromiter((len(v) for v in values), dtype=np.int32, count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter(chain.from_iterable(values), dtype=np.int64, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+def append(offline_dir: Path, table: str, rows: pd.DataFrame | pa.Table,
+           schema: pa.Schema | None = None) -> list[Path]:
     """Append rows to one table; returns the files written (one per event month).
 
-    Every file is fsynced before this returns (durable before the caller commits Kafka
-    offsets); the rows are converted to Arrow once and the per-month files written in parallel."""
-    if rows.empty:
+    `rows` is a DataFrame, or an Arrow table whose timestamp columns are already
+    timestamp[us, UTC]. Every file is fsynced before this returns (durable before the caller
+    commits Kafka offsets); the rows are converted to Arrow once and the per-month files written
+    in parallel."""
+    if len(rows) == 0:
         return []
-    rows = rows.copy()
-    for col in TIMESTAMP_COLUMNS:
-        if col in rows:
-            rows[col] = to_utc_us(rows[col])
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.copy()
+        for col in TIMESTAMP_COLUMNS:
+            if col in rows:
+                rows[col] = to_utc_us(rows[col])
+        arrow = pa.Table.from_pandas(rows.reset_index(drop=True), schema=schema, preserve_index=False)
+    else:
+        arrow = rows
     # month of each row, as numpy months (strftime costs ~40 ms per 4k rows: per micro-batch)
-    dates = rows[F.EVENT_TIMESTAMP].dt.tz_convert(None).to_numpy().astype("datetime64[M]")
-    created_ms = int(rows[F.CREATED].max().value // 1_000_000) if F.CREATED in rows else 0
-    arrow = pa.Table.from_pandas(rows.reset_index(drop=True), schema=schema, preserve_index=False)
+    dates = arrow.column(F.EVENT_TIMESTAMP).to_numpy().astype("datetime64[M]")
+    created_ms = (int(arrow.column(F.CREATED).to_numpy().max().astype("datetime64[ms]").astype(np.int64))
+                  if F.CREATED in arrow.column_names else 0)
     order = np.argsort(dates, kind="stable")
     unique, starts = np.unique(dates[order], return_index=True)
     bounds = [*starts[1:], len(order)]

@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from homefeed import events as E
 from homefeed import features as F
@@ -383,7 +385,7 @@ class SequenceBuilder:
             offline_log.append(self.settings.offline_dir, ACTION_EVENTS_TABLE,
                                events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions]))
             if rows:
-                offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_frame(log_rows))
+                offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_table(log_rows))
         if rows:
             with result.timed("feast_write"):
                 self.online.write_sequences(rows)  # Feast keeps only strictly newer rows: a zombie's lose
@@ -482,14 +484,24 @@ def events_frame(evs: list[E.ActionEvent], arrival_ms: list[int]) -> pd.DataFram
     return frame
 
 
-def sequence_frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    frame[F.USER_ID] = frame[F.USER_ID].astype("int64")
-    frame[F.SEQ_LENGTH] = frame[F.SEQ_LENGTH].astype("int32")
-    frame[F.SEQ_ACTION_TYPES] = [[int(a) for a in v] for v in frame[F.SEQ_ACTION_TYPES]]
-    for col in (F.EVENT_TIMESTAMP, F.CREATED):
-        frame[col] = offline_log.to_utc_us(frame[col].astype("int64"))
-    return frame
+def sequence_table(rows: list[dict]) -> pa.Table:
+    """Sequence rows (feature rows with user id and epoch-ms timestamps) as the log's Arrow
+    table, column by column: no pandas round trip for the list columns, which are most of a
+    batch's log write."""
+    def column(name: str) -> list:
+        return [r[name] for r in rows]
+
+    def utc_us(name: str) -> pa.Array:
+        return pa.array(np.asarray(column(name), dtype=np.int64) * 1000, pa.timestamp("us", tz="UTC"))
+
+    return pa.table({
+        F.USER_ID: pa.array(column(F.USER_ID), pa.int64()),
+        F.EVENT_TIMESTAMP: utc_us(F.EVENT_TIMESTAMP),
+        F.CREATED: utc_us(F.CREATED),
+        **{name: offline_log.int64_lists(column(name))
+           for name in (F.SEQ_PIN_IDS, F.SEQ_ACTION_TYPES, F.SEQ_ACTION_TIMES)},
+        F.SEQ_LENGTH: pa.array(column(F.SEQ_LENGTH), pa.int32()),
+    })
 
 
 def pin_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -132,7 +132,7 @@ def backfill(settings: Settings, since: str, users: list[int] | None = None, sto
     latest logged features: after Redis lost its data, both come back."""
     from homefeed.feature_store import open_store
     from homefeed.redis_client import pipeline_client
-    from homefeed.stream.consumer import SequenceBuilder, sequence_frame
+    from homefeed.stream.consumer import SequenceBuilder, sequence_table
 
     since_ms = parse_time_ms(str(since))
     store = store or open_store(settings.feature_repo)
@@ -160,7 +160,7 @@ def backfill(settings: Settings, since: str, users: list[int] | None = None, sto
         rows.append({F.USER_ID: int(user), F.EVENT_TIMESTAMP: state.snapshot_ms,
                      F.CREATED: max(now_ms, state.snapshot_ms), **state.feature_row()})
     if rows:
-        offline_log.append(settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_frame(rows))
+        offline_log.append(settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_table(rows))
         builder.online.write_sequences(rows)
         builder.save_states(new_states)
     log.info("backfilled %d users from %d logged events, %d pins", len(rows), len(events), pins)
