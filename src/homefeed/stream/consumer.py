@@ -279,8 +279,8 @@ class SequenceBuilder:
                        for rec, ev in reversed(actions)}.values())[::-1]
         result.duplicates += len(actions) - len(unique)
         with result.timed("validate"):
-            actions = self._validate_batch(unique, result)
-        self._apply_actions(actions, result)
+            actions, frame = self._validate_batch(unique, result)
+        self._apply_actions(actions, result, frame)
         self._apply_pins(pins, result)
         with result.timed("dead_letter"):
             self._dead_letter(result.dead)
@@ -332,22 +332,25 @@ class SequenceBuilder:
         for ms in result.freshness_ms:
             M.FRESHNESS_SECONDS.observe(ms / 1000)
 
-    def _validate_batch(self, actions, result: BatchResult):
+    def _validate_batch(self, actions, result: BatchResult) -> tuple[list, pd.DataFrame | None]:
+        """The actions the suite keeps, and their events frame (the log's rows; None when
+        nothing was validated)."""
         if not actions or self.validator is None:
-            return actions
+            return actions, None
         frame = events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions])
         rejected = self.validator(frame)
         if not rejected:
-            return actions
+            return actions, frame
         keep = []
         for i, pair in enumerate(actions):
             if i in rejected:
                 result.dead.append(DeadLetter(pair[0], E.REASON_BATCH_SUITE, rejected[i]))
             else:
                 keep.append(pair)
-        return keep
+        return keep, frame.drop(index=list(rejected)).reset_index(drop=True)
 
-    def _apply_actions(self, actions, result: BatchResult) -> None:
+    def _apply_actions(self, actions, result: BatchResult, frame: pd.DataFrame | None = None) -> None:
+        """`frame`: the actions' events frame when the validator built it already."""
         if not actions:
             return
         by_user: dict[int, list[tuple[int, Action]]] = defaultdict(list)  # (arrival ms, action)
@@ -382,8 +385,9 @@ class SequenceBuilder:
 
         # Durable first (the log is what backfill and training read), then online, then state.
         with result.timed("log_write"):
-            offline_log.append(self.settings.offline_dir, ACTION_EVENTS_TABLE,
-                               events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions]))
+            if frame is None:
+                frame = events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions])
+            offline_log.append(self.settings.offline_dir, ACTION_EVENTS_TABLE, frame)
             if rows:
                 offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_table(log_rows))
         if rows:

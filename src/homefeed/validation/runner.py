@@ -217,7 +217,8 @@ class _Project:
         self.project_dir = project_dir
         self.context = S.open_context(project_dir)
         self.lock = threading.Lock()
-        self._suites: dict[Any, Any] = {}  # name: stored suite; (name, structure): run-time copy
+        self._stored: dict[str, Any] = {}
+        self._suites: dict[tuple[str, bool], Any] = {}  # (name, structure): run-time copy
         self._batch_definitions: dict[str, Any] = {}
         self._checkpoints: dict[str, Any] = {}
 
@@ -235,9 +236,9 @@ class _Project:
     def suite(self, name: str, structure: bool = True):
         """The stored suite with its run-time parameters as $PARAMETER references (without its
         structure checks when `structure` is false: see suites.STRUCTURE_TYPES)."""
-        self._lookup(self._suites, name, lambda n: self.context.suites.get(n))  # a clear error
+        stored = self._lookup(self._stored, name, self.context.suites.get)
         return self._lookup(self._suites, (name, structure),
-                            lambda key: S.runtime_suite(self._suites[name], structure))
+                            lambda key: S.runtime_suite(stored, structure))
 
     def batch_definition(self, name: str):
         def get(asset_name: str):
