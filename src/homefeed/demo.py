@@ -404,6 +404,8 @@ def real_data_dir(settings: Settings, dataset: str, data: str | None) -> tuple[P
     """(the dataset's files, whether they must be fetched first): --data DIR (`make demo
     KUAIRAND=DIR`), else HOMEFEED_MOVIELENS_DIR for MovieLens, else what `homefeed world fetch`
     writes to HOMEFEED_HOME/data/NAME (fetched on the first run)."""
+    from homefeed.world.fetch import MANIFEST
+
     real = REAL_DATA[dataset]
     explicit = data or (os.environ.get("HOMEFEED_MOVIELENS_DIR") if dataset == "movielens" else None)
     if explicit:
@@ -413,7 +415,7 @@ def real_data_dir(settings: Settings, dataset: str, data: str | None) -> tuple[P
                             f"from `homefeed world fetch {real.fetch_name} --out DIR`)")
         return path, False
     path = settings.home / "data" / real.fetch_name
-    return path, not (path / "fetch.json").is_file()
+    return path, not (path / MANIFEST).is_file()
 
 
 def import_args(real: RealData, preset: Size) -> list[str]:

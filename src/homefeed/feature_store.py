@@ -111,10 +111,10 @@ def open_store(repo_path: Path | None = None, *, require_applied: bool = True):
         raise UserError(f"no feature_store.yaml in {path}; set HOMEFEED_FEATURE_REPO")
     settings = load_settings()
     registry = registry_config(settings)
-    if require_applied and registry["registry_type"] == "file" and not Path(registry["path"]).is_file():
-        raise UserError(f"no Feast registry {_describe_registry(registry)}: nothing has been applied "
-                        f"for HOMEFEED_HOME={settings.home}; run `homefeed feast apply` first")
     if registry["registry_type"] == "file":
+        if require_applied and not Path(registry["path"]).is_file():
+            raise UserError(f"no Feast registry {_describe_registry(registry)}: nothing has been "
+                            f"applied for HOMEFEED_HOME={settings.home}; run `homefeed feast apply` first")
         Path(registry["path"]).parent.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load(os.path.expandvars(yaml_path.read_text()))  # as Feast reads it
     raw["registry"] = registry

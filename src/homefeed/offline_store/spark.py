@@ -17,6 +17,7 @@ keeps its ``FileSource``s over the log, so one registry serves both engines; per
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import uuid
@@ -112,6 +113,7 @@ def _utc_frame(frame: pd.DataFrame, session_tz: str) -> pd.DataFrame:
     return frame
 
 
+@functools.cache
 def _job_class():
     from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkRetrievalJob
 

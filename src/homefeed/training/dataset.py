@@ -288,8 +288,11 @@ def share_equal_arrays(values: pd.Series) -> pd.Series:
     A pin's features repeat on each of its impressions; one object per distinct embedding keeps
     the flat training frame small and lets the training_set checkpoint read each one once."""
     shared: dict[bytes, object] = {}
-    out = [v if v is None or not hasattr(v, "__len__") else
-           shared.setdefault(np.asarray(v).tobytes() + str(np.asarray(v).dtype).encode(), v)
+
+    def key(a: np.ndarray) -> bytes:
+        return a.tobytes() + str(a.dtype).encode()
+
+    out = [v if v is None or not hasattr(v, "__len__") else shared.setdefault(key(np.asarray(v)), v)
            for v in values.tolist()]
     return pd.Series(out, index=values.index, dtype=object)
 
