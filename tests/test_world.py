@@ -139,7 +139,7 @@ def test_parquet_schemas(tiny_dir):
     assert schema["requests.parquet"] == pa.schema([
         ("request_id", pa.int64()), ("user_id", pa.int64()), ("request_time", pa.int64()),
         ("day", pa.int32()), ("position", pa.int32()), ("pin_id", pa.int64()),
-        *((label, pa.int8()) for label in LABEL_COLUMNS),
+        ("served_time", pa.int64()), *((label, pa.int8()) for label in LABEL_COLUMNS),
     ])
     assert schema["events.parquet"] == pa.schema([
         ("event_id", pa.string()), ("user_id", pa.int64()), ("pin_id", pa.int64()),
@@ -179,6 +179,7 @@ def test_ids_ranges_and_order(tiny):
     assert keys == sorted(keys)
     assert (req.day == (req.request_time - tiny.start_ms) // DAY_MS).all()
     assert req.day.between(0, 3).all()
+    assert (req.served_time == req.request_time).all()  # a request is served at one instant
     per_request = req.groupby("request_id")
     assert per_request.size().between(12, 24).all()
     assert (per_request.user_id.nunique() == 1).all() and (per_request.request_time.nunique() == 1).all()

@@ -82,6 +82,13 @@ def schema_fingerprint(embedding_dim: int, sequence_length: int) -> str:
 # Training rows: one per (request, candidate pin), one binary label per action head.
 REQUEST_ID = "request_id"
 REQUEST_TIME = EVENT_TIMESTAMP  # Feast's entity-row timestamp is the request time
+# When an impression was served (a world's requests.parquet column): its features are what serving
+# read at that instant. A request served at one instant (the synthetic world) has one serve time;
+# a logged feed (KuaiRand) serves each impression at its own time, so a request's candidates may
+# carry different histories. Requests stay the unit of HIT@3.
+SERVED_TIME = "served_time"
+# A dataset's user-side row: one per distinct (request, serve time); impressions reference it.
+SNAPSHOT_ID = "snapshot_id"
 
 
 def label_column(action: ActionType) -> str:

@@ -74,10 +74,11 @@ class RankingData(torch.utils.data.Dataset):
         self.heads = heads
         self.labels = labels
         self.weights = weights
-        # request row of every impression
-        req_row = pd.Series(np.arange(len(self.requests)), index=self.requests[F.REQUEST_ID])
-        self.req_index = req_row.loc[self.impressions[F.REQUEST_ID]].to_numpy(np.int64)
-        # user side once per request, padded to seq_len (newest first)
+        # user-side row (snapshot: one per request and serve time) of every impression
+        key = F.SNAPSHOT_ID if F.SNAPSHOT_ID in self.requests else F.REQUEST_ID
+        req_row = pd.Series(np.arange(len(self.requests)), index=self.requests[key])
+        self.req_index = req_row.loc[self.impressions[key]].to_numpy(np.int64)
+        # user side once per snapshot, padded to seq_len (newest first)
         self.seq_pins = _padded(self.requests[F.SEQ_PIN_IDS], seq_len, np.int64)
         self.seq_actions = _padded(self.requests[F.SEQ_ACTION_TYPES], seq_len, np.int64)
         self.seq_times = _padded(self.requests[F.SEQ_ACTION_TIMES], seq_len, np.int64)

@@ -1,24 +1,38 @@
-"""Point-in-time training datasets: a world's logged requests + features from Feast.
+"""Point-in-time training datasets: a world's logged impressions + features from Feast.
 
 One training row = one (request, candidate pin) impression with one 0/1 label per head. Its
-features are what serving could have read at the request time, from Feast's historical
-retrieval with ``filter_by_created_timestamp=True``:
+features are what serving would have read at the moment that impression was served (the world's
+``served_time``), from Feast's historical retrieval with ``filter_by_created_timestamp=True``:
 
 * the user's action sequence: the newest snapshot whose event time AND ingestion time
-  (``created``) are before the request, so an action that happened before the request but
-  reached us after it (a late event) is not in it;
+  (``created``) are before the serve time, so an action that happened before it but reached us
+  after it (a late event) is not in it, and one that arrived earlier the same day is;
 * the user's daily profile, the same way;
 * the candidate pin's features.
 
-Entity rows are queried 1 microsecond before the request time, so everything used is strictly
-earlier than the request (a request's own actions happen after it, anyway).
+Entity rows are queried 1 microsecond before the serve time, so everything used is strictly
+earlier (an impression's own action happens after it is served, anyway).
 
-On disk a dataset is a directory (the user side is stored once per request, not once per
+Steps of `build_dataset`:
+
+1. impressions of the world's requests, split by request day (warm-up days dropped);
+2. user-side snapshots: one per distinct (request, serve time). A request served at one instant
+   (the synthetic world) has one; a logged feed that serves each impression at its own time
+   (KuaiRand) has one per impression, so a request's candidates may carry different histories.
+   Requests stay the unit of HIT@3; AUC and GAUC are per impression;
+3. point-in-time features from Feast: sequence and profile per snapshot, pin per impression;
+4. assembly and the leakage audit (every sequence action arrived before its serve time);
+5. the `training_set` Great Expectations checkpoint on the flat frame;
+6. the directory, dataset.json last.
+
+On disk a dataset is a directory (the user side is stored once per snapshot, not once per
 candidate, exactly the shape serving sees)::
 
-    requests.parquet     request_id, user_id, event_timestamp (request time), request_time_ms,
-                         day, split, segment, is_core, seq_* and profile_* features
-    impressions.parquet  request_id, user_id, pin_id, event_timestamp, label_*, pin features
+    requests.parquet     snapshot_id, request_id, user_id, event_timestamp (serve time),
+                         request_time_ms (serve time, epoch ms), day, split, segment, is_core,
+                         seq_* and profile_* features: one row per (request, serve time)
+    impressions.parquet  snapshot_id, request_id, user_id, pin_id, event_timestamp (serve time),
+                         label_*, pin features
     pins.parquet         newest logged features of every pin (engaged-pin embeddings)
     dataset.json         splits, counts, schema fingerprint, leakage audit, validation result
 
@@ -71,6 +85,12 @@ class Dataset:
     pins: pd.DataFrame
     meta: dict
 
+    def __post_init__(self) -> None:
+        # datasets written before serve times have one snapshot per request
+        for frame in (self.requests, self.impressions):
+            if F.SNAPSHOT_ID not in frame:
+                frame.insert(0, F.SNAPSHOT_ID, frame[F.REQUEST_ID].to_numpy())
+
     def split(self, *names: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(requests, impressions) of the given splits."""
         return self._rows(self.requests["split"].isin(names))
@@ -95,10 +115,10 @@ def load_dataset(path: Path | str) -> Dataset:
 
 
 def training_frame(ds: Dataset, splits: tuple[str, ...] = SPLITS) -> pd.DataFrame:
-    """The flat frame: one row per impression with the user-side features repeated."""
+    """The flat frame: one row per impression with its snapshot's user-side features repeated."""
     req, imp = ds.split(*splits)
-    user_cols = [F.REQUEST_ID, *F.SEQUENCE_FEATURE_NAMES, *F.PROFILE_FEATURE_NAMES]
-    return imp.merge(req[user_cols], on=F.REQUEST_ID, how="left", validate="many_to_one")
+    user_cols = [F.SNAPSHOT_ID, *F.SEQUENCE_FEATURE_NAMES, *F.PROFILE_FEATURE_NAMES]
+    return imp.merge(req[user_cols], on=F.SNAPSHOT_ID, how="left", validate="many_to_one")
 
 
 # -- splits -------------------------------------------------------------------------------------
@@ -318,24 +338,32 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
         store = open_store(settings.feature_repo)
     check_sources(store, settings)
 
+    # 1. impressions, split by request day
     impressions = world.requests.copy()
-    impressions["request_time_ms"] = impressions["request_time"].astype(np.int64)
-    impressions["day"] = ((impressions["request_time_ms"] - world.start_ms) // DAY_MS).astype(np.int32)
+    impressions["day"] = ((impressions["request_time"].astype(np.int64) - world.start_ms)
+                          // DAY_MS).astype(np.int32)
+    impressions["request_time_ms"] = impressions[F.SERVED_TIME].astype(np.int64)  # the serve time
     n_days = int(world.params.days)
     impressions["split"] = assign_splits(impressions["day"].to_numpy(), n_days, warmup_days,
                                          valid_days, test_days)
     impressions = impressions[impressions["split"] != "warmup"]
-    requests = (impressions.drop_duplicates(F.REQUEST_ID)[[F.REQUEST_ID, F.USER_ID, "request_time_ms",
-                                                          "day", "split"]]
+    # 2. one user-side snapshot per (request, serve time), numbered in serve-time order
+    snap_key = [F.REQUEST_ID, "request_time_ms"]
+    requests = (impressions.drop_duplicates(snap_key)[[F.REQUEST_ID, F.USER_ID, "request_time_ms",
+                                                       "day", "split"]]
+                .sort_values(["request_time_ms", F.REQUEST_ID], kind="stable")
                 .merge(world.users[[F.USER_ID, "segment", "is_core"]], on=F.USER_ID, how="left"))
+    requests.insert(0, F.SNAPSHOT_ID, np.arange(1, len(requests) + 1, dtype=np.int64))
+    impressions = impressions.merge(requests[[F.SNAPSHOT_ID, *snap_key]], on=snap_key,
+                                    validate="many_to_one")
 
     timings = {"setup": round(time.perf_counter() - started, 2)}
     mark = time.perf_counter()
-    # Calls in time order, sized by join pairs (user side) and rows, one feature view per call
+    # 3. Calls in time order, sized by join pairs (user side) and rows, one feature view per call
     # (each view's join reads its own log table; a multi-view call would only carry one view's
     # columns through the next).
     user_parts, pin_parts = [], []
-    user_key, pin_key = [F.REQUEST_ID, F.USER_ID], [F.REQUEST_ID, F.PIN_ID]
+    user_key, pin_key = [F.SNAPSHOT_ID, F.USER_ID], [F.SNAPSHOT_ID, F.PIN_ID]
     versions = offline_log.read(settings.offline_dir, F.USER_ACTION_SEQUENCE,
                                 columns=[F.USER_ID, F.EVENT_TIMESTAMP])
     user_chunks = pair_chunks(requests["request_time_ms"].to_numpy(), requests[F.USER_ID].to_numpy(),
@@ -358,23 +386,25 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
 
     timings["point_in_time"] = round(time.perf_counter() - mark, 2)
     mark = time.perf_counter()
+    # 4. assembly and audit
     user_feats = _fill_empty_sequences(pd.concat(user_parts, ignore_index=True))
-    requests = requests.merge(user_feats.drop(columns=[F.USER_ID]), on=F.REQUEST_ID, validate="one_to_one")
-    requests.insert(2, F.EVENT_TIMESTAMP, pd.to_datetime(requests["request_time_ms"], unit="ms", utc=True)
+    requests = requests.merge(user_feats.drop(columns=[F.USER_ID]), on=F.SNAPSHOT_ID, validate="one_to_one")
+    requests.insert(3, F.EVENT_TIMESTAMP, pd.to_datetime(requests["request_time_ms"], unit="ms", utc=True)
                     .astype("datetime64[us, UTC]"))
-    requests = requests.sort_values(["request_time_ms", F.REQUEST_ID]).reset_index(drop=True)
+    requests = requests.sort_values(F.SNAPSHOT_ID).reset_index(drop=True)
 
     labels = list(F.LABEL_COLUMNS)
-    impressions = impressions[[F.REQUEST_ID, F.USER_ID, F.PIN_ID, "request_time_ms", "position", *labels]]
-    impressions = impressions.merge(pd.concat(pin_parts, ignore_index=True), on=[F.REQUEST_ID, F.PIN_ID],
+    impressions = impressions[[F.SNAPSHOT_ID, F.REQUEST_ID, F.USER_ID, F.PIN_ID, "request_time_ms",
+                               "position", *labels]]
+    impressions = impressions.merge(pd.concat(pin_parts, ignore_index=True), on=[F.SNAPSHOT_ID, F.PIN_ID],
                                     validate="one_to_one")
     impressions[F.PIN_EMBEDDING] = share_equal_arrays(impressions[F.PIN_EMBEDDING])
-    impressions.insert(3, F.EVENT_TIMESTAMP, pd.to_datetime(impressions["request_time_ms"], unit="ms",
+    impressions.insert(4, F.EVENT_TIMESTAMP, pd.to_datetime(impressions["request_time_ms"], unit="ms",
                                                             utc=True).astype("datetime64[us, UTC]"))
     impressions = impressions.drop(columns=["request_time_ms"])
-    order = pd.Series(np.arange(len(requests)), index=requests[F.REQUEST_ID])
-    impressions = impressions.iloc[np.lexsort((impressions["position"].to_numpy(),
-                                               order[impressions[F.REQUEST_ID]].to_numpy()))]
+    # in request order (the first snapshot of each request), then position
+    first_snap = impressions.groupby(F.REQUEST_ID)[F.SNAPSHOT_ID].transform("min").to_numpy()
+    impressions = impressions.iloc[np.lexsort((impressions["position"].to_numpy(), first_snap))]
     impressions = impressions.reset_index(drop=True)
     pins = latest_pins(settings)
 
@@ -398,6 +428,9 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
         "feature_refs": SEQUENCE_FEATURES + PROFILE_FEATURES + PIN_FEATURES,
         "feature_repo": str(settings.feature_repo),
         "offline_dir": str(settings.offline_dir),
+        "snapshots": ("one user-side row per (request, serve time): "
+                      + ("one per request" if len(requests) == requests[F.REQUEST_ID].nunique()
+                         else "impressions served at their own times")),
         "null_profile_share": round(float(requests[F.PROFILE_ACTIONS_28D].isna().mean()), 4),
         "empty_sequence_share": round(float((requests[F.SEQ_LENGTH] == 0).mean()), 4),
         "audit": audit,
@@ -428,12 +461,14 @@ def save_dataset(ds: Dataset) -> None:
 
 
 def _counts(requests: pd.DataFrame, impressions: pd.DataFrame) -> dict:
-    split_of = requests.set_index(F.REQUEST_ID)["split"]
-    imp_split = split_of.loc[impressions[F.REQUEST_ID]].to_numpy()
+    split_of = requests.set_index(F.SNAPSHOT_ID)["split"]
+    imp_split = split_of.loc[impressions[F.SNAPSHOT_ID]].to_numpy()
     out = {}
     for s in SPLITS:
         sel = imp_split == s
-        out[s] = {"requests": int((requests["split"] == s).sum()), "impressions": int(sel.sum()),
+        snaps = requests["split"] == s
+        out[s] = {"requests": int(requests.loc[snaps, F.REQUEST_ID].nunique()),
+                  "snapshots": int(snaps.sum()), "impressions": int(sel.sum()),
                   **{c: int(impressions.loc[sel, c].sum()) for c in F.LABEL_COLUMNS}}
     return out
 

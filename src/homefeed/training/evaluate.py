@@ -47,7 +47,8 @@ def test_frame(dataset_dir: Path | str) -> tuple[pd.DataFrame, dict]:
     """Test impressions with labels, pin topic and the user's segment."""
     ds = load_dataset(dataset_dir)
     req, imp = ds.split("test")
-    frame = imp.merge(req[[F.REQUEST_ID, "is_core", "segment"]], on=F.REQUEST_ID, how="left")
+    frame = imp.merge(req[[F.SNAPSHOT_ID, "is_core", "segment"]], on=F.SNAPSHOT_ID, how="left",
+                      validate="many_to_one")
     return frame, ds.meta
 
 

@@ -39,6 +39,7 @@ from homefeed.features import (
     PIN_ID,
     PIN_TOPIC,
     REQUEST_ID,
+    SERVED_TIME,
     USER_ID,
     label_column,
 )
@@ -788,6 +789,7 @@ def _write(p, b, out, pins, users, first_active_ms, imp, ev, summary) -> None:
         "day": pa.array(((imp["request_ms"] - p.start_ms) // DAY_MS).astype(np.int32)),
         "position": pa.array(imp["position"].astype(np.int32)),
         PIN_ID: pa.array((imp["pin"] + 1).astype(np.int64)),
+        SERVED_TIME: pa.array(imp["request_ms"].astype(np.int64)),  # one instant per request
         LABEL_REPIN: pa.array(imp["repin"].astype(np.int8)),
         LABEL_CLICK: pa.array(imp["click"].astype(np.int8)),
         LABEL_HIDE: pa.array(imp["hide"].astype(np.int8)),
@@ -873,11 +875,14 @@ def load_world(directory: Path | str) -> World:
             "create one with `homefeed world generate --out DIR`"
         )
     meta = json.loads((path / META_FILE).read_text())
+    requests = pd.read_parquet(path / REQUESTS_FILE)
+    if SERVED_TIME not in requests:  # written before serve times: served at the request time
+        requests[SERVED_TIME] = requests["request_time"]
     return World(
         params=WorldParams.from_dict(meta),
         pins=pd.read_parquet(path / PINS_FILE),
         users=pd.read_parquet(path / USERS_FILE),
-        requests=pd.read_parquet(path / REQUESTS_FILE),
+        requests=requests,
         events=pd.read_parquet(path / EVENTS_FILE),
         meta=meta,
         path=path,

@@ -43,6 +43,7 @@ from homefeed.features import (
     PIN_ID,
     PIN_TOPIC,
     REQUEST_ID,
+    SERVED_TIME,
     USER_ID,
 )
 from homefeed.world.generate import (
@@ -468,6 +469,9 @@ class WorldArrays:
     ev_time: np.ndarray
     ev_arrival: np.ndarray
     ev_rid: np.ndarray
+    # impressions: when each was served (its features are what serving read then); None = at its
+    # request's time (one instant per request)
+    imp_served: np.ndarray | None = None
 
 
 def world_tables(w: WorldArrays, start_ms: int, surface: str) -> dict[str, pa.Table]:
@@ -476,6 +480,7 @@ def world_tables(w: WorldArrays, start_ms: int, surface: str) -> dict[str, pa.Ta
     ev = np.lexsort((w.ev_ids.astype(str), w.ev_arrival))
     labels = {a: (w.imp_action[imp] == int(a)).astype(np.int8) for a in ActionType}
     imp_time = w.imp_time[imp]
+    served = imp_time if w.imp_served is None else w.imp_served[imp]
     return {
         PINS_FILE: pa.table({
             PIN_ID: pa.array(w.item_ids.astype(np.int64)),
@@ -496,6 +501,7 @@ def world_tables(w: WorldArrays, start_ms: int, surface: str) -> dict[str, pa.Ta
             "day": pa.array(((imp_time - start_ms) // DAY_MS).astype(np.int32)),
             "position": pa.array(w.imp_pos[imp].astype(np.int32)),
             PIN_ID: pa.array(w.imp_pin[imp].astype(np.int64)),
+            SERVED_TIME: pa.array(served.astype(np.int64)),
             LABEL_REPIN: pa.array(labels[ActionType.REPIN]),
             LABEL_CLICK: pa.array(labels[ActionType.CLICK]),
             LABEL_HIDE: pa.array(labels[ActionType.HIDE]),

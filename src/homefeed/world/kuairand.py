@@ -41,6 +41,7 @@ from homefeed.world.generate import DAY_MS, _iso
 from homefeed.world.importer import (
     HISTORY_SEGMENTS,
     HOUR_MS,
+    REQUEST_LEAD_MS,
     Requests,
     WorldArrays,
     base_summary,
@@ -551,6 +552,9 @@ def build_world(data: KuaiRandData, params: KuaiRandParams) -> dict:
         imp_pin=item, imp_action=action,
         ev_ids=ev_ids, ev_user=ev_user, ev_pin=ev_item, ev_action=ev_action, ev_time=ev_time,
         ev_arrival=ev_time + params.arrival_delay_ms, ev_rid=rq.id[rq.of[has_action]],
+        # every impression is served at its own time (1 ms before it was shown and acted on):
+        # its history holds the same day's earlier actions that had arrived by then
+        imp_served=event_ms - REQUEST_LEAD_MS,
     )
     tables = world_tables(w, start_ms, SURFACE)
 
@@ -635,6 +639,9 @@ def build_world(data: KuaiRandData, params: KuaiRandParams) -> dict:
                              + (f", cut at gaps > {params.max_gap_ms} ms" if params.max_gap_ms else "")
                              + "; a video shown again starts a new request; shown 1 ms before "
                              "the first impression"),
+            "serve_rule": ("each impression is served 1 ms before its own time: its features "
+                           "are what serving read then, so a request's candidates may carry "
+                           "different histories"),
             "topic_rule": topic_rule,
             "segment_rule": segment_rule,
             "core_degrees": list(params.core_degrees),

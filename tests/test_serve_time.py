@@ -1,0 +1,111 @@
+"""Serve-time histories: every dataset row sees what serving read when that impression was served.
+
+A KuaiRand log (written here in the official layout) serves each impression at its own time. One
+user's test day: a click at 10:00, nothing at 10:10, a like at 10:20, nothing at 10:30. The log is
+replayed through the real path in two phases (everything that arrived before the 10:30 impression
+was served, then the rest), the ranking service's online reader reads the user's sequence between
+the phases, and `dataset build` then gives each impression its own snapshot:
+
+* the same-day click is visible from the 10:10 impression on, the like only at 10:30 (a same-day
+  action must be, and a later one must not be, in the history);
+* the 10:30 impression's sequence is exactly what the online reader returned at that moment
+  (training/serving parity), and the leakage audit finds 0 leaked actions;
+* the four impressions stay one request (HIT@3's unit) with four snapshots.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from homefeed import features as F
+from homefeed.events import ActionEvent, ActionType
+from homefeed.world import DAY_MS, load_world
+from homefeed.world.kuairand import KuaiRandParams, import_kuairand
+
+from helpers import replay
+from test_kuairand import DAY0_BJ, H, row, write_features, write_log
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+USER = 0  # KuaiRand id; homefeed id USER + 1
+TEST_DAY = 3
+MIN = 60_000
+V = (11, 12, 13, 14)  # the test day's videos, in time order
+
+
+def _rows():
+    rows = []
+    for day in range(TEST_DAY):  # earlier days: a little history for everyone
+        for user in range(3):
+            for k in range(3):
+                rows.append(row(user, (user + day + k) % 10, DAY0_BJ + day * DAY_MS + 9 * H + k * MIN,
+                                click=int(k != 1)))
+    t = DAY0_BJ + TEST_DAY * DAY_MS + 10 * H
+    rows += [row(USER, 11, t, click=1), row(USER, 12, t + 10 * MIN),
+             row(USER, 13, t + 20 * MIN, click=1, like=1), row(USER, 14, t + 30 * MIN)]
+    rows += [row(1, 5, t, click=1), row(1, 6, t + 5 * MIN)]
+    return rows, t
+
+
+def _events(world, arrived_before=None, arrived_from=None):
+    ev = world.events
+    keep = np.ones(len(ev), dtype=bool)
+    if arrived_before is not None:
+        keep &= ev["arrival_time"].to_numpy() < arrived_before
+    if arrived_from is not None:
+        keep &= ev["arrival_time"].to_numpy() >= arrived_from
+    return [(ActionEvent(r.event_id, int(r.user_id), int(r.pin_id), ActionType.parse(r.action_type),
+                         int(r.event_time)), int(r.arrival_time)) for r in ev[keep].itertuples()]
+
+
+def test_each_impression_sees_the_history_serving_read_when_it_was_served(pipeline, tmp_path):
+    from homefeed.feature_store import open_store
+    from homefeed.serving.online_features import OnlineFeatureReader
+    from homefeed.training.dataset import build_dataset, load_dataset
+    from homefeed.training.profiles_job import run_profile_job
+
+    rows, t = _rows()
+    src = write_log(tmp_path / "src", rows)
+    write_features(src)
+    import_kuairand(src, tmp_path / "world", KuaiRandParams(embedding_dim=pipeline.embedding_dim,
+                                                            eval_days=1, max_vocab=50))
+    world = load_world(tmp_path / "world")
+    user = USER + 1
+    mine = world.requests[(world.requests[F.USER_ID] == user) & (world.requests["day"] == TEST_DAY)]
+    served = dict(zip(mine[F.PIN_ID] - 1, mine[F.SERVED_TIME]))  # KuaiRand video id -> serve ms
+    assert mine[F.REQUEST_ID].nunique() == 1 and len(served) == 4
+    shift = world.meta["kuairand"]["time_shift_ms"]
+    # each impression 1 ms before its own time, not at its request's start
+    assert [served[v] for v in V] == [t + shift + k * 10 * MIN - 1 for k in range(4)]
+
+    # Phase 1: everything that arrived before the 10:30 impression was served; serving reads then.
+    cut = int(served[14])
+    replay(pipeline, _events(world, arrived_before=cut), world.pins, world.start_ms, batch_max_events=50)
+    store = open_store(pipeline.feature_repo)
+    online = OnlineFeatureReader(store, pipeline, max_staleness_s=0).user_features(user)
+    replay(pipeline, _events(world, arrived_from=cut), batch_max_events=50)
+    run_profile_job(pipeline)
+
+    meta = build_dataset(tmp_path / "world", tmp_path / "ds", pipeline, store=store, warmup_days=1,
+                         valid_days=1, test_days=1, validate=False, progress=False)
+    assert meta["audit"]["leaked_actions"] == 0
+    ds = load_dataset(tmp_path / "ds")
+    imp = ds.impressions[ds.impressions[F.USER_ID] == user].merge(
+        ds.requests[[F.SNAPSHOT_ID, "request_time_ms", F.SEQ_PIN_IDS, F.SEQ_ACTION_TIMES]],
+        on=F.SNAPSHOT_ID)
+    today = imp[imp[F.REQUEST_ID] == mine[F.REQUEST_ID].iloc[0]]
+    today = today.set_index(today[F.PIN_ID] - 1)
+    assert today[F.REQUEST_ID].nunique() == 1 and today[F.SNAPSHOT_ID].nunique() == 4
+    seq = {v: [p - 1 for p in today.loc[v, F.SEQ_PIN_IDS]] for v in V}
+    assert 11 not in seq[11] and 13 not in seq[11]   # its own click happens after it is served
+    assert seq[12][0] == 11 and 13 not in seq[12]    # the same day's earlier click is visible
+    assert seq[13][0] == 11 and 13 not in seq[13]    # ... the later like is not
+    assert seq[14][:2] == [13, 11]                   # both, newest first
+    assert len(seq[11]) > 0                          # (and the earlier days' history)
+    for v in V:                           # every action before its serve time
+        assert all(x < served[v] for x in today.loc[v, F.SEQ_ACTION_TIMES])
+
+    # Parity: the 10:30 row is what the online reader returned at that moment.
+    assert list(today.loc[14, F.SEQ_PIN_IDS]) == online.seq_pin_ids.tolist()
+    assert list(today.loc[14, F.SEQ_ACTION_TIMES]) == online.seq_action_times.tolist()
+    assert meta["counts"]["test"]["snapshots"] > meta["counts"]["test"]["requests"]
