@@ -38,12 +38,11 @@ DEFAULT_NAME = "homefeed-ranker"
 def export_run(run_dir: Path | str, name: str = DEFAULT_NAME, metrics: dict | None = None,
                bentoml_home: Path | str | None = None) -> str:
     """Copy a run directory's model into the BentoML model store; returns the tag."""
-    import bentoml
-
     run_dir = Path(run_dir)
     for needed in (WEIGHTS_FILE, CONFIG_FILE, RUN_FILE):
         if not (run_dir / needed).is_file():
             raise UserError(f"{run_dir} is not a trained run (no {needed}); run `homefeed train` first")
+    import bentoml
     config = json.loads((run_dir / CONFIG_FILE).read_text())
     run = json.loads((run_dir / RUN_FILE).read_text())
     metadata = {
