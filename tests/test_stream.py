@@ -27,7 +27,7 @@ from homefeed.sequence import build
 from homefeed.settings import load_settings
 from homefeed.stack import LocalStack, ensure_topics, free_port
 from homefeed.stream.consumer import build_consumer
-from homefeed.stream.producer import Producer, bad_event_samples
+from homefeed.stream.producer import ProduceFailed, Producer, bad_event_samples
 
 pytestmark = [pytest.mark.integration]
 
@@ -527,3 +527,26 @@ def test_zombie_paused_past_its_poll_interval_loses_and_regresses_nothing(pipeli
     assert all(states[u].feature_row() == expected[u] for u in users)
     logged = set(offline_log.read(pipeline.offline_dir, "action_events")["event_id"])
     assert {e.event_id for e in first + newer} <= logged
+
+
+# -- producers check every send ---------------------------------------------------------------
+
+def _produce_records(n: int, t0: int = 1_767_355_200_000):
+    for i in range(n):
+        yield b"1", E.ActionEvent(f"prod-{i}", 1, 1 + i, E.ActionType.CLICK, t0 + i).to_json(), t0 + i
+
+
+def test_every_send_is_checked_and_a_refused_record_is_counted(pipeline):
+    from homefeed.stream.consumer import make_producer
+
+    # A client limit below one record: the broker never gets it (the send fails at once).
+    small = Producer(pipeline, make_producer(pipeline, max_request_size=64))
+    with pytest.raises(ProduceFailed) as failed:
+        small.send_all(pipeline.actions_topic, _produce_records(3), total=3)
+    small.close()
+    assert failed.value.failed == 3 and failed.value.sent == 3
+    assert "3 of 3 records were not acknowledged" in str(failed.value)
+
+    ok = Producer(pipeline)
+    assert ok.send_all(pipeline.actions_topic, _produce_records(5), total=5) == 5 and ok.failed == 0
+    ok.close()

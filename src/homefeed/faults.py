@@ -339,10 +339,78 @@ def consumer_matrix(settings: Settings, workdir: Path) -> list[Case]:
                               "consumer survives, all 50 events applied, none lost",
                               f"{len(probe.user_event_ids(user))}/50 applied; alive: {proc.poll() is None}; "
                               f"{detail}", got and alive and acc and proc.poll() is None))
+        cases.append(_redis_refuses_writes(probe, proc, workdir / "consumer.log"))
+        cases.append(_redis_loses_its_data(probe, proc, workdir / "consumer.log"))
     finally:
         probe.close()
         stop_process(proc)
     return cases
+
+
+def _dead_letters_agree(probe: ConsumerProbe) -> tuple[bool, int]:
+    """The group's dead-letter counter (Redis) equals the dead-letter topic's record count."""
+    n = len(probe.dead_letters())
+    return (probe.counters() or {}).get("dead_lettered") == n, n
+
+
+def _redis_refuses_writes(probe: ConsumerProbe, proc, log_path: Path) -> Case:
+    """maxmemory reached under noeviction: every write is refused with OOM. An outage: the batch
+    waits uncommitted, nothing is dead-lettered, and all of it lands once memory is freed."""
+    settings = probe.settings
+    user, dead_before = 8_200_001, len(probe.dead_letters())
+    mark = log_path.stat().st_size
+    used = int(probe.redis.info("memory")["used_memory"])
+    probe.redis.config_set("maxmemory-policy", "noeviction")
+    probe.redis.config_set("maxmemory", str(max(1, used // 2)))
+    try:
+        for i in range(30):
+            probe.send(settings.actions_topic, probe.action(user, f"oom-{i}"), key=str(user).encode())
+        refused = wait_for(lambda: "OutOfMemoryError" in log_path.read_text(errors="replace")[mark:], 60, 0.2)
+    finally:
+        probe.redis.config_set("maxmemory", "0")
+    got = wait_for(lambda: len(probe.user_event_ids(user)) == 30, 90, 0.25)
+    alive = probe.sentinel(60)
+    acc, detail = _accounting(probe)
+    agree, n_dead = _dead_letters_agree(probe)
+    new_dead = n_dead - dead_before
+    return Case("consumer: Redis refuses writes (maxmemory, noeviction)",
+                "an outage: retried uncommitted, 0 dead-lettered, all 30 applied once memory is free",
+                f"OOM seen by the consumer: {refused}; {len(probe.user_event_ids(user))}/30 applied; "
+                f"{new_dead} new dead letters; counters and topic agree: {agree}; alive: "
+                f"{proc.poll() is None}; {detail}",
+                refused and got and alive and acc and agree and new_dead == 0 and proc.poll() is None)
+
+
+def _redis_loses_its_data(probe: ConsumerProbe, proc, log_path: Path) -> Case:
+    """FLUSHALL under the running consumer (a restart without persistence, a failover to an empty
+    replica): the next batch finds the generation marker gone and restores every sequence, state
+    and pin from the offline log; the new events land on whole sequences."""
+    settings = probe.settings
+    user = 8_300_001
+    for i in range(40):
+        probe.send(settings.actions_topic, probe.action(user, f"loss-{i}", pin=1 + i), key=str(user).encode())
+    wait_for(lambda: len(probe.user_event_ids(user)) == 40, 60, 0.25)
+    _accounting(probe)  # idle: no batch in flight when the data goes
+    before = {u: probe.user_event_ids(u) for u in (user, SERVICE_USER)}
+    mark = log_path.stat().st_size
+    probe.redis.flushall()
+    probe.produced = 0  # the counters lived in Redis too: they restart with the next batch
+    for i in range(5):
+        probe.send(settings.actions_topic, probe.action(user, f"after-{i}"), key=str(user).encode())
+    whole = wait_for(lambda: len(probe.user_event_ids(user)) == 45, 90, 0.25)
+    service_whole = probe.user_event_ids(SERVICE_USER) == before[SERVICE_USER]
+    online = probe.store.get_online_features(
+        features=["user_action_sequence:seq_length"], entity_rows=[{"user_id": user}]).to_dict()
+    pins_back = probe.online_pin_embedding(PIN_IDS[0]) is not None
+    said = "Redis lost its data" in log_path.read_text(errors="replace")[mark:]
+    acc, detail = _accounting(probe)
+    ok = whole and service_whole and online["seq_length"][0] == 45 and pins_back and said and acc
+    return Case("consumer: Redis loses its data (FLUSHALL) mid-run",
+                "detected and restored from the log by the consumer: sequences whole, pins back",
+                f"user with 40 actions + 5 new: {len(probe.user_event_ids(user))} in state, "
+                f"{online['seq_length'][0]} online; another user whole: {service_whole}; pins back: "
+                f"{pins_back}; logged: {said}; alive: {proc.poll() is None}; {detail}",
+                ok and proc.poll() is None)
 
 
 def _pid(settings: Settings, name: str) -> int:

@@ -23,6 +23,8 @@ PIN_FEATURES = "pin_features"
 USER_ACTION_SEQUENCE = "user_action_sequence"
 USER_PROFILE = "user_profile"
 RANKING_SERVICE = "ranking"
+# The raw, validated action events (an offline log table; the KafkaSource's batch source).
+ACTION_EVENTS = "action_events"
 
 # Columns every pushed/logged feature row carries besides its features.
 EVENT_TIMESTAMP = "event_timestamp"  # the time the row describes (Feast's timestamp_field)

@@ -15,7 +15,13 @@ log = logging.getLogger(__name__)
 
 
 def cmd_produce(args) -> int:
-    from homefeed.stream.producer import Producer, event_records, load_world_tables, pin_records
+    from homefeed.stream.producer import (
+        ProduceFailed,
+        Producer,
+        event_records,
+        load_world_tables,
+        pin_records,
+    )
 
     settings = load_settings()
     if not (Path(args.world) / "events.parquet").is_file():
@@ -25,6 +31,7 @@ def cmd_produce(args) -> int:
     if args.limit:
         events = events.head(args.limit)
     producer = Producer(settings)
+    n, bad = 0, {}
     try:
         if not args.skip_pins:
             producer.send_all(settings.pins_topic, pin_records(pins, start_ms), total=len(pins),
@@ -33,10 +40,15 @@ def cmd_produce(args) -> int:
                               event_records(events, use_arrival_time=args.timestamps == "arrival"),
                               rate=args.rate, total=len(events), desc="events")
         bad = producer.send_bad_events() if args.inject_bad else {}
+    except ProduceFailed as exc:
+        log.error("%s; the topic is incomplete: produce again (event ids make replays duplicates, "
+                  "not double counts)", exc)
+        print(json.dumps({"sent": producer.sent, "failed": producer.failed}))
+        return 1
     finally:
         producer.close()
     print(json.dumps({"events": n, "pins": 0 if args.skip_pins else len(pins),
-                      "bad_events": len(bad)}))
+                      "bad_events": len(bad), "failed": 0}))
     return 0
 
 
@@ -79,6 +91,10 @@ def cmd_status(args) -> int:
             print(f"consumed: {c['records']} records = {c['applied']} applied + {c['duplicates']} "
                   f"duplicates + {c['dead_lettered']} dead-lettered + {c['pin_upserts']} pin upserts"
                   + ("" if c["accounted"] else "  (DOES NOT ADD UP)"))
+            if not status["dead_letters_agree"]:
+                print(f"WARNING: the consumer counted {c['dead_lettered']} dead letters but the topic "
+                      f"holds {status['dead_lettered']} (Redis lost its counters, or another group "
+                      "writes to the dead-letter topic)")
     return 0
 
 

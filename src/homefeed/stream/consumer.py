@@ -48,6 +48,7 @@ from homefeed import offline_log
 from homefeed.sequence import Action, SequenceState, merge, next_snapshot_ms
 from homefeed.settings import Settings
 from homefeed.stream import metrics as M
+from homefeed.stream.generation import Generation, RestoreInProgress
 from homefeed.stream.online_writer import OnlineWriter
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ _ADD_COUNTERS = """
 for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
-ACTION_EVENTS_TABLE = "action_events"
+ACTION_EVENTS_TABLE = F.ACTION_EVENTS
 # Where a micro-batch's time goes, in order (BatchResult.stage_s, the stage histogram, the benchmark).
 STAGES = ("poll", "parse", "validate", "state_read", "log_write", "feast_write", "state_write",
           "dead_letter", "commit")
@@ -94,6 +95,9 @@ BatchValidator = Callable[[pd.DataFrame], dict[int, str]]
 # reason, source, length and SHA-256 of the value, so the record can still be found and audited.
 DEAD_LETTER_MAX_VALUE_BYTES = 256 * 1024
 DEAD_LETTER_MAX_KEY_BYTES = 1024
+# A dead letter not acknowledged within this bound fails the batch as an outage (retried,
+# uncommitted, `homefeed_stream_dead_letter_failures_total`), never silently.
+DEAD_LETTER_TIMEOUT_S = 30
 
 
 @dataclass
@@ -153,17 +157,39 @@ class DeadLetterUnavailable(RuntimeError):
     """The dead-letter topic could not take a record (broker down): retry the batch."""
 
 
+# Redis replies that refuse a command because of the server's state, not the command's data:
+# out of memory under noeviction (OOM), a failing RDB save (MISCONF), a busy script (BUSY), too
+# few replicas (NOREPLICAS), a read-only replica (READONLY), loading (LOADING), a cluster move
+# (MOVED/ASK/TRYAGAIN/CLUSTERDOWN/MASTERDOWN), missing rights (NOAUTH/NOPERM/WRONGPASS).
+SERVER_REFUSALS = ("OOM", "MISCONF", "BUSY", "NOREPLICAS", "READONLY", "LOADING", "MOVED", "ASK",
+                   "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "NOAUTH", "NOPERM", "WRONGPASS")
+
+
 def transient_errors() -> tuple[type[BaseException], ...]:
     """Errors of a dependency (Redis, the broker, the disk), never of a record: retried with
     backoff, offsets not committed. Anything else raised while applying a batch is a poison
-    record and is isolated (StreamConsumer.apply_isolating)."""
+    record and is isolated (StreamConsumer.apply_isolating); `is_outage` also catches a Redis
+    reply that refuses every command alike (SERVER_REFUSALS)."""
     from kafka.errors import KafkaError
     from redis import exceptions as R
 
     # RedisClusterException: the cluster client refusing a command (topology or client misuse) is
     # about every record alike: wait and say so, never dead-letter a batch for it.
     return (R.ConnectionError, R.TimeoutError, R.ReadOnlyError, R.TryAgainError, R.ClusterDownError,
-            R.MasterDownError, R.RedisClusterException, OSError, KafkaError, DeadLetterUnavailable)
+            R.MasterDownError, R.RedisClusterException, R.OutOfMemoryError, R.NoPermissionError,
+            R.AskError, OSError, KafkaError, DeadLetterUnavailable, RestoreInProgress)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True for an error of a dependency (wait and retry), False for one of a record (isolate)."""
+    from redis.exceptions import ResponseError
+
+    if isinstance(exc, transient_errors()):
+        return True
+    if isinstance(exc, ResponseError):
+        words = str(exc).split(maxsplit=1)
+        return bool(words) and words[0].upper() in SERVER_REFUSALS
+    return False
 
 
 def wall_ms() -> int:
@@ -175,14 +201,18 @@ class SequenceBuilder:
     driven the same way by the consumer loop, the tests and the backfill command."""
 
     def __init__(self, settings: Settings, store, redis_client, dlq_producer=None,
-                 validator: BatchValidator | None = None):
+                 validator: BatchValidator | None = None, dlq_factory: Callable[[], object] | None = None):
         self.settings = settings
         self.store = store
         self.online = OnlineWriter(store)
         self.redis = redis_client
         self.dlq = dlq_producer
+        # Makes a fresh dead-letter producer after a failure: an idempotent producer whose
+        # broker restarted can stay broken (InitProducerId failures) until it is rebuilt.
+        self.dlq_factory = dlq_factory
         self.validator = validator
         self.project = store.project
+        self.generation = Generation(settings, redis_client, self.project)  # Redis data loss
         self._cas: dict = {}  # the compare-and-set script, registered per Redis node
 
     def warm_up(self) -> None:
@@ -257,19 +287,21 @@ class SequenceBuilder:
         return COUNTERS_KEY.format(project=self.project, group=self.settings.consumer_group)
 
     def record_counters(self, result: BatchResult) -> None:
-        """Add a batch to the group's counters in Redis (atomically: they always add up)."""
+        """Add a batch to the group's counters in Redis (atomically: they always add up). Raises
+        on an outage; the consumer retries it before the next batch, so the counters and the
+        dead-letter topic never disagree."""
         values = dict(zip(COUNTER_FIELDS, (result.records, result.applied, result.duplicates,
                                            len(result.dead), result.pins_pushed)))
-        try:  # one key, one script: atomic on a single node and on a cluster alike
-            self.redis.eval(_ADD_COUNTERS, 1, self.counters_key(), *[x for kv in values.items() for x in kv])
-        except transient_errors() as exc:  # observability only: never hold up ingestion
-            log.warning("consumer counters not updated for one batch (%s)", exc)
+        # one key, one script: atomic on a single node and on a cluster alike
+        self.redis.eval(_ADD_COUNTERS, 1, self.counters_key(), *[x for kv in values.items() for x in kv])
 
     # -- one micro-batch ---------------------------------------------------------------
     def apply(self, records: list) -> BatchResult:
         """Apply one micro-batch. Raises only on an outage (`transient_errors`) or, for a record
         that passed every check but cannot be applied, on the error it caused."""
         result = BatchResult(records=len(records))
+        with result.timed("state_read"):
+            self.generation.check(self.store)  # restores Redis from the log if it lost its data
         with result.timed("parse"):
             actions, pins = self._parse(records, result)
         # Redelivered copies within one batch are duplicates, not invalid: drop them before the
@@ -427,15 +459,30 @@ class SequenceBuilder:
             return
         if self.dlq is None:
             raise RuntimeError("invalid records but no dead-letter producer configured")
-        sent = [(item, self._send_dead_letter(item, summary=False)) for item in dead]
-        self.dlq.flush(timeout=30)
-        for item, future in sent:
-            try:
-                future.get(timeout=0)
-            except MessageSizeTooLargeError:  # the topic's limit is below ours: send the summary
-                self._send_dead_letter(item, summary=True).get(timeout=30)
-            except KafkaError as exc:
-                raise DeadLetterUnavailable(f"dead-letter topic unavailable: {exc}") from exc
+        try:
+            sent = [(item, self._send_dead_letter(item, summary=False)) for item in dead]
+            self.dlq.flush(timeout=DEAD_LETTER_TIMEOUT_S)
+            for item, future in sent:
+                try:
+                    future.get(timeout=0)
+                except MessageSizeTooLargeError:  # the topic's limit is below ours: send the summary
+                    self._send_dead_letter(item, summary=True).get(timeout=DEAD_LETTER_TIMEOUT_S)
+        except KafkaError as exc:
+            M.DEAD_LETTER_FAILURES.inc()
+            self._rebuild_dlq()
+            raise DeadLetterUnavailable(
+                f"{len(dead)} dead letters not acknowledged within {DEAD_LETTER_TIMEOUT_S} s "
+                f"({type(exc).__name__}: {exc}); the batch waits, uncommitted") from exc
+
+    def _rebuild_dlq(self) -> None:
+        if self.dlq_factory is None:
+            return
+        try:
+            self.dlq.close(timeout=0)
+        except Exception as exc:  # a broken client may fail to close: it is dropped either way
+            log.debug("dead-letter producer close failed: %s", exc)
+        self.dlq = self.dlq_factory()
+        log.warning("dead-letter producer rebuilt after a failure")
 
     def _send_dead_letter(self, item: DeadLetter, summary: bool):
         rec = item.record
@@ -676,7 +723,6 @@ class StreamConsumer:
 
     def apply_with_retry(self, batch: list) -> BatchResult:
         """Apply a batch: outages are retried until they pass, poison records are isolated."""
-        transient = transient_errors()
         backoff = Backoff(self.stop)
         while True:
             try:
@@ -684,7 +730,9 @@ class StreamConsumer:
                     return self.builder.apply(batch)
             except StateFenced:
                 raise  # not an outage and not a poison record: the partition moved
-            except transient as exc:
+            except Exception as exc:
+                if not is_outage(exc):  # not an outage: some record in the batch is poison
+                    return self.apply_isolating(batch, exc)
                 if self.stop.is_set():
                     raise
                 self.stats.retries += 1
@@ -692,20 +740,35 @@ class StreamConsumer:
                 log.warning("batch of %d records not applied (%s: %s); retrying in %.1fs, offsets "
                             "not committed", len(batch), type(exc).__name__, exc, backoff.delay)
                 backoff.wait()
-            except Exception as exc:  # not an outage: some record in the batch is poison
-                return self.apply_isolating(batch, exc)
+
+    def record_counters(self, result: BatchResult) -> None:
+        """The group's counters, retried through outages: they must match the dead-letter topic.
+        Any other error is logged and skipped (observability never stops ingestion)."""
+        backoff = Backoff(self.stop)
+        while not self.stop.is_set():
+            try:
+                self.builder.record_counters(result)
+                return
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.error("consumer counters not updated for one batch (%s: %s)",
+                              type(exc).__name__, exc)
+                    return
+                M.RETRIES.inc()
+                log.warning("consumer counters not updated (%s: %s); retrying in %.1fs",
+                            type(exc).__name__, exc, backoff.delay)
+                backoff.wait()
 
     def apply_isolating(self, batch: list, exc: BaseException) -> BatchResult:
         """Bisect a batch that failed for a non-transient reason: halves are applied in order
         (apply is idempotent, so a half that had been partly written is a replay), and a record
         that fails on its own is dead-lettered. Cost: O(log n) extra applies per poison record."""
         if len(batch) == 1:
-            transient = transient_errors()
             while True:
                 try:
                     return self.builder.dead_letter_alone(batch[0], exc)
-                except transient as dlq_exc:  # the dead-letter topic is down: wait for it
-                    if self.stop.is_set():
+                except Exception as dlq_exc:  # the dead-letter topic is down: wait for it
+                    if not is_outage(dlq_exc) or self.stop.is_set():
                         raise
                     log.warning("dead letter not sent (%s); retrying", dlq_exc)
                     self.stop.wait(1.0)
@@ -769,7 +832,7 @@ class StreamConsumer:
                 for stage, seconds in result.stage_s.items():
                     M.STAGE_SECONDS.labels(stage).observe(seconds)
                 self.stats.add(result)
-                self.builder.record_counters(result)
+                self.record_counters(result)
                 if result.dead:
                     log.info("dead-lettered %d records: %s", len(result.dead),
                              sorted({d.reason for d in result.dead}))
@@ -833,7 +896,8 @@ def build_consumer(settings: Settings, validate: bool = True, **consumer_overrid
     store = open_store(settings.feature_repo)
     client = pipeline_client(settings)
     builder = SequenceBuilder(settings, store, client, make_producer(settings),
-                              gx_validator(settings) if validate else None)
+                              gx_validator(settings) if validate else None,
+                              dlq_factory=lambda: make_producer(settings))
     return StreamConsumer(settings, builder, make_consumer(settings, **consumer_overrides))
 
 

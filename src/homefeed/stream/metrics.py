@@ -30,6 +30,14 @@ BROKER_ERRORS = Counter("homefeed_stream_broker_errors_total",
                         "Kafka errors survived by retrying (poll, commit)", ["operation"])
 FENCED = Counter("homefeed_stream_fenced_batches_total",
                  "Batches abandoned uncommitted: another consumer wrote their users' state (a rebalance)")
+DEAD_LETTER_FAILURES = Counter(
+    "homefeed_stream_dead_letter_failures_total",
+    "Batches held back because their dead letters were not acknowledged in time (the dead-letter "
+    "producer is rebuilt and the batch retried, uncommitted)")
+REDIS_RESTORES = Counter(
+    "homefeed_stream_redis_restores_total",
+    "Times Redis was found to have lost its data (generation marker gone) and was restored from "
+    "the offline log")
 RETRIES = Counter("homefeed_stream_write_retries_total", "Batches retried after a Redis/storage error")
 LAG = Gauge("homefeed_stream_consumer_lag", "Records behind the end of the log", ["topic", "partition"])
 STAGE_SECONDS = Histogram(

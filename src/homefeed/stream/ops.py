@@ -80,8 +80,12 @@ def stream_status(settings: Settings) -> dict:
                              ends[tp] - (done_offset if done_offset is not None else starts[tp])})
             topics[topic] = rows
         dead = sum(r["end"] - r["start"] for r in topics[settings.dead_letter_topic])
+        counters = consumer_counters(settings)
         return {"group": settings.consumer_group, "topics": topics, "dead_lettered": dead,
-                "consumer": consumer_counters(settings)}
+                "consumer": counters,
+                # the group's dead-letter count (Redis) and the topic's records must agree; they
+                # do not when Redis lost its counters, or another group writes to the topic
+                "dead_letters_agree": None if counters is None else counters["dead_lettered"] == dead}
     finally:
         consumer.close()
         admin.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -74,22 +75,48 @@ def pin_records(pins: pd.DataFrame, start_ms: int):
         yield str(int(pin)).encode(), up.to_json(), version
 
 
+class ProduceFailed(RuntimeError):
+    """Some records were not acknowledged by the broker (after the client's own retries)."""
+
+    def __init__(self, sent: int, failed: int, first_error: BaseException | None):
+        super().__init__(f"{failed} of {sent} records were not acknowledged by the broker "
+                         f"(first error: {type(first_error).__name__}: {first_error})")
+        self.sent, self.failed, self.first_error = sent, failed, first_error
+
+
 class Producer:
+    """Sends records and checks every one: a record the broker did not acknowledge (after the
+    client's retries, acks=all) is counted, and `send_all` raises ProduceFailed with the count."""
+
     def __init__(self, settings: Settings, producer=None):
         from homefeed.stream.consumer import make_producer
 
         self.settings = settings
         self.producer = producer or make_producer(settings, linger_ms=10, batch_size=256 * 1024)
         self.sent = 0
+        self.failed = 0
+        self.first_error: BaseException | None = None
+        self._lock = threading.Lock()  # errbacks run on the client's I/O thread
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.failed += 1
+            self.first_error = self.first_error or exc
 
     def send_all(self, topic: str, records, rate: float = 0.0, total: int | None = None,
                  desc: str = "produce") -> int:
-        """Send (key, value, timestamp) records; `rate` events/s (0 = as fast as possible)."""
+        """Send (key, value, timestamp) records; `rate` events/s (0 = as fast as possible).
+        Returns the number sent; raises ProduceFailed when any of them was not acknowledged."""
+        from kafka.errors import KafkaError
+
         start = time.perf_counter()
-        n = 0
+        n, failed_before = 0, self.failed
         for key, value, ts in tqdm(records, total=total, desc=desc, unit="ev", mininterval=1.0,
                                    disable=total is not None and total < 1000):
-            self.producer.send(topic, key=key, value=value, timestamp_ms=ts)
+            try:
+                self.producer.send(topic, key=key, value=value, timestamp_ms=ts).add_errback(self._failed)
+            except KafkaError as exc:  # e.g. no metadata within max_block_ms: the broker is down
+                self._failed(exc)
             n += 1
             if rate > 0:
                 ahead = n / rate - (time.perf_counter() - start)
@@ -97,14 +124,19 @@ class Producer:
                     time.sleep(ahead)
         self.producer.flush()
         self.sent += n
+        if self.failed > failed_before:
+            raise ProduceFailed(n, self.failed - failed_before, self.first_error)
         return n
 
     def send_bad_events(self, kinds: list[str] | None = None) -> dict[str, str]:
         samples = bad_event_samples(time.time_ns() // 1_000_000)
         chosen = {k: samples[k] for k in (kinds or samples)}
+        before = self.failed
         for name, (value, _) in chosen.items():
-            self.producer.send(self.settings.actions_topic, key=b"bad", value=value)
+            self.producer.send(self.settings.actions_topic, key=b"bad", value=value).add_errback(self._failed)
         self.producer.flush()
+        if self.failed > before:
+            raise ProduceFailed(len(chosen), self.failed - before, self.first_error)
         return {name: reason for name, (_, reason) in chosen.items()}
 
     def close(self) -> None:
