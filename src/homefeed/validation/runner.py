@@ -16,9 +16,11 @@ data first and fill in the suites' run-time expectation parameters:
 
   1. split the frame into its training period and the later rows (`suites.later_rows`: the
      ``split`` column or the ``periods`` argument, else the frame's last days by time);
-  2. take each label's rate on the training rows and widen it by ``label_rate_tolerance``
-     (default suites.LABEL_RATE_TOLERANCE, relative and absolute): that bounds the later rows'
-     rate, so drift between the periods fails the checkpoint naming the label;
+  2. take each label's rate on the training rows, widen it by ``label_rate_tolerance``
+     (default suites.LABEL_RATE_TOLERANCE, relative and absolute), then by chance
+     (suites.LABEL_RATE_SAMPLING_Z standard errors of a rate at that bound over the later
+     rows): that bounds the later rows' rate, so drift between the periods fails the
+     checkpoint naming the label, and a small frame's noise does not;
   3. a label without both classes in the training period is reported as a note ("no positives
      in the training period"), not a failure by itself; a frame of one period is not compared
      ([0, 1]);
@@ -334,14 +336,16 @@ def derive_label_rate_bounds(
             "label rates: the frame holds one period (one split, or no split column and one day): "
             "not compared" if later is None
             else f"label rates: {int(later.sum()):,} later rows checked against the training period's "
-                 f"{int(training.sum()):,} rows (tolerance x{1 - rel:g}..x{1 + rel:g} +-{tol:g})")
+                 f"{int(training.sum()):,} rows (tolerance x{1 - rel:g}..x{1 + rel:g} +-{tol:g}, "
+                 f"then +-{S.LABEL_RATE_SAMPLING_Z:g} standard errors)")
     bounds: dict[str, tuple[float, float]] = {}
     for label in F.LABEL_COLUMNS:
-        rate = None
+        rate, n_later = None, 0
         if df is not None and label in df.columns:
-            values = pd.to_numeric(df[label], errors="coerce").to_numpy(dtype=np.float64)[training]
-            values = values[~np.isnan(values)]
-            rate = float(values.mean()) if values.size else None
+            values = pd.to_numeric(df[label], errors="coerce").to_numpy(dtype=np.float64)
+            known = ~np.isnan(values)
+            rate = float(values[training & known].mean()) if (training & known).any() else None
+            n_later = int((~training & known).sum())
         if rate == 0.0:
             notes.append(f"{label}: no positives in the training period (its head cannot be trained "
                          "or measured)")
@@ -353,8 +357,12 @@ def derive_label_rate_bounds(
         elif later is None or rate is None:
             bounds[label] = S.STORED_LABEL_RATE_BOUNDS
         else:
-            bounds[label] = (max(0.0, round(rate * (1 - rel) - tol, 6)),
-                             min(1.0, round(rate * (1 + rel) + tol, 6)))
+            lo = max(0.0, rate * (1 - rel) - tol)
+            hi = min(1.0, rate * (1 + rel) + tol)
+            # plus chance: S.LABEL_RATE_SAMPLING_Z standard errors of a rate at the bound
+            lo -= S.LABEL_RATE_SAMPLING_Z * np.sqrt(lo * (1 - lo) / max(n_later, 1))
+            hi += S.LABEL_RATE_SAMPLING_Z * np.sqrt(hi * (1 - hi) / max(n_later, 1))
+            bounds[label] = (round(max(0.0, lo), 6), round(min(1.0, hi), 6))
     for label, (lo, hi) in bounds.items():
         if not 0.0 <= float(lo) <= float(hi) <= 1.0:
             raise UserError(f"rate bounds for {label} must satisfy 0 <= min <= max <= 1, got {lo}, {hi}")

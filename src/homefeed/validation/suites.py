@@ -82,6 +82,8 @@ MAX_PROFILE_NULL_RATE = 0.5
 # [rate * (1 - rel) - abs, rate * (1 + rel) + abs], clipped to [0, 1]. Explicit bounds (recipe,
 # `run_checkpoint(..., label_rate_bounds={...})`, `--param label_click_max_rate=0.9`) replace them.
 LABEL_RATE_TOLERANCE: tuple[float, float] = (0.5, 0.01)
+# ... and by chance: this many standard errors of a rate at the bound, over the later rows' count.
+LABEL_RATE_SAMPLING_Z = 3.0
 # What plain GX checks (no training period known): a rate is a rate.
 STORED_LABEL_RATE_BOUNDS: tuple[float, float] = (0.0, 1.0)
 # The training period: rows whose `split` is "train" when the frame has that column (or the
