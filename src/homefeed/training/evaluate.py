@@ -94,7 +94,7 @@ def per_request_metrics(scores: np.ndarray, frame: pd.DataFrame, heads: tuple[st
 
 
 def _block(scores, frame, heads, per_req, base_req, n_boot, seed) -> dict:
-    block = {}
+    block: dict = {}
     for j, h in enumerate(heads):
         entry = {"hit_at_3": _mean(per_req[h]), "auc": _value(metrics.auc(scores[:, j], frame[f"label_{h}"])),
                  "n_requests": int(len(per_req[h]))}

@@ -174,7 +174,7 @@ def _report(name: str, df: pd.DataFrame, suite_result, params: dict, elapsed_ms:
             examples = [_row_example(df, i, keys + extra) for i in index] or examples
         failures.append(FailedExpectation(
             type=config.type,
-            column=S.DERIVED_SOURCE.get(column, column),
+            column=S.DERIVED_SOURCE.get(column or "", column),
             check=(config.meta or {}).get("check", config.type),
             unexpected_count=result.get("unexpected_count"),
             unexpected_percent=result.get("unexpected_percent"),
@@ -324,7 +324,13 @@ def derive_label_rate_bounds(
     rel, tol = S.LABEL_RATE_TOLERANCE if tolerance is None else tolerance
     if not (0.0 <= float(rel) and 0.0 <= float(tol) <= 1.0):
         raise UserError(f"label rate tolerance must be (relative >= 0, absolute in [0, 1]), got {tolerance}")
-    wanted = {_label_key(key): tuple(value) for key, value in (explicit or {}).items()}
+    wanted: dict[str, tuple[float, float]] = {}
+    for key, value in (explicit or {}).items():
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise UserError(f"rate bounds for {key} must be (min, max), got {value!r}") from None
+        wanted[_label_key(key)] = (lo, hi)
     try:
         later = S.later_rows(df, periods) if df is not None else None
     except ValueError as exc:

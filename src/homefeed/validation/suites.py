@@ -112,6 +112,7 @@ D_NO_LEAKAGE = "_no_leakage"
 D_EMBEDDING_DIM = "_embedding_dim"
 D_EMBEDDING_FINITE = "_embedding_finite"
 
+
 def checked_label_column(label: str) -> str:
     """The derived column whose mean the training_set suite bounds for `label`."""
     return f"_checked_{label}"
