@@ -437,6 +437,9 @@ def test_positive_rate_bounds_are_configurable(project):
         validate("training_set", df, project, label_like_max_rate=0.5)
     with pytest.raises(UserError, match="periods"):
         validate("training_set", df, project, periods="nope")
+    with pytest.raises(UserError, match=r"must be \(min, max\)"):
+        validate("training_set", df, project, label_rate_bounds={"click": (0.5,)})
+    assert S.later_rows(df.assign(split="test")) is None  # no training rows: one period
 
 
 def test_leakage_sequence_time_at_or_after_request(project):
