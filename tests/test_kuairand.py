@@ -337,3 +337,129 @@ def test_real_kuairand_pure(tmp_path):
     assert meta["eval_days"] == 4 and meta["split_iso"] == "2022-05-05T00:00:00Z"
     assert s["eval"]["judgeable_requests"]["click"] > 1_500
     assert 0.05 < s["non_core_share"] < 0.2
+
+
+# -- an explicit-feedback slice: every row a like or a hate, no clicks ------------------------
+
+def explicit_feedback_rows() -> list[dict]:
+    """6 Beijing days, users 0..7, 4-6 videos a day each; every row a like (~81%) or a hate."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for user in range(8):
+        for day in range(N_DAYS):
+            videos = rng.choice(30, size=int(rng.integers(4, 7)), replace=False)
+            for k, video in enumerate(videos.tolist()):
+                t = DAY0_BJ + day * DAY_MS + 10 * H + k * 60_000 + user * 1_000
+                rows.append(row(user, video, t, **({"like": 1} if rng.random() < 0.81 else {"hate": 1})))
+    return rows
+
+
+def flat_dataset(world, path: Path):
+    """The dataset `homefeed dataset build` would write for `world`, built without Kafka and
+    Feast: each request's sequence = the user's events that arrived before it (newest first),
+    the daily profile and pin features from the world; splits as the build assigns them."""
+    import pandas as pd
+
+    from homefeed import features as F
+    from homefeed.events import ActionType
+    from homefeed.training.dataset import Dataset, assign_splits, save_dataset
+
+    imp = world.requests.copy()
+    imp["split"] = assign_splits(imp["day"].to_numpy(), world.params.days, 1, 1, 2)
+    imp = imp[imp["split"] != "warmup"].reset_index(drop=True)
+    imp[F.EVENT_TIMESTAMP] = pd.to_datetime(imp["request_time"], unit="ms", utc=True).astype("datetime64[us, UTC]")
+    pins = world.pins.rename(columns={"embedding": F.PIN_EMBEDDING, "topic_id": F.PIN_TOPIC})
+    imp = imp.merge(pins, on=F.PIN_ID, how="left")
+    users = world.users.set_index(F.USER_ID)
+    ev = world.events.sort_values("event_time", ascending=False)
+    req_rows = []
+    for (rid, uid, t, day, split), _ in imp.groupby([F.REQUEST_ID, F.USER_ID, "request_time", "day", "split"]):
+        past = ev[(ev[F.USER_ID] == uid) & (ev["arrival_time"] < t)]
+        req_rows.append({
+            F.REQUEST_ID: rid, F.USER_ID: uid, F.EVENT_TIMESTAMP: pd.Timestamp(t, unit="ms", tz="UTC"),
+            "request_time_ms": t, "day": day, "split": split, "segment": users.at[uid, "segment"],
+            "is_core": bool(users.at[uid, "is_core"]), F.SEQ_PIN_IDS: past[F.PIN_ID].to_numpy(np.int64),
+            F.SEQ_ACTION_TYPES: np.array([ActionType[a.upper()] for a in past["action_type"]], np.int32),
+            F.SEQ_ACTION_TIMES: past["event_time"].to_numpy(np.int64), F.SEQ_LENGTH: np.int32(len(past)),
+            F.PROFILE_EMBEDDING: np.zeros(8, np.float32), F.PROFILE_ACTIONS_28D: len(past),
+            F.PROFILE_REPIN_RATE_28D: float((past["action_type"] == "repin").mean()) if len(past) else 0.0,
+            F.PROFILE_HIDE_RATE_28D: float((past["action_type"] == "hide").mean()) if len(past) else 0.0,
+            F.PROFILE_DAYS_ACTIVE_28D: int(day)})
+    requests = pd.DataFrame(req_rows)
+    requests[F.EVENT_TIMESTAMP] = requests[F.EVENT_TIMESTAMP].astype("datetime64[us, UTC]")
+    impressions = imp[[F.REQUEST_ID, F.USER_ID, F.PIN_ID, F.EVENT_TIMESTAMP, "position", *F.LABEL_COLUMNS,
+                       F.PIN_EMBEDDING, F.PIN_TOPIC, F.PIN_CREATED_MS]]
+    meta = {"embedding_dim": 8, "sequence_length": 100, "days": world.params.days,
+            "splits": {s: sorted(int(d) for d in requests.loc[requests["split"] == s, "day"].unique())
+                       for s in ("train", "valid", "test")}}
+    ds = Dataset(path, requests, impressions, pins, meta)
+    save_dataset(ds)
+    return ds
+
+
+def test_an_explicit_feedback_log_passes_the_checkpoint_and_click_is_not_measurable(tmp_path, monkeypatch):
+    """KuaiRand's layout with every row a like or a hate (81% repin, no clicks): the training_set
+    checkpoint takes its bounds from the training period and passes, noting click; the
+    comparison and the per-epoch validation metrics report click as not measurable."""
+    import json
+
+    import pandas as pd
+
+    from homefeed import metrics
+    from homefeed.settings import Settings
+    from homefeed.training.dataset import training_frame
+    from homefeed.validation import run_checkpoint
+
+    src = write_log(tmp_path / "src", explicit_feedback_rows())
+    write_features(src)
+    assert main(["world", "import-kuairand", "--src", str(src), "--out", str(tmp_path / "w"),
+                 "--embedding-dim", "8", "--eval-days", "2", "--max-vocab", "50"]) == 0
+    world = load_world(tmp_path / "w")
+    assert world.requests["label_click"].sum() == 0 and 0.7 < world.requests["label_repin"].mean() < 0.9
+    ds = flat_dataset(world, tmp_path / "ds")
+
+    # (a) the checkpoint as `homefeed dataset build` and `homefeed train` call it
+    monkeypatch.setenv("HOMEFEED_HOME", str(tmp_path / "home"))
+    settings = Settings(embedding_dim=8, sequence_length=100)
+    for splits in (("train", "valid", "test"), ("train", "valid")):
+        report = run_checkpoint("training_set", training_frame(ds, splits), settings=settings)
+        assert report.success, report.to_text()
+        assert any(n.startswith("label_click: no positives in the training period") for n in report.notes)
+
+    # the training loop's per-epoch validation metrics: no crash, NaN for the head without positives
+    _, valid = ds.split("valid")
+    labels = valid[["label_repin", "label_click", "label_hide"]].to_numpy()
+    got = metrics.evaluate_heads(np.random.default_rng(0).random(labels.shape), labels,
+                                 valid["request_id"], ["repin", "click", "hide"])
+    assert np.isnan(got["hit@3_click"]) and np.isnan(got["auc_click"]) and np.isfinite(got["auc_repin"])
+
+    # (b) the comparison: two runs' test predictions (one random, one that saw the labels)
+    _, test = ds.split("test")
+    rng = np.random.default_rng(1)
+    for name, signal in (("none", 0.0), ("transact_v11", 1.0)):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"dataset": str(ds.path)}))
+        preds = test[["request_id", "pin_id"]].copy()
+        for head in ("repin", "click", "hide"):
+            preds[f"score_{head}"] = rng.random(len(test)) + signal * test[f"label_{head}"]
+        preds.to_parquet(run / "predictions.parquet", index=False)
+    assert main(["evaluate", "--runs", str(tmp_path / "runs"), "--compare", "--n-boot", "50",
+                 "--out", str(tmp_path / "report")]) == 0
+    paths = {ext: tmp_path / "report" / f"comparison.{ext}" for ext in ("md", "csv", "png", "json")}
+    result = json.loads(paths["json"].read_text())
+    assert result["not_measurable"] == {"click": {"metrics": ["hit_at_3", "auc", "gauc"],
+                                                  "reason": "no positive label_click in the test split"}}
+    ours = result["models"]["transact_v11"]
+    assert ours["click"]["hit_at_3"] is None and ours["click"]["auc"] is None and ours["click"]["gauc"] is None
+    assert ours["click"]["lift_vs_no_sequence"] is None and "click" not in result["primary_vs"]["none"]
+    assert ours["repin"]["hit_at_3"] > 0.9 and ours["repin"]["lift_vs_no_sequence"] is not None
+    md = paths["md"].read_text()
+    assert "click: not measurable (no positive label_click in the test split" in md
+    assert "nan" not in md.lower()
+    table = [line for line in md.splitlines() if line.startswith("| `transact_v11` |")][0].split(" | ")
+    assert table[3:5] == ["not measurable", "not measurable"]  # click HIT@3 and its lift
+    csv = pd.read_csv(paths["csv"])
+    click = csv[(csv.metric == "hit_at_3_click") & (csv.segment == "all")]
+    assert click["value"].isna().all() and (click["note"] == "not measurable").all()
+    assert paths["png"].is_file()

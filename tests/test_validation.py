@@ -369,26 +369,77 @@ def test_non_binary_label(project):
     assert failure(report, "non_binary_label", CLICK).examples == [2]
 
 
-def test_positive_rate_out_of_bounds(project):
-    df = training_rows()
-    df[CLICK] = 1  # every candidate clicked: rate 1.0 > 0.8
-    df[REPIN] = 0  # never repinned: rate 0 < 0.005
+def periods(df: pd.DataFrame, later_share: float = 0.25) -> pd.DataFrame:
+    """`df` with a split column: the last `later_share` of its rows valid/test, the rest train."""
+    n_later = int(len(df) * later_share)
+    split = ["train"] * (len(df) - n_later) + ["valid", "test"] * (n_later // 2) + ["test"] * (n_later % 2)
+    return df.assign(split=split)
+
+
+def test_label_rate_drift_after_the_training_period_fails_naming_the_label(project):
+    df = periods(training_rows(1000))
+    later = df["split"] != "train"
+    assert validate("training_set", df, project).success  # same rates in every period
+    df.loc[later, CLICK] = 1  # every later candidate clicked: 1.0 against ~0.33 in training
+    df.loc[later, REPIN] = 0  # never repinned later: 0 against 0.1
     report = validate("training_set", df, project)
     assert checks(report) == {"positive_rate"}
     assert {f.column for f in report.failures} == {CLICK, REPIN}
-    assert failure(report, "positive_rate", CLICK).observed_value == 1.0
+    click = failure(report, "positive_rate", CLICK)
+    assert click.observed_value == 1.0 and "label_click_max_rate=0.604849" in click.describe()
+    assert f"({CLICK}) [positive_rate]" in report.to_text()
+    # The same drift found by time when the frame has no split column: its last day is later.
+    days = np.where(later, 3, np.arange(len(df)) * 2 // len(df))  # train on days 0-1, later day 3
+    by_time = df.drop(columns="split")
+    by_time[F.EVENT_TIMESTAMP] += pd.to_timedelta(days, unit="D")
+    assert S.later_rows(by_time).tolist() == later.tolist()
+    assert {f.column for f in validate("training_set", by_time, project).failures} == {CLICK, REPIN}
+
+
+def test_explicit_feedback_rates_pass_and_a_head_without_positives_is_a_note(project):
+    """Every row a like or a hate (KuaiRand's explicit-feedback shape): 81% repin, no clicks."""
+    df = periods(training_rows(400))
+    rng = np.random.default_rng(7)
+    df[REPIN] = (rng.random(len(df)) < 0.81).astype(int)
+    df[HIDE] = 1 - df[REPIN]
+    df[CLICK] = 0
+    report = validate("training_set", df, project)
+    assert report.success, report.to_text()
+    assert f"{CLICK}: no positives in the training period" in report.to_text()
+    assert not any(REPIN in n or HIDE in n for n in report.notes[1:])
+    lo, hi = report.parameters["label_repin_min_rate"], report.parameters["label_repin_max_rate"]
+    train_rate, n_later = df.loc[df["split"] == "train", REPIN].mean(), (df["split"] != "train").sum()
+    tolerated = train_rate * 0.5 - 0.01  # then 3 standard errors of a rate at that bound
+    assert (lo, hi) == (round(tolerated - 3 * np.sqrt(tolerated * (1 - tolerated) / n_later), 6), 1.0)
+    # a head without positives in training that gets some later is drift, not a note
+    df.loc[df["split"] != "train", CLICK] = 1
+    assert failure(validate("training_set", df, project), "positive_rate", CLICK).observed_value == 1.0
+    # the recipe's own bounds replace the derived ones
+    bounded = validate("training_set", df.assign(**{CLICK: 0}), project,
+                       label_rate_bounds={"click": (0.005, 0.8)})
+    assert failure(bounded, "positive_rate", CLICK).observed_value == 0.0
 
 
 def test_positive_rate_bounds_are_configurable(project):
-    df = training_rows()
+    df = training_rows()  # one period (one day, no split column): rates are not compared
     df[CLICK] = 1
+    report = validate("training_set", df, project)
+    assert report.success and "one period" in report.notes[0]
+    assert report.notes[1].startswith(f"{CLICK}: no negatives in the training period")
     report = validate("training_set", df, project, label_rate_bounds={"click": (0.5, 1.0)})
     assert report.success, report.to_text()
     assert report.parameters["label_click_max_rate"] == 1.0
     tight = validate("training_set", training_rows(), project, label_hide_max_rate=0.01)
     assert failure(tight, "positive_rate", HIDE)
+    loose = validate("training_set", periods(training_rows(400)), project, label_rate_tolerance=(0.0, 0.0))
+    assert checks(loose) <= {"positive_rate"}  # no tolerance: the later rates must equal training's
     with pytest.raises(UserError, match="unknown parameter"):
         validate("training_set", df, project, label_like_max_rate=0.5)
+    with pytest.raises(UserError, match="periods"):
+        validate("training_set", df, project, periods="nope")
+    with pytest.raises(UserError, match=r"must be \(min, max\)"):
+        validate("training_set", df, project, label_rate_bounds={"click": (0.5,)})
+    assert S.later_rows(df.assign(split="test")) is None  # no training rows: one period
 
 
 def test_leakage_sequence_time_at_or_after_request(project):
@@ -716,8 +767,8 @@ def test_cli_run_param_override(project, cli_env, capsys):
     path = cli_env / "train.parquet"
     df.to_parquet(path)
     base = ["run", "training_set", "--data", str(path), "--project-dir", str(project)]
-    assert run_cli(base, capsys)[0] == 1
-    assert run_cli(base + ["--param", "label_click_max_rate=1"], capsys)[0] == 0
+    assert run_cli(base, capsys)[0] == 0  # one period: the rate is not compared
+    assert run_cli(base + ["--param", "label_click_max_rate=0.9"], capsys)[0] == 1
     code, _, err = run_cli(base + ["--param", "label_click_max_rate"], capsys)
     assert code == 2 and "NAME=VALUE" in err
 

@@ -6,6 +6,11 @@ Definitions are in docs/evaluation.md (and homefeed.metrics). In short, for each
 test days and each head: rank its candidates by that head's score; HIT@3 = positives in the top 3
 / min(positives, 3), averaged over requests with at least one positive. A lift is
 mean(model) / mean(no-sequence model) - 1 over the same requests; its interval resamples requests.
+
+A metric the test split cannot measure is None in the result, never NaN, and its lifts are
+skipped: HIT@3 without a request holding a positive, AUC without both classes, GAUC without a user
+holding both, the hide rate without a hide. `result["not_measurable"]` says which heads and why
+(e.g. an explicit-feedback log has no clicks); the reports print "not measurable".
 """
 
 from __future__ import annotations
@@ -52,6 +57,28 @@ def test_frame(dataset_dir: Path | str) -> tuple[pd.DataFrame, dict]:
     return frame, ds.meta
 
 
+def _value(x) -> float | None:
+    """A metric's value, None when it cannot be measured (NaN: no request, user or class)."""
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _mean(series: pd.Series) -> float | None:
+    return _value(series.mean()) if len(series) else None
+
+
+def not_measurable(frame: pd.DataFrame, heads: tuple[str, ...]) -> dict[str, dict]:
+    """{head: {"metrics": [...], "reason": ...}} for the heads whose test labels lack a class."""
+    out = {}
+    for h in heads:
+        positives = int((frame[f"label_{h}"].to_numpy() > 0.5).sum())
+        if positives == 0:
+            out[h] = {"metrics": ["hit_at_3", "auc", "gauc"] + (["hide_rate_top3"] if h == "hide" else []),
+                      "reason": f"no positive label_{h} in the test split"}
+        elif positives == len(frame):
+            out[h] = {"metrics": ["auc", "gauc"], "reason": f"no negative label_{h} in the test split"}
+    return out
+
+
 def per_request_metrics(scores: np.ndarray, frame: pd.DataFrame, heads: tuple[str, ...]) -> dict[str, pd.Series]:
     """HIT@3 per request per head, hides in the repin top 3 per request, and `gauc_{head}`: per
     user AUC * rows / mean rows, a series whose mean is the GAUC (so its lift bootstraps users)."""
@@ -68,25 +95,26 @@ def per_request_metrics(scores: np.ndarray, frame: pd.DataFrame, heads: tuple[st
 
 
 def _block(scores, frame, heads, per_req, base_req, n_boot, seed) -> dict:
-    block = {}
+    block: dict = {}
     for j, h in enumerate(heads):
-        entry = {"hit_at_3": float(per_req[h].mean()), "auc": metrics.auc(scores[:, j], frame[f"label_{h}"]),
+        entry = {"hit_at_3": _mean(per_req[h]), "auc": _value(metrics.auc(scores[:, j], frame[f"label_{h}"])),
                  "n_requests": int(len(per_req[h]))}
         g = per_req[f"gauc_{h}"]
-        gauc = {"gauc": float(g.mean()) if len(g) else float("nan"), "gauc_users": int(len(g))}
+        gauc = {"gauc": _mean(g), "gauc_users": int(len(g))}
         if len(g):
             gauc |= {f"gauc_{k}": v for k, v in _lift(g, base_req, f"gauc_{h}", n_boot, seed).items()}
         block[h] = entry | _lift(per_req[h], base_req, h, n_boot, seed) | gauc
     hr = per_req["hide_rate_top3"]
-    block["hide_rate_top3"] = {"value": float(hr.mean()), "n_requests": int(len(hr))} | _lift(
+    block["hide_rate_top3"] = {"value": _mean(hr), "n_requests": int(len(hr))} | _lift(
         hr, base_req, "hide_rate_top3", n_boot, seed)
-    block["topic_diversity_top3"] = metrics.topic_diversity_at_k(
-        scores[:, heads.index("repin")], frame[F.PIN_TOPIC], frame[F.REQUEST_ID], K)
+    block["topic_diversity_top3"] = _value(metrics.topic_diversity_at_k(
+        scores[:, heads.index("repin")], frame[F.PIN_TOPIC], frame[F.REQUEST_ID], K))
     return block
 
 
 def _lift(series: pd.Series, base: dict | None, key: str, n_boot: int, seed: int) -> dict:
-    if base is None or series.index.intersection(base[key].index).empty:  # e.g. a segment without such requests
+    # None: the baseline itself, or no request to compare (a segment or a head without positives)
+    if base is None or series.index.intersection(base[key].index).empty:
         return {"lift_vs_no_sequence": None, "interval": None}
     ci = metrics.bootstrap_lift_ci(series, base[key], n_boot=n_boot, seed=seed)
     return {"lift_vs_no_sequence": ci.lift, "interval": [ci.low, ci.high]}
@@ -146,10 +174,8 @@ def evaluate_runs(runs_dir: Path | str, dataset_dir: Path | str | None = None, b
         for name in scores:
             base = per[baseline] if has_base and name != baseline else None
             entry["models"][name] = {
-                h: {"hit_at_3": float(per[name][h].mean()) if len(per[name][h]) else float("nan"),
-                    "n_requests": int(len(per[name][h]))}
-                | (_lift(per[name][h], base, h, n_boot, seed) if len(per[name][h])
-                   else {"lift_vs_no_sequence": None, "interval": None})
+                h: {"hit_at_3": _mean(per[name][h]), "n_requests": int(len(per[name][h]))}
+                | _lift(per[name][h], base, h, n_boot, seed)
                 for h in ("repin", "click")}
         by_segment[value] = entry
 
@@ -160,8 +186,10 @@ def evaluate_runs(runs_dir: Path | str, dataset_dir: Path | str | None = None, b
                 continue
             primary_vs[other] = {}
             for m in ("repin", "click", "hide", "hide_rate_top3", "gauc_click"):
-                ci = metrics.bootstrap_lift_ci(per_req[primary]["all"][m], per_req[other]["all"][m],
-                                               n_boot=n_boot, seed=seed)
+                a, b = per_req[primary]["all"][m], per_req[other]["all"][m]
+                if a.index.intersection(b.index).empty:
+                    continue  # not measurable on this test split: no lift
+                ci = metrics.bootstrap_lift_ci(a, b, n_boot=n_boot, seed=seed)
                 primary_vs[other][m] = {"lift": ci.lift, "interval": [ci.low, ci.high]}
 
     return {
@@ -175,6 +203,7 @@ def evaluate_runs(runs_dir: Path | str, dataset_dir: Path | str | None = None, b
         "requests": {seg: int(frame.loc[mask, F.REQUEST_ID].nunique()) for seg, mask in segments.items()},
         "min_candidates": int(min_candidates),
         "requests_before_min_candidates": all_requests,
+        "not_measurable": not_measurable(frame, heads),
         "models": models,
         "by_segment": by_segment,
         "primary_vs": primary_vs,

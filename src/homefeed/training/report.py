@@ -43,13 +43,20 @@ def plot_training_curves(history: list[dict], path: Path, title: str = "") -> No
 
 # -- comparison ----------------------------------------------------------------------------------
 
+NOT_MEASURABLE = "not measurable"  # a metric the test split cannot measure (None in the result)
+
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    return NOT_MEASURABLE if x is None or not np.isfinite(x) else format(x, fmt)
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:+.2f}%"
 
 
 def _lift_cell(entry: dict) -> str:
-    if entry.get("lift_vs_no_sequence") is None:
-        return "n/a" if entry.get("n_requests") == 0 else "baseline"  # n/a: no such request
+    if entry.get("lift_vs_no_sequence") is None:  # no request to judge, or the baseline itself
+        return NOT_MEASURABLE if entry.get("n_requests") == 0 else "baseline"
     lo, hi = entry["interval"]
     return f"{_pct(entry['lift_vs_no_sequence'])} [{_pct(lo)}, {_pct(hi)}]"
 
@@ -64,7 +71,9 @@ def comparison_markdown(result: dict) -> str:
            f"{result['requests_before_min_candidates']:,}" if result.get("min_candidates", 1) > 1 else "")
         + "). "
         f"Lifts are relative to `{result['baseline']}` with paired bootstrap {int(100 * result['confidence'])}% "
-        f"intervals over requests ({result['n_boot']} resamples).",
+        f"intervals over requests ({result['n_boot']} resamples)."
+        + "".join(f" {h}: not measurable ({v['reason']}: {', '.join(v['metrics'])})."
+                  for h, v in (result.get("not_measurable") or {}).items()),
         "",
         f"| model | repin HIT@{k} | lift | click HIT@{k} | lift | hide HIT@{k} | lift | "
         f"hides in repin top-{k} (lower=better) | lift | AUC repin / click / hide | topics@{k} |",
@@ -73,11 +82,11 @@ def comparison_markdown(result: dict) -> str:
     for name, m in models.items():
         cells = [f"`{name}`"]
         for head in HEADS_SHOWN:
-            cells += [f"{m[head]['hit_at_3']:.4f}", _lift_cell(m[head])]
+            cells += [_num(m[head]['hit_at_3']), _lift_cell(m[head])]
         hr = m["hide_rate_top3"]
-        cells += [f"{hr['value']:.4f}", _lift_cell(hr)]
-        cells.append(" / ".join(f"{m[h]['auc']:.4f}" for h in HEADS_SHOWN))
-        cells.append(f"{m['topic_diversity_top3']:.3f}")
+        cells += [_num(hr['value']), _lift_cell(hr)]
+        cells.append(" / ".join(_num(m[h]['auc']) for h in HEADS_SHOWN))
+        cells.append(_num(m['topic_diversity_top3'], ".3f"))
         lines.append("| " + " | ".join(cells) + " |")
 
     lines += ["", f"Repin HIT@{k} lift over `{result['baseline']}` by user segment:", "",
@@ -97,8 +106,7 @@ def comparison_markdown(result: dict) -> str:
             for h in HEADS_SHOWN:
                 e = m[h]
                 lift = {"lift_vs_no_sequence": e.get("gauc_lift_vs_no_sequence"), "interval": e.get("gauc_interval")}
-                cells += [f"{e['gauc']:.4f}" if np.isfinite(e.get("gauc", np.nan)) else "n/a",
-                          _lift_cell(lift) if "gauc_interval" in e else "n/a"]
+                cells += [_num(e.get("gauc")), _lift_cell(lift) if "gauc_interval" in e else NOT_MEASURABLE]
             lines.append("| " + " | ".join(cells) + " |")
     by_segment = result.get("by_segment") or {}
     if len(by_segment) > 1:
@@ -112,7 +120,7 @@ def comparison_markdown(result: dict) -> str:
                 cells = []
                 for n in names:
                     e = entry["models"][n][h]
-                    cells.append(_lift_cell(e) if e["n_requests"] else "n/a")
+                    cells.append(_lift_cell(e))
                 lines.append(f"| {value} ({entry['requests']:,}) | {h} | " + " | ".join(cells) + " |")
 
     primary = result.get("primary")
@@ -123,7 +131,7 @@ def comparison_markdown(result: dict) -> str:
                   "|---|---|---|---|---|"]
         for other, v in result["primary_vs"].items():
             cells = [f"{_pct(v[m]['lift'])} [{_pct(v[m]['interval'][0])}, {_pct(v[m]['interval'][1])}]"
-                     if m in v else "n/a" for m in ("repin", "click", "hide_rate_top3", "gauc_click")]
+                     if m in v else NOT_MEASURABLE for m in ("repin", "click", "hide_rate_top3", "gauc_click")]
             lines.append(f"| `{other}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -140,7 +148,8 @@ def comparison_rows(result: dict) -> pd.DataFrame:
                 rows.append({"model": name, "segment": segment,
                              "metric": f"hit_at_3_{metric}" if metric in HEADS_SHOWN else metric,
                              "value": e[value_key], "auc": e.get("auc"),
-                             "lift_vs_no_sequence": e.get("lift_vs_no_sequence"), "low": lo, "high": hi})
+                             "lift_vs_no_sequence": e.get("lift_vs_no_sequence"), "low": lo, "high": hi,
+                             "note": NOT_MEASURABLE if e[value_key] is None else ""})
             rows.append({"model": name, "segment": segment, "metric": "topic_diversity_top3",
                          "value": block["topic_diversity_top3"]})
     return pd.DataFrame(rows)
@@ -168,6 +177,8 @@ def plot_comparison(result: dict, path: Path) -> None:
             x = np.arange(len(names)) + (offset - 0.5) * 0.38
             ax.bar(x, vals, width=0.38, color=colour, yerr=errs, capsize=2,
                    label="all users" if segment == "all" else "non-core users")
+        if all(result["models"][n][metric]["lift_vs_no_sequence"] is None for n in names):
+            ax.text(0.5, 0.6, NOT_MEASURABLE, transform=ax.transAxes, ha="center", va="center")
         ax.axhline(0, color="black", lw=0.7)
         ax.set_xticks(np.arange(len(names)), names, rotation=35, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)

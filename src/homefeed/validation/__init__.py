@@ -22,6 +22,7 @@ from homefeed.validation.runner import (
     FailedExpectation,
     ValidationReport,
     build_data_docs,
+    derive_label_rate_bounds,
     expectation_parameters,
     failing_rows,
     load_data,
@@ -30,7 +31,7 @@ from homefeed.validation.runner import (
 )
 from homefeed.validation.suites import (
     CHECKPOINT_NAMES,
-    DEFAULT_LABEL_RATE_BOUNDS,
+    LABEL_RATE_TOLERANCE,
     SUITE_NAMES,
     context_drift,
     default_project_dir,
@@ -40,7 +41,7 @@ from homefeed.validation.suites import (
 
 __all__ = [
     "CHECKPOINT_NAMES",
-    "DEFAULT_LABEL_RATE_BOUNDS",
+    "LABEL_RATE_TOLERANCE",
     "SUITE_NAMES",
     "FailedExpectation",
     "ValidationReport",
@@ -48,6 +49,7 @@ __all__ = [
     "context_drift",
     "default_project_dir",
     "derive_columns",
+    "derive_label_rate_bounds",
     "expectation_parameters",
     "failing_rows",
     "init_context",

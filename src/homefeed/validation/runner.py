@@ -11,8 +11,21 @@ data first and fill in the suites' run-time expectation parameters:
   ``max_future_skew_ms`` argument, else ``settings.max_future_skew_ms``;
 * ``max_sequence_length`` (sequence_features): ``settings.sequence_length``;
 * ``embedding_dim`` (pin_features, training_set): ``settings.embedding_dim``;
-* ``label_<head>_min_rate`` / ``label_<head>_max_rate`` (training_set): DEFAULT_LABEL_RATE_BOUNDS,
-  overridden by ``label_rate_bounds={"click": (0.01, 0.9)}``.
+* ``label_<head>_min_rate`` / ``label_<head>_max_rate`` (training_set): bounds on the label's
+  positive rate after the training period (`derive_label_rate_bounds`):
+
+  1. split the frame into its training period and the later rows (`suites.later_rows`: the
+     ``split`` column or the ``periods`` argument, else the frame's last days by time);
+  2. take each label's rate on the training rows, widen it by ``label_rate_tolerance``
+     (default suites.LABEL_RATE_TOLERANCE, relative and absolute), then by chance
+     (suites.LABEL_RATE_SAMPLING_Z standard errors of a rate at that bound over the later
+     rows): that bounds the later rows' rate, so drift between the periods fails the
+     checkpoint naming the label, and a small frame's noise does not;
+  3. a label without both classes in the training period is reported as a note ("no positives
+     in the training period"), not a failure by itself; a frame of one period is not compared
+     ([0, 1]);
+  4. explicit ``label_rate_bounds={"click": (0.01, 0.9)}`` (a recipe, the CLI) replace step 2
+     for the labels they name.
 
 Any of them can also be given directly as a keyword (``max_event_time_ms=...``).
 """
@@ -78,6 +91,7 @@ class ValidationReport:
     failures: list[FailedExpectation] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     elapsed_ms: float = 0.0
+    notes: list[str] = field(default_factory=list)  # worth knowing, not failures
 
     def __bool__(self) -> bool:
         return self.success
@@ -88,11 +102,13 @@ class ValidationReport:
 
     def to_text(self) -> str:
         if self.success:
-            return (f"{self.name}: OK, {self.evaluated} expectations passed on {self.rows:,} rows "
-                    f"({self.elapsed_ms:.0f} ms)")
-        lines = [f"{self.name}: FAILED, {len(self.failures)} of {self.evaluated} expectations "
-                 f"failed on {self.rows:,} rows"]
-        lines += [f"  - {f.describe()}" for f in self.failures]
+            lines = [f"{self.name}: OK, {self.evaluated} expectations passed on {self.rows:,} rows "
+                     f"({self.elapsed_ms:.0f} ms)"]
+        else:
+            lines = [f"{self.name}: FAILED, {len(self.failures)} of {self.evaluated} expectations "
+                     f"failed on {self.rows:,} rows"]
+            lines += [f"  - {f.describe()}" for f in self.failures]
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,7 +152,8 @@ def _exception_message(result) -> str | None:
     return None
 
 
-def _report(name: str, df: pd.DataFrame, suite_result, params: dict, elapsed_ms: float) -> ValidationReport:
+def _report(name: str, df: pd.DataFrame, suite_result, params: dict, elapsed_ms: float,
+            notes: list[str]) -> ValidationReport:
     keys = [k for k in S.SUITE_KEY_COLUMNS[name] if k in df.columns]
     order = _suite_order(name)
     failed = sorted((r for r in suite_result.results if not r.success),
@@ -157,7 +174,7 @@ def _report(name: str, df: pd.DataFrame, suite_result, params: dict, elapsed_ms:
             examples = [_row_example(df, i, keys + extra) for i in index] or examples
         failures.append(FailedExpectation(
             type=config.type,
-            column=column,
+            column=S.DERIVED_SOURCE.get(column or "", column),
             check=(config.meta or {}).get("check", config.type),
             unexpected_count=result.get("unexpected_count"),
             unexpected_percent=result.get("unexpected_percent"),
@@ -175,6 +192,7 @@ def _report(name: str, df: pd.DataFrame, suite_result, params: dict, elapsed_ms:
         failures=failures,
         parameters=_jsonable(params),
         elapsed_ms=elapsed_ms,
+        notes=list(notes),
     )
 
 
@@ -294,6 +312,69 @@ def _label_key(key: str) -> str:
     return label
 
 
+def derive_label_rate_bounds(
+    df: pd.DataFrame | None,
+    explicit: Mapping[str, tuple[float, float]] | None = None,
+    *,
+    periods: Any = None,
+    tolerance: tuple[float, float] | None = None,
+) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    """({label: (min rate, max rate)}, notes) for the training_set suite: see the module
+    docstring. `df` None (no data) gives the stored bounds for every label not in `explicit`."""
+    rel, tol = S.LABEL_RATE_TOLERANCE if tolerance is None else tolerance
+    if not (0.0 <= float(rel) and 0.0 <= float(tol) <= 1.0):
+        raise UserError(f"label rate tolerance must be (relative >= 0, absolute in [0, 1]), got {tolerance}")
+    wanted: dict[str, tuple[float, float]] = {}
+    for key, value in (explicit or {}).items():
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise UserError(f"rate bounds for {key} must be (min, max), got {value!r}") from None
+        wanted[_label_key(key)] = (lo, hi)
+    try:
+        later = S.later_rows(df, periods) if df is not None else None
+    except ValueError as exc:
+        raise UserError(f"training_set periods: {exc}") from None
+    notes: list[str] = []
+    if df is not None:
+        training = np.ones(len(df), bool) if later is None else ~later
+        notes.append(
+            "label rates: the frame holds one period (one split, or no split column and one day): "
+            "not compared" if later is None
+            else f"label rates: {int(later.sum()):,} later rows checked against the training period's "
+                 f"{int(training.sum()):,} rows (tolerance x{1 - rel:g}..x{1 + rel:g} +-{tol:g}, "
+                 f"then +-{S.LABEL_RATE_SAMPLING_Z:g} standard errors)")
+    bounds: dict[str, tuple[float, float]] = {}
+    for label in F.LABEL_COLUMNS:
+        rate, n_later = None, 0
+        if df is not None and label in df.columns:
+            values = pd.to_numeric(df[label], errors="coerce").to_numpy(dtype=np.float64)
+            known = ~np.isnan(values)
+            rate = float(values[training & known].mean()) if (training & known).any() else None
+            n_later = int((~training & known).sum())
+        if rate == 0.0:
+            notes.append(f"{label}: no positives in the training period (its head cannot be trained "
+                         "or measured)")
+        elif rate == 1.0:
+            notes.append(f"{label}: no negatives in the training period (its head cannot be trained "
+                         "or measured)")
+        if label in wanted:
+            bounds[label] = wanted[label]
+        elif later is None or rate is None:
+            bounds[label] = S.STORED_LABEL_RATE_BOUNDS
+        else:
+            lo = max(0.0, rate * (1 - rel) - tol)
+            hi = min(1.0, rate * (1 + rel) + tol)
+            # plus chance: S.LABEL_RATE_SAMPLING_Z standard errors of a rate at the bound
+            lo -= S.LABEL_RATE_SAMPLING_Z * np.sqrt(lo * (1 - lo) / max(n_later, 1))
+            hi += S.LABEL_RATE_SAMPLING_Z * np.sqrt(hi * (1 - hi) / max(n_later, 1))
+            bounds[label] = (round(max(0.0, lo), 6), round(min(1.0, hi), 6))
+    for label, (lo, hi) in bounds.items():
+        if not 0.0 <= float(lo) <= float(hi) <= 1.0:
+            raise UserError(f"rate bounds for {label} must satisfy 0 <= min <= max <= 1, got {lo}, {hi}")
+    return bounds, notes
+
+
 def expectation_parameters(
     name: str,
     df: pd.DataFrame | None = None,
@@ -302,9 +383,13 @@ def expectation_parameters(
     now_ms: int | None = None,
     max_future_skew_ms: int | None = None,
     label_rate_bounds: Mapping[str, tuple[float, float]] | None = None,
+    label_rate_tolerance: tuple[float, float] | None = None,
+    periods: Any = None,
+    notes: list[str] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """The run-time parameters of suite `name` (see the module docstring)."""
+    """The run-time parameters of suite `name` (see the module docstring); the label-rate
+    notes are appended to `notes` when given."""
     _check_name(name)
     allowed = S.SUITE_PARAMETERS[name]
     unknown = sorted(set(overrides) - set(allowed))
@@ -325,14 +410,13 @@ def expectation_parameters(
     if S.P_EMBEDDING_DIM in allowed:
         params[S.P_EMBEDDING_DIM] = int(settings.embedding_dim)
     if name == S.TRAINING_SET:
-        bounds = dict(S.DEFAULT_LABEL_RATE_BOUNDS)
-        for key, value in (label_rate_bounds or {}).items():
-            bounds[_label_key(key)] = tuple(value)
+        bounds, label_notes = derive_label_rate_bounds(df, label_rate_bounds, periods=periods,
+                                                       tolerance=label_rate_tolerance)
         for label, (lo, hi) in bounds.items():
-            if not 0.0 <= float(lo) <= float(hi) <= 1.0:
-                raise UserError(f"rate bounds for {label} must satisfy 0 <= min <= max <= 1, got {lo}, {hi}")
             p_lo, p_hi = S.label_rate_parameters(label)
             params[p_lo], params[p_hi] = float(lo), float(hi)
+        if notes is not None:
+            notes.extend(label_notes)
     params.update(overrides)
     return params
 
@@ -349,14 +433,18 @@ def validate_dataframe(
     max_future_skew_ms: int | None = None,
     project_dir: Path | str | None = None,
     label_rate_bounds: Mapping[str, tuple[float, float]] | None = None,
+    label_rate_tolerance: tuple[float, float] | None = None,
+    periods: Any = None,
     **params: Any,
 ) -> ValidationReport:
     """Validate `df` against one suite without storing results (the micro-batch path: a few
-    tens of ms for thousands of rows; the context, suite and batch definition are cached)."""
+    tens of ms for thousands of rows; the context, suite and batch definition are cached).
+    `label_rate_bounds`, `label_rate_tolerance`, `periods`: training_set (module docstring)."""
     report, _ = _validate_frame(
         suite_name, df, settings=settings, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms,
-        project_dir=project_dir, label_rate_bounds=label_rate_bounds, params=params,
-        detail_format=S.RESULT_FORMAT)
+        project_dir=project_dir, params=params, detail_format=S.RESULT_FORMAT,
+        rates={"label_rate_bounds": label_rate_bounds, "label_rate_tolerance": label_rate_tolerance,
+               "periods": periods})
     return report
 
 
@@ -382,8 +470,8 @@ def failing_rows(
     """
     report, results = _validate_frame(
         suite_name, df, settings=settings, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms,
-        project_dir=project_dir, label_rate_bounds=None, params=params,
-        detail_format={"result_format": "COMPLETE"}, structure=structure)
+        project_dir=project_dir, params=params, detail_format={"result_format": "COMPLETE"},
+        structure=structure)
     if report.success:
         return {}
     rejected: dict[int, list[str]] = {}
@@ -412,14 +500,16 @@ def failing_rows(
 
 
 def _validate_frame(suite_name, df, *, settings, now_ms, max_future_skew_ms, project_dir,
-                    label_rate_bounds, params, detail_format, structure=True):
+                    params, detail_format, structure=True, rates=None):
     _check_name(suite_name)
     start = time.perf_counter()
     project = get_project(project_dir)
+    rates = rates or {}
+    notes: list[str] = []
     values = expectation_parameters(suite_name, df, settings=settings, now_ms=now_ms,
-                                    max_future_skew_ms=max_future_skew_ms,
-                                    label_rate_bounds=label_rate_bounds, **params)
-    data = S.derive_columns(suite_name, df)
+                                    max_future_skew_ms=max_future_skew_ms, notes=notes,
+                                    **rates, **params)
+    data = S.derive_columns(suite_name, df, periods=rates.get("periods"))
     with project.lock:
         suite = project.suite(suite_name, structure)
         batch = project.batch_definition(suite_name).get_batch(batch_parameters={"dataframe": data})
@@ -433,7 +523,7 @@ def _validate_frame(suite_name, df, *, settings, now_ms, max_future_skew_ms, pro
                     expectation_parameters=values)
                 for r in result.results
             ]
-    report = _report(suite_name, data, result, values, (time.perf_counter() - start) * 1000)
+    report = _report(suite_name, data, result, values, (time.perf_counter() - start) * 1000, notes)
     return report, result.results
 
 
@@ -454,10 +544,14 @@ def run_checkpoint(
     max_future_skew_ms: int | None = None,
     project_dir: Path | str | None = None,
     label_rate_bounds: Mapping[str, tuple[float, float]] | None = None,
+    label_rate_tolerance: tuple[float, float] | None = None,
+    periods: Any = None,
     **params: Any,
 ) -> ValidationReport:
     """Run the stored checkpoint `name` on `df` with this run's parameters; the result is
     stored under validation/gx/uncommitted/ (shown by `homefeed validate docs`).
+    `label_rate_bounds`, `label_rate_tolerance`, `periods`: training_set (module docstring);
+    by default the label-rate bounds come from the frame's own training period.
 
     This is what ``Checkpoint.run`` does (validate its one validation definition, store the
     result), except that the suite is `runtime_suite` (parameters as $PARAMETER references):
@@ -473,10 +567,13 @@ def run_checkpoint(
     _check_name(name)
     start = time.perf_counter()
     project = get_project(project_dir)
+    notes: list[str] = []
     values = expectation_parameters(name, df, settings=settings, now_ms=now_ms,
                                     max_future_skew_ms=max_future_skew_ms,
-                                    label_rate_bounds=label_rate_bounds, **params)
-    data = S.derive_columns(name, df)
+                                    label_rate_bounds=label_rate_bounds,
+                                    label_rate_tolerance=label_rate_tolerance, periods=periods,
+                                    notes=notes, **params)
+    data = S.derive_columns(name, df, periods=periods)
     with project.lock:
         checkpoint = project.checkpoint(name)
         if len(checkpoint.validation_definitions) != 1:
@@ -498,7 +595,7 @@ def run_checkpoint(
                 expectation_suite_identifier=suite_key, run_id=run_id,
                 batch_identifier=validator.active_batch_id),
             expectation_suite_identifier=suite_key)
-    return _report(name, data, result, values, (time.perf_counter() - start) * 1000)
+    return _report(name, data, result, values, (time.perf_counter() - start) * 1000, notes)
 
 
 def build_data_docs(project_dir: Path | str | None = None) -> Path:

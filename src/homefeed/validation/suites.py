@@ -13,10 +13,12 @@ whole-dataframe batch definition ``dataframe``; the data is handed over at run t
 (``batch_parameters={"dataframe": df}``), so one checkpoint validates any dataframe.
 
 Values that depend on `Settings` (embedding_dim, sequence_length, clock skew) or on the run
-(``now``) and the label positive-rate bounds are *run-time parameters*. GX 1.x has no default
+(``now``) and the label positive-rate bounds (derived from the data's own training period, see
+`later_rows` and `homefeed.validation.runner`) are *run-time parameters*. GX 1.x has no default
 for a ``{"$PARAMETER": name}`` (a run without it raises SuiteParameterError), so the stored
 suites hold each parameter's default value (`parameter_defaults()`: the `Settings` defaults,
-and 2100-01-01 as the latest event time, since plain GX knows no "now") and record the
+2100-01-01 as the latest event time, since plain GX knows no "now", and [0, 1] as a label's
+rate bounds, since plain GX knows no training period) and record the
 parameter's name in the expectation's ``meta.parameters``. Plain GX runs them as stored
 (``context.checkpoints.get("action_events").run(batch_parameters={"dataframe": df})``);
 `runtime_suite()` turns the recorded kwargs back into ``$PARAMETER`` references, which
@@ -27,7 +29,9 @@ suite names.
 GX has no expectations on list columns, so list-valued features are checked through
 derived per-row columns (names start with ``_``) that `derive_columns()` adds before
 validation; every suite expects them to be true (or, for ``_embedding_dim``, equal to the
-configured dimension). `derive_columns()` is the only place that computes them.
+configured dimension). `derive_columns()` is the only place that computes them. The same
+goes for a label's rate after the training period: ``_checked_<label>`` holds the label on
+the rows whose rate is checked (null elsewhere) and the suite bounds its mean.
 """
 
 from __future__ import annotations
@@ -73,13 +77,22 @@ MAX_FEATURE_NULL_RATE = 0.05
 # are exactly the non-core users the realtime sequence is for, so a larger share is normal.
 MAX_PROFILE_NULL_RATE = 0.5
 
-# Default per-head positive-rate bounds of the training set, [min, max]; override at run time
-# (`run_checkpoint(..., label_rate_bounds={...})` or `--param label_click_max_rate=0.9`).
-DEFAULT_LABEL_RATE_BOUNDS: dict[str, tuple[float, float]] = {
-    F.label_column(E.ActionType.REPIN): (0.005, 0.6),
-    F.label_column(E.ActionType.CLICK): (0.005, 0.8),
-    F.label_column(E.ActionType.HIDE): (0.0005, 0.4),
-}
+# Label positive rates (training_set): each label's rate in the training period, widened by
+# LABEL_RATE_TOLERANCE = (relative, absolute), bounds its rate in the later periods (valid/test):
+# [rate * (1 - rel) - abs, rate * (1 + rel) + abs], clipped to [0, 1]. Explicit bounds (recipe,
+# `run_checkpoint(..., label_rate_bounds={...})`, `--param label_click_max_rate=0.9`) replace them.
+LABEL_RATE_TOLERANCE: tuple[float, float] = (0.5, 0.01)
+# ... and by chance: this many standard errors of a rate at the bound, over the later rows' count.
+LABEL_RATE_SAMPLING_Z = 3.0
+# What plain GX checks (no training period known): a rate is a rate.
+STORED_LABEL_RATE_BOUNDS: tuple[float, float] = (0.0, 1.0)
+# The training period: rows whose `split` is "train" when the frame has that column (or the
+# caller passes the splits); else, by time, all but the last LATER_DAYS_SHARE of the frame's
+# UTC days (at least one day later, none when the frame spans a single day).
+SPLIT_COLUMN = "split"
+TRAINING_SPLIT = "train"
+LATER_DAYS_SHARE = 0.25
+DAY_NS = 86_400 * 10**9
 
 ACTION_IDS = sorted(int(a) for a in E.ActionType)
 
@@ -99,6 +112,16 @@ D_NO_LEAKAGE = "_no_leakage"
 D_EMBEDDING_DIM = "_embedding_dim"
 D_EMBEDDING_FINITE = "_embedding_finite"
 
+
+def checked_label_column(label: str) -> str:
+    """The derived column whose mean the training_set suite bounds for `label`."""
+    return f"_checked_{label}"
+
+
+D_CHECKED_LABELS = tuple(checked_label_column(label) for label in F.LABEL_COLUMNS)
+# Derived columns that stand for one source column in reports.
+DERIVED_SOURCE = {checked_label_column(label): label for label in F.LABEL_COLUMNS}
+
 DERIVED_COLUMNS: dict[str, str] = {
     D_ALIGNED: "seq_pin_ids, seq_action_types and seq_action_times are numeric lists of "
                "length seq_length",
@@ -111,6 +134,9 @@ DERIVED_COLUMNS: dict[str, str] = {
                   "(event_timestamp): the label leakage guard",
     D_EMBEDDING_DIM: "len(embedding); -1 when the value is not a list of numbers",
     D_EMBEDDING_FINITE: "every embedding value is finite (no NaN/inf)",
+    **{checked_label_column(label): f"{label} on the rows whose positive rate is checked: those "
+       "after the training period (`later_rows`), every row when the frame holds one period; "
+       "null elsewhere" for label in F.LABEL_COLUMNS},
 }
 
 # Which derived columns each suite needs.
@@ -119,7 +145,7 @@ SUITE_DERIVED: dict[str, tuple[str, ...]] = {
     SEQUENCE_FEATURES: (D_ALIGNED, D_SORTED_DESC, D_MAX_TIME_OK, D_ACTIONS_VALID,
                         D_PIN_IDS_VALID, D_TIMES_VALID),
     PIN_FEATURES: (D_EMBEDDING_DIM, D_EMBEDDING_FINITE),
-    TRAINING_SET: (D_ALIGNED, D_NO_LEAKAGE, D_EMBEDDING_DIM),
+    TRAINING_SET: (D_ALIGNED, D_NO_LEAKAGE, D_EMBEDDING_DIM, *D_CHECKED_LABELS),
 }
 
 # Columns that identify a row in failure examples of derived checks.
@@ -165,9 +191,9 @@ def parameter_defaults() -> dict[str, int | float]:
         P_MAX_SEQUENCE_LENGTH: code_defaults.sequence_length,
         P_EMBEDDING_DIM: code_defaults.embedding_dim,
     }
-    for label, (lo, hi) in DEFAULT_LABEL_RATE_BOUNDS.items():
+    for label in F.LABEL_COLUMNS:
         p_lo, p_hi = label_rate_parameters(label)
-        defaults[p_lo], defaults[p_hi] = float(lo), float(hi)
+        defaults[p_lo], defaults[p_hi] = (float(b) for b in STORED_LABEL_RATE_BOUNDS)
     return defaults
 
 
@@ -363,8 +389,10 @@ def _training_set() -> SuiteSpec:
             Check("expect_column_values_to_be_in_set", {"column": label, "value_set": [0, 1]},
                   "non_binary_label", f"{label} is 0 or 1"),
             Check("expect_column_mean_to_be_between",
-                  {"column": label, "min_value": _param(lo), "max_value": _param(hi)},
-                  "positive_rate", f"positive rate of {label} within [{lo}, {hi}]"),
+                  {"column": checked_label_column(label), "min_value": _param(lo),
+                   "max_value": _param(hi)},
+                  "positive_rate", f"positive rate of {label} after the training period (of "
+                  f"every row when the frame holds one period) within [{lo}, {hi}]"),
         ]
     checks += [
         _true(D_NO_LEAKAGE, "leakage"),
@@ -468,7 +496,42 @@ def _tri(ok: np.ndarray, known: np.ndarray) -> pd.Series:
     return pd.Series(out, dtype=object)
 
 
-def derive_columns(suite_name: str, df: pd.DataFrame) -> pd.DataFrame:
+def later_rows(df: pd.DataFrame, periods: Any = None) -> np.ndarray | None:
+    """Which rows of a training frame come after its training period (bool per row), or None
+    when the frame holds one period (nothing to compare a rate with).
+
+    `periods`: one split name per row ("train" = the training period), or the name of a column
+    of `df` holding them; default: the frame's `split` column when it has one, else by time: the
+    last LATER_DAYS_SHARE of the frame's UTC days of `event_timestamp` (at least one) are later.
+    """
+    if isinstance(periods, str):
+        if periods not in df.columns:
+            raise ValueError(f"no column {periods!r} to take the periods from")
+        periods = df[periods]
+    if periods is None and SPLIT_COLUMN in df.columns:
+        periods = df[SPLIT_COLUMN]
+    if periods is not None:
+        split = np.asarray(periods, dtype=object).reshape(-1)
+        if split.size != len(df):
+            raise ValueError(f"periods ({split.size}) and rows ({len(df)}) differ in length")
+        later = split != TRAINING_SPLIT
+    else:
+        parsed = _time_ns(df[F.EVENT_TIMESTAMP]) if F.EVENT_TIMESTAMP in df.columns else None
+        if parsed is None:
+            return None
+        ns, known = parsed
+        day = ns // DAY_NS
+        days = np.unique(day[known])
+        if days.size < 2:
+            return None
+        first_later = days[-max(1, int(np.ceil(days.size * LATER_DAYS_SHARE)))]
+        later = known & (day >= first_later)
+    if later.all() or not later.any():
+        return None
+    return later
+
+
+def derive_columns(suite_name: str, df: pd.DataFrame, periods: Any = None) -> pd.DataFrame:
     """The documented pre-step: add the derived per-row columns `suite_name` expects.
 
     Returns `df` itself when the suite needs none, else a shallow copy with the columns in
@@ -477,6 +540,7 @@ def derive_columns(suite_name: str, df: pd.DataFrame) -> pd.DataFrame:
     nulls; it is False where the source is present but not a list of numbers. Missing source
     columns leave the derived columns all-None: the `expect_column_to_exist` checks report them.
     Times are compared exactly: epoch-ms sequence times against the row timestamp in ns.
+    `periods` (training_set): see `later_rows`.
     """
     wanted = SUITE_DERIVED[suite_name]
     if not wanted:
@@ -567,6 +631,16 @@ def derive_columns(suite_name: str, df: pd.DataFrame) -> pd.DataFrame:
                 out[D_EMBEDDING_DIM] = pd.Series(dim)
             if D_EMBEDDING_FINITE in wanted:
                 out[D_EMBEDDING_FINITE] = _tri(emb.all_ok(~np.isfinite(emb.flat)), emb.state != 0)
+
+    if set(D_CHECKED_LABELS) & set(wanted):
+        later = later_rows(df, periods)
+        for label in F.LABEL_COLUMNS:
+            source = col(label)
+            values = (np.full(n, np.nan) if source is None
+                      else pd.to_numeric(source, errors="coerce").to_numpy(dtype=np.float64))
+            if later is not None:
+                values[~later] = np.nan
+            out[checked_label_column(label)] = pd.Series(values)
 
     derived = df.copy(deep=False)
     for name in wanted:
