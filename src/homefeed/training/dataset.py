@@ -117,7 +117,8 @@ def load_dataset(path: Path | str) -> Dataset:
 def training_frame(ds: Dataset, splits: tuple[str, ...] = SPLITS) -> pd.DataFrame:
     """The flat frame: one row per impression with its snapshot's user-side features repeated."""
     req, imp = ds.split(*splits)
-    user_cols = [F.SNAPSHOT_ID, *F.SEQUENCE_FEATURE_NAMES, *F.PROFILE_FEATURE_NAMES]
+    # the split lets the training_set checkpoint bound later label rates by the training period's
+    user_cols = [F.SNAPSHOT_ID, "split", *F.SEQUENCE_FEATURE_NAMES, *F.PROFILE_FEATURE_NAMES]
     return imp.merge(req[user_cols], on=F.SNAPSHOT_ID, how="left", validate="many_to_one")
 
 
