@@ -47,6 +47,7 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(private_env, tmp_pat
 
     status = run_cli(["stack", "status"], private_env)
     assert status.returncode == 0 and status.stdout.count(" healthy ") == 2
+    assert "keeps topics in memory" in status.stdout and "keeps topics in memory" in up.stdout
 
     assert run_cli(["stack", "down"], private_env).returncode == 0
     assert not redis_healthy(redis_url) and not kafka_healthy(bootstrap)
@@ -89,7 +90,7 @@ def test_redis_with_a_password_requires_it_and_pid_files_guard_strangers(tmp_pat
     import redis
 
     from homefeed.settings import load_settings
-    from homefeed.stack import LocalStack, read_pid_file, write_pid_file
+    from homefeed.stack import LocalStack, masked_url, read_pid_file, write_pid_file
 
     port = free_port()
     settings = load_settings().replace(home=tmp_path / "home", redis_port=port, redis_password="s3cret")
@@ -100,6 +101,7 @@ def test_redis_with_a_password_requires_it_and_pid_files_guard_strangers(tmp_pat
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port).ping()
         assert "s3cret" not in (tmp_path / "home" / "run" / "redis.pid").read_text()
+        assert masked_url(settings.effective_redis_url) == f"redis://:***@127.0.0.1:{port}/0"
     finally:
         local.down(services=("redis",))
     stranger = subprocess.Popen(["sleep", "30"])
@@ -120,3 +122,12 @@ def test_the_kafka_client_checks_record_crcs_in_c():
 
     assert util.crc32c_c is not None
     assert util.calc_crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+def test_connection_urls_are_printed_without_their_password():
+    from homefeed.stack import masked_url
+
+    assert masked_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
+    assert masked_url("rediss://alice:pw@h:6380/1") == "rediss://alice:***@h:6380/1"
+    assert masked_url("redis://token@h:6379") == "redis://***@h:6379"
+    assert masked_url("redis://h:6379/0") == "redis://h:6379/0"

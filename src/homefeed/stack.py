@@ -480,10 +480,27 @@ def _settings_from_args(args) -> Settings:
     return settings.replace(**changes) if changes else settings
 
 
+# Said wherever the local broker is shown: its storage engine is memory (docs/reliability.md).
+IN_MEMORY_BROKER = ("note: the local broker (Tansu 0.6) keeps topics in memory: a broker restart "
+                    "loses every topic, record and committed offset")
+
+
 def _print_status(statuses: list[ServiceStatus]) -> bool:
     for st in statuses:
         print(st.line())
+        if st.name == "kafka" and st.managed:
+            print(f"  {IN_MEMORY_BROKER}")
     return all(st.healthy for st in statuses)
+
+
+def masked_url(url: str) -> str:
+    """A connection URL with its password replaced by ***: never print a secret."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    auth, _, host = rest.rpartition("@")
+    user, colon, _ = auth.partition(":")
+    return f"{scheme}://{user}:***@{host}" if colon else f"{scheme}://***@{host}"
 
 
 def cmd_up(args) -> int:
@@ -494,7 +511,7 @@ def cmd_up(args) -> int:
         print(f"\nHOMEFEED_REDIS_MODE=cluster\nHOMEFEED_REDIS_CLUSTER_SIZE={s.redis_cluster_size}\n"
               f"HOMEFEED_REDIS_PORT={s.redis_port}")
     else:
-        print(f"\nREDIS_URL={s.effective_redis_url}")
+        print(f"\nREDIS_URL={masked_url(s.effective_redis_url)}")
     print(f"KAFKA_BOOTSTRAP_SERVERS={s.effective_kafka_bootstrap}")
     return 0 if ok else 1
 
