@@ -30,6 +30,7 @@ from pydantic import Field
 from homefeed.events import MAX_ID, MIN_EVENT_TIME_MS
 from homefeed.serving.http import BodyLimit, install_client_error_filter
 from homefeed.serving.resources import serving_cpus
+from homefeed.settings import load_settings
 
 MAX_CANDIDATES = 2000
 MAX_REQUEST_TIME_MS = 4_102_444_800_000  # 2100-01-01: past this an epoch-ms value is a unit bug
@@ -52,7 +53,8 @@ REDIS_ERRORS = bentoml.metrics.Counter(
 
 SERVING_WORKERS, SERVING_THREADS = serving_cpus()  # workers x threads (homefeed.serving.resources)
 
-PinId = Annotated[int, Field(gt=0, le=MAX_ID)]
+# Ids are strict integers: JSON true, "7" and 3.0 are refused, not coerced (true would rank user 1).
+PinId = Annotated[int, Field(gt=0, le=MAX_ID, strict=True)]
 Weight = Annotated[float, Field(ge=-MAX_BLEND_WEIGHT, le=MAX_BLEND_WEIGHT, allow_inf_nan=False)]
 
 
@@ -68,8 +70,11 @@ def stop_server(message: str) -> None:
     os._exit(2)  # no traceback: the line above says everything
 
 
+# Loopback unless configured (HOMEFEED_HOST; the bento's image sets 0.0.0.0): plain `bentoml serve
+# bento.service:Ranking` must not expose an unauthenticated service. `--host` still wins.
 @bentoml.service(name="homefeed-service", traffic={"timeout": 10}, workers=SERVING_WORKERS,
-                 resources={"cpu": str(SERVING_WORKERS * SERVING_THREADS)})
+                 resources={"cpu": str(SERVING_WORKERS * SERVING_THREADS)},
+                 http={"host": load_settings().host})
 class Ranking:
     def __init__(self) -> None:
         import torch
@@ -80,7 +85,6 @@ class Ranking:
         from homefeed.serving.fast_model import ServedRanker
         from homefeed.serving.online_features import OnlineFeatureReader
         from homefeed.serving.ranking import RankingEngine, parse_blend
-        from homefeed.settings import load_settings
 
         install_client_error_filter()
         settings = load_settings()
@@ -120,11 +124,11 @@ class Ranking:
     @bentoml.api(route="/rank")
     def rank(
         self,
-        user_id: Annotated[int, Field(gt=0, le=MAX_ID, description="the user to rank for")],
+        user_id: Annotated[int, Field(gt=0, le=MAX_ID, strict=True, description="the user to rank for")],
         candidates: Annotated[list[PinId], Field(min_length=1, max_length=MAX_CANDIDATES,
                                                  description="candidate pin ids (duplicates ranked once)")],
-        k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES, description="how many to return")] = 10,
-        request_time_ms: Annotated[int | None, Field(ge=MIN_EVENT_TIME_MS, le=MAX_REQUEST_TIME_MS,
+        k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES, strict=True, description="how many to return")] = 10,
+        request_time_ms: Annotated[int | None, Field(ge=MIN_EVENT_TIME_MS, le=MAX_REQUEST_TIME_MS, strict=True,
                                                      description="epoch ms; default now")] = None,
         blend: Annotated[dict[str, Weight] | None,
                          Field(description="head weights, e.g. {'repin': 1}; finite, |w| <= 1000")] = None,

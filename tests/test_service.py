@@ -167,6 +167,11 @@ def test_cold_start_user_and_unknown_pins(service):
 @pytest.mark.parametrize("body, field", [
     ({"user_id": USER, "candidates": list(range(1, 2002))}, "candidates"),
     ({"user_id": "abc", "candidates": [1]}, "user_id"),
+    ({"user_id": True, "candidates": [1]}, "user_id"),  # strict ids: never coerced
+    ({"user_id": "7", "candidates": [1]}, "user_id"),
+    ({"user_id": 3.0, "candidates": [1]}, "user_id"),
+    ({"user_id": USER, "candidates": [1, True]}, "candidates"),
+    ({"user_id": USER, "candidates": [1], "k": "2"}, "k"),
     ({"user_id": USER, "candidates": [1, -5]}, "candidates"),
     ({"user_id": USER, "candidates": []}, "candidates"),
     ({"candidates": [1, 2]}, "user_id"),

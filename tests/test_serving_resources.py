@@ -34,3 +34,25 @@ def test_bad_values_are_refused_naming_the_variable(bad):
         serving_cpus({WORKERS_ENV: bad}, cpus=2)
     with pytest.raises(ValueError, match=THREADS_ENV):
         serving_cpus({THREADS_ENV: bad}, cpus=2)
+
+
+@pytest.mark.parametrize("host, expected", [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
+def test_the_service_binds_loopback_unless_configured(host, expected):
+    """`bentoml serve bento.service:Ranking` as typed must not expose the service; the bento's
+    image configures every interface (bento/bentofile.yaml)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "HOMEFEED_HOST"}
+    if host:
+        env["HOMEFEED_HOST"] = host
+    out = subprocess.run([sys.executable, "-c", "import bento.service as s; print(s.Ranking.config['http']['host'])"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == expected
+    envs = yaml.safe_load((root / "bento" / "bentofile.yaml").read_text())["envs"]
+    assert {"name": "HOMEFEED_HOST", "value": "0.0.0.0"} in envs
