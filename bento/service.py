@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import warnings
 from typing import Annotated
 
 import bentoml
@@ -110,6 +111,9 @@ class Ranking:
         REDIS_UP.set(1 if reader.ping() else 0)
         self.engine = RankingEngine(served, reader, meta["tag"], parse_blend(os.environ.get("HOMEFEED_RANK_BLEND")))
         served.warmup()
+        # Other packages' deprecation warnings (BentoML's on every request) are for their
+        # developers, not for the serving log; Feast's import above had turned them on.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(?!homefeed\.|bento\.)")
         gc.freeze()  # start-up objects never need collecting: keeps full GC passes off the p99
         log.info("serving %s (%s) on %s", meta["tag"], config.encoder, served.describe())
 

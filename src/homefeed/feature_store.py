@@ -15,6 +15,13 @@ The registry is one per HOMEFEED_HOME, shared by every process and container tha
 2. `open_store` builds the FeatureStore from feature_store.yaml with that registry, and refuses, in
    one line, a registry nothing has been applied to (instead of Feast's FeatureViewNotFound later).
 3. `apply_repo` (`homefeed feast apply`) registers the repo's objects there, once for all.
+4. Feast's own commands (`feast apply`, `plan`, `ui`, `serve`, ...) find the same registry:
+   feature_store.yaml says ``registry_type: homefeed``, which `HomefeedRegistryConfig` turns into
+   `registry_config`'s block. Feast expands ``${VAR}`` in the YAML from the environment only, so a
+   path there cannot follow homefeed.toml or the default home; and Feast's registry types are a
+   fixed table (``feast.repo_config.REGISTRY_CLASS_FOR_TYPE``), to which importing this module
+   adds ``homefeed``. Feast imports this module while it validates the YAML (the online store
+   type), before it reads the registry block.
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ from pathlib import Path
 from typing import Literal
 
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
-from pydantic import Field, StrictStr
+from feast.infra.registry.file import FileRegistryStore
+from feast.infra.registry.sql import SqlRegistryConfig
+from feast.repo_config import REGISTRY_CLASS_FOR_TYPE
+from pydantic import Field, StrictStr, model_validator
 
 from homefeed.errors import UserError
 from homefeed.settings import load_settings
@@ -79,7 +89,42 @@ def registry_config(settings=None) -> dict:
     common = {"cache_ttl_seconds": 60}
     if s.feast_registry:
         return {"registry_type": "sql", "path": s.feast_registry, **common}
-    return {"registry_type": "file", "path": str(s.feast_registry_path), **common}
+    return {"registry_type": "file", "path": str(s.feast_registry_path),
+            "registry_store_type": f"{__name__}.{HomefeedFileRegistryStore.__name__}", **common}
+
+
+class HomefeedFileRegistryStore(FileRegistryStore):
+    """Feast's file registry store, which also creates the home (Feast's creates only the
+    registry file's own directory)."""
+
+    def update_registry_proto(self, registry_proto) -> None:
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        super().update_registry_proto(registry_proto)
+
+
+class HomefeedRegistryConfig(SqlRegistryConfig):
+    """``registry_type: homefeed`` in feature_store.yaml: the registry of homefeed settings, so
+    plain `feast` commands use the same one as every `homefeed` command run from the same
+    directory (HOMEFEED_HOME, HOMEFEED_FEAST_REGISTRY, homefeed.toml or the default home). It
+    becomes a file or a SQL registry config (this class has the fields of both); other keys in
+    the YAML block are refused."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_settings(cls, values):
+        if not isinstance(values, dict) or values.get("registry_type", "homefeed") != "homefeed":
+            return values
+        extra = sorted(set(values) - {"registry_type"})
+        if extra:
+            raise ValueError(f"registry_type: homefeed takes its registry from homefeed settings "
+                             f"(HOMEFEED_HOME, HOMEFEED_FEAST_REGISTRY); remove {', '.join(extra)}")
+        return registry_config()
+
+
+# Feast looks `registry_type` up in this table and builds the config from "<entry>Config":
+# HomefeedRegistryConfig. No class "HomefeedRegistry" is needed: FeatureStore then picks Feast's
+# file or SQL registry from the config's resolved type.
+REGISTRY_CLASS_FOR_TYPE.setdefault("homefeed", f"{__name__}.HomefeedRegistry")
 
 
 def copy_registry(source, target) -> None:
@@ -115,7 +160,6 @@ def open_store(repo_path: Path | None = None, *, require_applied: bool = True):
         if require_applied and not Path(registry["path"]).is_file():
             raise UserError(f"no Feast registry {_describe_registry(registry)}: nothing has been "
                             f"applied for HOMEFEED_HOME={settings.home}; run `homefeed feast apply` first")
-        Path(registry["path"]).parent.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load(os.path.expandvars(yaml_path.read_text()))  # as Feast reads it
     raw["registry"] = registry
     store = FeatureStore(repo_path=str(path), config=RepoConfig(repo_path=path, **raw))
