@@ -105,7 +105,11 @@ class Ranking:
                               workers=1 if cuda else SERVING_THREADS)
         self.info_ = {"model": meta["tag"], "served": served.describe(), "tolerance": served.tolerance,
                       "workers": SERVING_WORKERS, "threads_per_worker": SERVING_THREADS, "pid": os.getpid()}
-        reader = OnlineFeatureReader(open_store(settings.feature_repo), settings,
+        try:
+            store = open_store(settings.feature_repo)
+        except UserError as exc:  # no or a corrupt registry: a restart cannot fix it
+            stop_server(f"cannot open the feature store: {exc}")
+        reader = OnlineFeatureReader(store, settings,
                                      max_staleness_s=float(os.environ.get("HOMEFEED_PIN_CACHE_S", 60)),
                                      on_health_change=lambda up: REDIS_UP.set(1 if up else 0))
         REDIS_UP.set(1 if reader.ping() else 0)

@@ -76,6 +76,38 @@ def test_a_registry_nothing_was_applied_to_is_one_clear_line(stack, tmp_path):
     assert not (tmp_path / "empty-home" / "feast" / "registry.db").exists()
 
 
+def test_a_corrupt_registry_is_one_line_and_feast_apply_rebuilds_it(stack, tmp_path):
+    """A truncated registry.db: opening the store (every consumer, the service) is one line
+    naming the file and the command; `homefeed feast apply` sets the bad file aside and rebuilds."""
+    from conftest import REPO_ROOT
+
+    home = tmp_path / "home"
+    env = dict(os.environ, HOMEFEED_HOME=str(home))
+    homefeed = shutil.which("homefeed", path=os.path.dirname(os.sys.executable))
+    repo = ["--repo", str(REPO_ROOT / "feature_repo")]
+    applied = subprocess.run([homefeed, "feast", "apply", *repo], capture_output=True, text=True,
+                             timeout=300, env=env)
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    registry = home / "feast" / "registry.db"
+    registry.write_bytes(registry.read_bytes()[: registry.stat().st_size // 2])
+
+    for argv in (["feast", "user", "1", *repo], ["stream", "consume", "--exit-when-idle", "1"]):
+        result = subprocess.run([homefeed, *argv], capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 2, result.stderr[-2000:]
+        lines = [line for line in result.stderr.strip().splitlines() if "Warning" not in line]
+        assert len(lines) == 1 and str(registry) in lines[0] and "homefeed feast apply" in lines[0], \
+            result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+
+    rebuilt = subprocess.run([homefeed, "feast", "apply", *repo], capture_output=True, text=True,
+                             timeout=300, env=env)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert "was corrupt" in rebuilt.stderr and list(registry.parent.glob("registry.db.corrupt-*"))
+    ok = subprocess.run([homefeed, "feast", "user", "1", *repo], capture_output=True, text=True,
+                        timeout=300, env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+
+
 def test_push_100_long_sequence_reads_back_equal_from_redis(feature_repo):
     store = open_store(feature_repo)
     row = sequence_row(101, T0, T0, 100, seed=1)

@@ -142,6 +142,37 @@ def _describe_registry(registry: dict) -> str:
     return f"in {registry['path'].split('@')[-1]} (HOMEFEED_FEAST_REGISTRY)"  # no password in logs
 
 
+def check_registry_file(path: Path) -> None:
+    """A file registry that does not parse (truncated, overwritten) is one line naming the file
+    and the command that rebuilds it, not a protobuf traceback in every process that opens it."""
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
+    from google.protobuf.message import DecodeError
+
+    try:
+        RegistryProto().ParseFromString(path.read_bytes())
+    except (DecodeError, OSError) as exc:
+        raise UserError(f"the Feast registry {path} is corrupt or unreadable ({type(exc).__name__}: "
+                        f"{exc}); rebuild it with `homefeed feast apply`") from None
+
+
+def set_aside_corrupt_registry(registry: dict) -> Path | None:
+    """`homefeed feast apply` rebuilds a corrupt file registry: the bad file is kept beside it
+    (`registry.db.corrupt-<epoch s>`) for a post-mortem. Returns where it went (None: nothing to do)."""
+    import time
+
+    path = Path(registry["path"])
+    if registry["registry_type"] != "file" or not path.is_file():
+        return None
+    try:
+        check_registry_file(path)
+        return None
+    except UserError:
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        path.replace(aside)
+        log.warning("the Feast registry %s was corrupt: moved to %s; applying the repo afresh", path, aside)
+        return aside
+
+
 def open_store(repo_path: Path | None = None, *, require_applied: bool = True):
     """The FeatureStore every stage uses (pipeline, training, serving), on the shared registry.
     Raises UserError when nothing has been applied to that registry (unless `require_applied`
@@ -160,6 +191,8 @@ def open_store(repo_path: Path | None = None, *, require_applied: bool = True):
         if require_applied and not Path(registry["path"]).is_file():
             raise UserError(f"no Feast registry {_describe_registry(registry)}: nothing has been "
                             f"applied for HOMEFEED_HOME={settings.home}; run `homefeed feast apply` first")
+        if require_applied:
+            check_registry_file(Path(registry["path"]))
     raw = yaml.safe_load(os.path.expandvars(yaml_path.read_text()))  # as Feast reads it
     raw["registry"] = registry
     store = FeatureStore(repo_path=str(path), config=RepoConfig(repo_path=path, **raw))
@@ -178,6 +211,7 @@ def apply_repo(repo_path: Path | None = None) -> list[str]:
     # earlier apply in this process would register that apply's settings (paths, Kafka servers).
     for py in path.glob("*.py"):
         sys.modules.pop(py.stem, None)
+    set_aside_corrupt_registry(registry_config())
     store = open_store(path, require_applied=False)
     cli_check_repo(path, path / "feature_store.yaml")
     with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress; keep stdout for results
