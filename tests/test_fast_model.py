@@ -260,7 +260,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @cuda
-@pytest.mark.parametrize("kind", ["transact_v10", "transact_v11", "lstm"])
+@pytest.mark.parametrize("kind", ["transact_v10", "transact_v11", "lstm", "din"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_cuda_graphs_match_plain(models, kind, dtype):
     served = ServedRanker(models[kind], device="cuda", dtype=dtype)

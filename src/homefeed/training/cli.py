@@ -164,8 +164,9 @@ def cmd_train(args) -> int:
     for name, s in summary.items():
         valid = ", ".join(f"{k} {v:.4f}" for k, v in s["valid"].items()
                           if k.startswith("hit@") or k == cfg.monitor)
-        print(f"{name}: {s['parameters']:,} parameters, {s['examples_per_s']:,.0f} examples/s, "
-              f"best epoch {s['best_epoch']} (step {s['best_step']}); validation {valid}; -> {s['run_dir']}")
+        size = f"{s['parameters']:,} parameters, " if "parameters" in s else ""  # older summaries: none
+        print(f"{name}: {size}{s['examples_per_s']:,.0f} examples/s, best epoch {s['best_epoch']}"
+              f"{' (step %d)' % s['best_step'] if 'best_step' in s else ''}; validation {valid}; -> {s['run_dir']}")
     return 0
 
 

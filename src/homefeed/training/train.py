@@ -168,6 +168,8 @@ class _BestSoFar:
 
 def train(model_config: ModelConfig, train_data: RankingData, valid_data: RankingData | None,
           cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    if cfg.early_stop not in model_config.heads:
+        raise UserError(f"early_stop head {cfg.early_stop!r} is not one of the model's heads {model_config.heads}")
     set_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -180,8 +182,6 @@ def train(model_config: ModelConfig, train_data: RankingData, valid_data: Rankin
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = TrainResult(model, model_config, cfg)
     best = _BestSoFar(cfg.patience)
-    if cfg.early_stop not in model_config.heads:
-        raise UserError(f"early_stop head {cfg.early_stop!r} is not one of the model's heads {model_config.heads}")
     has_valid = valid_data is not None and len(valid_data) > 0
     log.info("training %s (%s parameters) on %d examples", model_config.encoder,
              f"{count_parameters(model):,}", len(train_data))
@@ -234,9 +234,10 @@ def train(model_config: ModelConfig, train_data: RankingData, valid_data: Rankin
         seconds = time.perf_counter() - started - eval_seconds
         result.train_seconds += seconds
         result.examples_seen += seen
-        entry: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)), "examples": seen,
-                 "seconds": round(seconds, 2), "examples_per_s": round(seen / max(seconds, 1e-9), 1),
-                 "step_losses": [round(x, 5) for x in losses]}
+        entry: dict[str, Any] = {
+            "epoch": epoch, "train_loss": float(np.mean(losses)), "examples": seen,
+            "seconds": round(seconds, 2), "examples_per_s": round(seen / max(seconds, 1e-9), 1),
+            "step_losses": [round(x, 5) for x in losses]}
         if not (cfg.eval_every and has_valid):
             stop = validate(epoch, global_step, -entry["train_loss"])
         if len(result.evals) > evals_before and "valid" in result.evals[-1]:
