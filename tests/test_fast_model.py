@@ -87,7 +87,7 @@ def models():
 
 
 @pytest.mark.parametrize("kind", ["transact_v10", "transact_v11", "avg_pool", "lstm", "none",
-                                  "transformer", "cnn", "rnn"])
+                                  "transformer", "cnn", "rnn", "din"])
 @pytest.mark.parametrize("user_name", list(USERS))
 def test_served_equals_plain_module(models, kind, user_name):
     model = models[kind]
@@ -204,7 +204,7 @@ def test_bf16_cpu_path_within_tolerance(models, kind, workers):
     assert worst > 0  # it did run in reduced precision (fp32 agrees to ~1e-7)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "avg_pool"])
+@pytest.mark.parametrize("kind", ["lstm", "avg_pool", "din"])
 def test_bf16_cpu_path_of_baselines(models, kind):
     served = ServedRanker(models[kind], dtype="bfloat16")
     cand, dense = candidates(11)
@@ -260,7 +260,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @cuda
-@pytest.mark.parametrize("kind", ["transact_v10", "transact_v11", "lstm"])
+@pytest.mark.parametrize("kind", ["transact_v10", "transact_v11", "lstm", "din"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_cuda_graphs_match_plain(models, kind, dtype):
     served = ServedRanker(models[kind], device="cuda", dtype=dtype)
@@ -325,7 +325,7 @@ def test_graph_path_plumbing_on_cpu(models):
     assert sum(g.replays for g in recorded) == 4 * len(USERS)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "avg_pool", "none"])
+@pytest.mark.parametrize("kind", ["lstm", "avg_pool", "none", "din"])
 def test_static_path_of_baselines(models, kind):
     served = ServedRanker(models[kind])
     cand, dense = candidates(10)

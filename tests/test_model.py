@@ -201,7 +201,7 @@ def test_empty_sequences_give_finite_outputs_and_gradients(kind):
 def test_encoder_output_shapes():
     b = random_batch()
     d = 4 + 2 * D
-    expected = {"none": 0, "avg_pool": D, "cnn": 8, "rnn": 8, "lstm": 8, "transformer": 2 * D,
+    expected = {"none": 0, "avg_pool": D, "cnn": 8, "rnn": 8, "lstm": 8, "transformer": 2 * D, "din": D + 4,
                 "transact_v10": L * d, "transact_v11": (3 + 1) * d}
     assert set(expected) == set(ENCODER_KINDS)
     for kind, out_dim in expected.items():
@@ -259,6 +259,50 @@ def test_inference_fast_path_matches_autograd_path(kind):
     got = model.predict(b)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, torch.sigmoid(expected), atol=1e-5, rtol=1e-5)
+
+
+# -- DIN -------------------------------------------------------------------------------------------
+
+
+def test_din_attends_with_the_candidate_and_keeps_the_intensity_of_interest():
+    torch.manual_seed(0)
+    enc = build_model(tiny_config("din")).encoder.eval()
+    b = random_batch(lengths=(3, 3))
+    b.cand_emb[1] = -b.cand_emb[0]  # same history, another candidate
+    b.seq_pin_emb[1], b.seq_action[1] = b.seq_pin_emb[0].clone(), b.seq_action[0].clone()
+    out = enc(b)
+    assert not torch.allclose(out[0], out[1])  # the candidate is the query
+    # no softmax: the same action twice weighs twice (the paper keeps the intensity)
+    one = random_batch(lengths=(1, 2))
+    one.seq_pin_emb[1, 1], one.seq_action[1, 1] = one.seq_pin_emb[1, 0], one.seq_action[1, 0]
+    one.seq_pin_emb[0, 0], one.seq_action[0, 0] = one.seq_pin_emb[1, 0], one.seq_action[1, 0]
+    one.cand_emb[1] = one.cand_emb[0]
+    pooled = enc(one)
+    torch.testing.assert_close(pooled[1], 2 * pooled[0])
+
+
+def test_din_gradients_reach_the_activation_unit_and_action_embedding():
+    torch.manual_seed(0)
+    model = build_model(tiny_config("din"))
+    b = random_batch()
+    model(b).sum().backward()
+    enc = model.encoder
+    for name, p in enc.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert enc.action_emb.weight.grad[0].abs().sum() == 0  # padding id stays untouched
+
+
+def test_din_serving_split_equals_the_module():
+    torch.manual_seed(0)
+    enc = build_model(tiny_config("din", din_hidden=(6, 5))).encoder.eval()
+    b = random_batch(lengths=(5, 0, L), future_first=True)
+    cands = torch.randn(7, D)
+    for i in range(b.batch_size):
+        user = (b.seq_pin_emb[i], b.seq_action[i], b.seq_time_ms[i], b.seq_mask[i])
+        expected = enc(RankingBatch.one_user(*user, T0, cands))
+        visible = b.seq_mask[i] & (b.seq_time_ms[i] <= T0)
+        got = enc.score_candidates(enc.user_state(b.seq_pin_emb[i], b.seq_action[i], visible), cands)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 # -- TransAct reference formulation -----------------------------------------------------------

@@ -70,3 +70,58 @@ def test_the_demo_trains_with_the_worlds_recipe_and_its_own_budget():
         synth = parse(demo_train_args("synthetic", size))
         assert ml.force and not synth.force and ml.seq_len == 50
         assert (ml.epochs, ml.max_steps, ml.models) == (size.epochs, size.max_steps, size.models)
+
+
+def test_per_model_tables_sit_on_top_of_set_and_the_command_line_wins(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('lr = 0.002\nearly_stop = "click"\nearly_stop_metric = "gauc"\n'
+                      "[set]\ndcn_rank = 16\nmlp_dims = [64]\n"
+                      "[model.transact_v11]\nlr = 5e-4\ndcn_rank = 32\n"
+                      "[model.din]\ndin_hidden = [8, 4]\nweight-decay = 0\n")
+    args = parse(["--config", str(recipe)])
+    assert (args.lr, args.early_stop, args.early_stop_metric) == (0.002, "click", "gauc")
+    assert args.set == ["dcn_rank=16", "mlp_dims=[64]"]
+    assert args.per_model == {"transact_v11": {"model": {"dcn_rank": 32}, "train": {"lr": 5e-4}},
+                              "din": {"model": {"din_hidden": [8, 4]}, "train": {"weight_decay": 0.0}}}
+    # --lr and --set KEY on the command line drop the per-model value of that key
+    args = parse(["--config", str(recipe), "--lr", "0.01", "--set", "dcn_rank=0"])
+    assert args.per_model["transact_v11"] == {"model": {}, "train": {}}
+    assert args.set == ["mlp_dims=[64]", "dcn_rank=0"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[model.dien]\nlr = 1\n", "[model.dien]: not a model"),
+    ("[model.din]\nlearning_rate = 1\n", "unknown key 'learning_rate'"),
+    ("[model.din]\nencoder = 'none'\n", "unknown key 'encoder'"),
+    ("[model.din]\nlr = 'fast'\n", "lr must be float"),
+    ("model = 3\n", "must be tables"),
+])
+def test_bad_per_model_tables_are_one_line_user_errors(tmp_path, text, message):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)) as info:
+        parse(["--config", str(recipe)])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["synthetic", "movielens", "kuairand"])
+def test_committed_recipes_size_the_models_on_purpose(name):
+    """No model of a committed recipe is ~100x the no-sequence one by accident (a full-rank DCN
+    over TransAct's 1,131-d input made transact_v11 2.8M parameters against `none`'s 30k).
+    transact_v10 is big by design: its output is all L tokens flattened (L x 96 inputs)."""
+    from homefeed.model import build_model, count_parameters
+    from homefeed.model.dense import dense_feature_spec
+    from homefeed.training.cli import parse_models, parse_overrides, train_config
+    from homefeed.training.train import configs_for
+
+    args = parse(["--config", str(RECIPES / f"{name}.toml")])
+    cfg = train_config(args)
+    sizes = {}
+    for model in parse_models(args.models):
+        mc, tc = configs_for(model, args.seq_len or 100, 32, dense_feature_spec(32)["dim"], cfg,
+                             parse_overrides(args.set), getattr(args, "per_model", None))
+        assert tc.lr > 0 and mc.encoder == model
+        sizes[model] = count_parameters(build_model(mc))
+    v10 = sizes.pop("transact_v10")
+    assert "din" in sizes and max(sizes.values()) < 20 * sizes["none"], sizes
+    assert v10 < 100 * sizes["none"], v10

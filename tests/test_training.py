@@ -178,6 +178,92 @@ def test_small_training_run_learns_the_planted_signal_and_beats_the_no_sequence_
     assert json.loads(paths["json"].read_text())["models"]["transact_v11"]["repin"]["lift_vs_no_sequence"] > 0
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread (OpenMP barriers cost more than these ops)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_planted(tmp_path_factory):
+    """(dataset, {split: RankingData}) of 600 planted requests (200 per split), no Feast."""
+    ds = planted_dataset(tmp_path_factory.mktemp("small") / "ds", n_requests=600)
+    pins = PinTable(ds.pins, 8)
+    return ds, {s: RankingData(*ds.split(s), pins, 16, HEADS) for s in ("train", "valid", "test")}
+
+
+def test_early_stopping_watches_the_recipes_head_and_keeps_the_best_weights(small_planted, one_thread):
+    from homefeed.model import ModelConfig
+    from homefeed.training.train import evaluate_data, train
+
+    _, data = small_planted
+    mc = ModelConfig(encoder="avg_pool", seq_len=16, emb_dim=8, dense_dim=dense_feature_spec(8)["dim"], **SMALL)
+    # a cap of 40 epochs of 3 steps, validated every 2 steps: stops long before the cap
+    cfg = TrainConfig(epochs=40, batch_size=64, lr=3e-2, max_steps_per_epoch=3, patience=2,
+                      early_stop="click", early_stop_metric="gauc", eval_every=2)
+    result = train(mc, data["train"], data["valid"], cfg, progress=False)
+    steps = [e["step"] for e in result.evals]
+    assert steps == list(range(2, 2 * len(steps) + 1, 2)) and len(result.history) < cfg.epochs
+    scores = [e["score"] for e in result.evals]
+    assert all(e["score"] == e["valid"]["gauc_click"] for e in result.evals)
+    best = int(np.argmax(scores))
+    assert len(scores) - 1 - best == cfg.patience  # stopped after `patience` validations without a new best
+    assert max(scores) > scores[-1] + 0.01  # (so the check below tells the best weights from the last)
+    assert result.best_step == steps[best] and result.valid_metrics["gauc_click"] == max(scores)
+    # the weights kept are the best validation's, not the last step's
+    assert evaluate_data(result.model, data["valid"])["gauc_click"] == pytest.approx(max(scores), abs=1e-12)
+    with pytest.raises(UserError, match="early_stop head 'like'"):
+        train(mc, data["train"], data["valid"], TrainConfig(early_stop="like"), progress=False)
+    with pytest.raises(UserError, match="early_stop_metric"):
+        TrainConfig(early_stop_metric="ndcg")
+
+
+def test_every_model_trains_exports_and_serves_on_a_tiny_dataset(small_planted, tmp_path, one_thread):
+    """`--models all` (DIN included) on a tiny planted set: train, save, the comparison table
+    (with parameter counts), export to a BentoML store and load back for serving."""
+    from homefeed.model import ENCODER_KINDS, count_parameters
+    from homefeed.serving.fast_model import ServedRanker, UserTensors
+    from homefeed.training.evaluate import evaluate_runs
+    from homefeed.training.export import export_run, load_exported
+    from homefeed.training.report import comparison_markdown
+    from homefeed.training.train import configs_for, save_run, train
+
+    ds, data = small_planted
+    req, imp = ds.split("valid")
+    first = req[F.REQUEST_ID].iloc[:50]  # a small validation set: 50 requests
+    valid = RankingData(req[req[F.REQUEST_ID].isin(first)], imp[imp[F.REQUEST_ID].isin(first)],
+                        data["valid"].pins, 16, HEADS)
+    spec = dense_feature_spec(8)
+    cfg = TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=3, patience=1, early_stop="click",
+                      early_stop_metric="auc")
+    tiny = {**SMALL, "n_layers": 1, "din_hidden": [8], "dcn_rank": 4, "mlp_dims": [16]}
+    per_model = {"din": {"model": {"din_hidden": [6, 4]}, "train": {"lr": 2e-3}}}
+    home = tmp_path / "bentoml"
+    sizes = {}
+    for kind in ENCODER_KINDS:
+        mc, tc = configs_for(kind, 16, 8, spec["dim"], cfg, tiny, per_model)
+        result = train(mc, data["train"], valid, tc, progress=False)
+        save_run(tmp_path / "runs" / kind, result, ds, {"success": True}, spec, data["test"])
+        sizes[kind] = count_parameters(result.model)
+        tag = export_run(tmp_path / "runs" / kind, name=f"tiny-{kind.replace('_', '-')}", bentoml_home=home)
+        model, config, meta = load_exported(tag, F.schema_fingerprint(8, 16), bentoml_home=home)
+        assert config.encoder == kind and meta["parameters"] == sizes[kind]
+        batch = data["train"].collate(np.arange(12))  # one request: its 12 candidates
+        expected = result.model.predict(batch).numpy()
+        assert 0.01 < expected.mean() < 0.99  # not saturated: the comparison below means something
+        served = ServedRanker(model).score(UserTensors.from_batch(batch), batch.cand_emb, batch.dense)
+        np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
+    run = json.loads((tmp_path / "runs" / "din" / "run.json").read_text())
+    assert run["train_config"]["lr"] == 2e-3 and run["parameters"] == sizes["din"] and run["evals"]
+    result = evaluate_runs(tmp_path / "runs", n_boot=20)
+    assert list(result["models"]) == list(ENCODER_KINDS)
+    table = comparison_markdown(result)
+    assert f"| `din` | {sizes['din']:,} |" in table and f"| `none` | {sizes['none']:,} |" in table
+
+
 @pytest.mark.integration
 def test_training_refuses_a_failing_training_set_unless_forced(pipeline, tmp_path):
     planted_dataset(tmp_path / "ds", n_requests=120, leak=True)

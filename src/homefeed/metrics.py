@@ -303,9 +303,11 @@ def bootstrap_lift_ci(metric_a_per_request: Any, metric_b_per_request: Any, n_bo
 
 
 def evaluate_heads(scores: Any, labels: Any, groups: Any, heads: Sequence[str],
-                   k: int = DEFAULT_K, repin_head: str = "repin", hide_head: str = "hide") -> dict[str, float]:
+                   k: int = DEFAULT_K, repin_head: str = "repin", hide_head: str = "hide",
+                   users: Any = None) -> dict[str, float]:
     """Standard report for [N, H] scores and labels: ``hit@k_<head>`` and ``auc_<head>`` for
-    every head, plus ``hide_rate@k`` (hides in the repin-ranked top k) when both heads exist."""
+    every head, ``gauc_<head>`` (user-level GAUC, `gauc`) when `users` (one id per row) is
+    given, plus ``hide_rate@k`` (hides in the repin-ranked top k) when both heads exist."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     heads = list(heads)
@@ -315,6 +317,8 @@ def evaluate_heads(scores: Any, labels: Any, groups: Any, heads: Sequence[str],
     for j, head in enumerate(heads):
         out[f"hit@{k}_{head}"] = hit_at_k(s[:, j], y[:, j], groups, k)
         out[f"auc_{head}"] = auc(s[:, j], y[:, j])
+        if users is not None:
+            out[f"gauc_{head}"] = gauc(s[:, j], y[:, j], users)
     if repin_head in heads and hide_head in heads:
         out[f"hide_rate@{k}"] = hide_rate_in_top_k(s[:, heads.index(repin_head)],
                                                    y[:, heads.index(hide_head)], groups, k)

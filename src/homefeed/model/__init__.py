@@ -1,4 +1,4 @@
-"""The ranking model: tensor contract, config, TransAct and baseline encoders, ranker, loss."""
+"""The ranking model: tensor contract, config, TransAct, DIN and baseline encoders, ranker, loss."""
 
 from homefeed.model.batch import (
     RankingBatch,
@@ -10,6 +10,7 @@ from homefeed.model.batch import (
     pad_rows,
 )
 from homefeed.model.config import DEFAULT_HEADS, ENCODER_KINDS, TRANSACT_KINDS, ModelConfig
+from homefeed.model.din import DINEncoder
 from homefeed.model.encoders import build_encoder
 from homefeed.model.loss import (
     LossOutput,
@@ -27,7 +28,7 @@ from homefeed.model.transact import (
 )
 
 __all__ = [
-    "DEFAULT_HEADS", "ENCODER_KINDS", "TRANSACT_KINDS", "LossOutput", "ModelConfig", "RankingBatch",
+    "DEFAULT_HEADS", "DINEncoder", "ENCODER_KINDS", "TRANSACT_KINDS", "LossOutput", "ModelConfig", "RankingBatch",
     "Ranker", "TransActEncoder", "WeightedMultiHeadBCE", "build_batch", "build_encoder",
     "build_model", "build_user_batch", "count_parameters", "default_label_weight_matrix",
     "embed_pins", "label_head_weights", "lookup_pin_rows", "make_pin_rows", "pad_rows",

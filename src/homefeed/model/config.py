@@ -28,6 +28,7 @@ ENCODER_KINDS = (
     "rnn",  # Elman RNN run oldest -> newest, last state
     "lstm",  # LSTM run oldest -> newest, last state
     "transformer",  # vanilla: pin embeddings only, no action embedding, no early fusion
+    "din",  # DIN: candidate-queried local activation unit over [pin_emb, action_emb], weighted sum
     "transact_v10",  # TransAct, output = all L tokens flattened
     "transact_v11",  # TransAct, output = first K tokens + Linear(max-pool), flattened
 )
@@ -53,6 +54,7 @@ class ModelConfig:
     time_window_ms: int = 0  # training-only random time-window mask, T ~ U[0, window]; paper: DAY_MS
     hidden_dim: int = 64  # CNN channels / RNN and LSTM hidden size
     cnn_kernel: int = 3
+    din_hidden: tuple[int, ...] = (80, 40)  # DIN's local activation unit (the paper's 80-40 MLP)
     # Multiplies engaged-pin and candidate embeddings at the model input (None: sqrt(emb_dim)).
     # Why: pin embeddings are unit-length (~0.18 per value at D=32) while nn.Embedding action
     # vectors start at ~1 per value, so unscaled, the two halves of a token that must be compared
@@ -69,6 +71,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.mlp_dims = tuple(int(d) for d in self.mlp_dims)
+        self.din_hidden = tuple(int(d) for d in self.din_hidden)
         self.heads = tuple(str(h) for h in self.heads)
         if self.pin_emb_scale is None:
             self.pin_emb_scale = float(self.emb_dim) ** 0.5
@@ -113,6 +116,7 @@ class ModelConfig:
         need(self.pin_emb_scale is not None and self.pin_emb_scale > 0, "pin_emb_scale must be > 0")
         need(self.dcn_layers >= 0 and self.dcn_rank >= 0, "dcn_layers and dcn_rank must be >= 0")
         need(all(d >= 1 for d in self.mlp_dims), "mlp_dims must be positive")
+        need(all(d >= 1 for d in self.din_hidden), "din_hidden must be positive")
         need(len(self.heads) >= 1, "at least one head")
         need(len(set(self.heads)) == len(self.heads), f"duplicate heads in {self.heads}")
         if self.encoder == "transact_v11":
@@ -128,6 +132,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["mlp_dims"] = list(self.mlp_dims)
+        out["din_hidden"] = list(self.din_hidden)
         out["heads"] = list(self.heads)
         return out
 

@@ -1,9 +1,10 @@
 """Sequence encoders behind one interface: ``forward(batch) -> [B, out_dim]``, ``out_dim`` attr.
 
-Baselines from the TransAct paper's offline comparison, plus TransAct itself (`build_encoder`).
-The baselines see the inference visibility mask (padding and future actions hidden) in both
-training and evaluation; the random time window is TransAct's own training trick. None of
-them looks at the candidate (no early fusion): the ranker combines their output with it.
+Baselines from the TransAct paper's offline comparison, DIN (`homefeed.model.din`), plus TransAct
+itself (`build_encoder`). The baselines see the inference visibility mask (padding and future
+actions hidden) in both training and evaluation; the random time window is TransAct's own
+training trick. The TransAct-paper baselines never look at the candidate (no early fusion): the
+ranker combines their output with it. DIN uses the candidate as its attention query.
 Every encoder returns exact zeros for a row with no visible action (cold start).
 """
 
@@ -17,6 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from homefeed.model.batch import RankingBatch
 from homefeed.model.config import ModelConfig
+from homefeed.model.din import DINEncoder
 from homefeed.model.transact import TransActEncoder
 
 
@@ -163,6 +165,7 @@ ENCODERS: dict[str, type[nn.Module]] = {
     "rnn": RNNEncoder,
     "lstm": LSTMEncoder,
     "transformer": VanillaTransformerEncoder,
+    "din": DINEncoder,
     "transact_v10": TransActEncoder,
     "transact_v11": TransActEncoder,
 }

@@ -45,6 +45,11 @@ Baseline encoders (none, avg_pool, cnn, rnn, lstm, vanilla transformer) never lo
 candidate: they run once on the user ([1, L]) and their output is broadcast (stride 0) to the N
 rows of the ranker's cross layers and MLP.
 
+DIN looks at the candidate (its attention query), so its output is per candidate: the encoder's
+own split (`DINEncoder.user_state` once per user, `score_candidates` per chunk of candidates, see
+`homefeed.model.din`) never builds the [N, L, 4D+A] activation-unit input; same chunking, dtypes
+and static path as the other encoders, no CUDA graphs.
+
 Execution
 ---------
 * CPU (fp32, or bf16 under CPU autocast): masked positions dropped, candidates processed in
@@ -373,6 +378,7 @@ class ServedRanker:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.transact = self.config.encoder in TRANSACT_KINDS
+        self.din = self.config.encoder == "din"
         self.layer0_mode = layer0 or ("sdpa" if cuda else "decomposed")
         if self.layer0_mode not in ("decomposed", "sdpa"):
             raise ValueError(f"layer0 must be 'decomposed' or 'sdpa', got {layer0!r}")
@@ -497,10 +503,20 @@ class ServedRanker:
         one = user.batch(torch.zeros(1, self.config.emb_dim, device=self.device))
         return self.model.encoder(one)
 
+    def _din(self, user: UserTensors, cand: Tensor, dense: Tensor, chunk: int) -> Tensor:
+        """DIN: the user's precompute once, then chunks of `chunk` candidates (pins scaled)."""
+        enc = self.model.encoder
+        state = enc.user_state(user.seq_pin_emb, user.seq_action, user.visible())  # type: ignore[operator]
+        outs = [self._top(enc.score_candidates(state, cand[s: s + chunk]), cand[s: s + chunk],  # type: ignore[operator]
+                          dense[s: s + chunk]) for s in range(0, cand.shape[0], chunk)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
     # -- CPU: compaction + chunks ---------------------------------------------------------------
     def _forward_cpu(self, user: UserTensors, cand: Tensor, dense: Tensor) -> Tensor:
         user, cand = self._scale_pins(user, cand)
         n = cand.shape[0]
+        if self.din:
+            return self._din(user, cand, dense, max(1, self.chunk_tokens // self.config.seq_len))
         if not self.transact:
             with torch.autocast("cpu", enabled=False):  # once per user on [1, L]: fp32
                 enc = self._user_encoding(user)
@@ -573,6 +589,8 @@ class ServedRanker:
         """Data-independent control flow: full L, masks as tensors, no host sync."""
         user, cand = self._scale_pins(user, cand)
         n = cand.shape[0]
+        if self.din:
+            return self._din(user, cand, dense, n)
         if not self.transact:
             # once per user on [1, L]: fp32 (recurrent kernels need not support bf16)
             with torch.autocast(self.device.type, enabled=False):

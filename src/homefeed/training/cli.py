@@ -154,14 +154,19 @@ def cmd_train(args) -> int:
 
     apply_recipe(args)  # --config: the recipe fills what the command line did not give
 
-    cfg = train_config(args, weight_decay=args.weight_decay, patience=args.patience)
+    cfg = train_config(args, weight_decay=args.weight_decay, patience=args.patience,
+                       early_stop=args.early_stop, early_stop_metric=args.early_stop_metric,
+                       eval_every=args.eval_every)
     summary = run_training(args.dataset, parse_models(args.models), args.out, cfg, seq_len=args.seq_len,
-                           force=args.force, model_overrides=parse_overrides(args.set), suffix=args.suffix,
+                           force=args.force, model_overrides=parse_overrides(args.set),
+                           per_model=getattr(args, "per_model", None), suffix=args.suffix,
                            progress=not args.quiet)
     for name, s in summary.items():
-        valid = ", ".join(f"{k} {v:.4f}" for k, v in s["valid"].items() if k.startswith("hit@"))
-        print(f"{name}: {s['examples_per_s']:,.0f} examples/s, best epoch {s['best_epoch']}; "
-              f"validation {valid}; -> {s['run_dir']}")
+        valid = ", ".join(f"{k} {v:.4f}" for k, v in s["valid"].items()
+                          if k.startswith("hit@") or k == cfg.monitor)
+        size = f"{s['parameters']:,} parameters, " if "parameters" in s else ""  # older summaries: none
+        print(f"{name}: {size}{s['examples_per_s']:,.0f} examples/s, best epoch {s['best_epoch']}"
+              f"{' (step %d)' % s['best_step'] if 'best_step' in s else ''}; validation {valid}; -> {s['run_dir']}")
     return 0
 
 
@@ -169,12 +174,18 @@ def register_train(parser) -> None:
     parser.add_argument("--dataset", required=True, type=Path, help="directory from `homefeed dataset build`")
     parser.add_argument("--models", default="transact_v11",
                         help="comma-separated encoders or 'all' (none, avg_pool, cnn, rnn, lstm, "
-                             "transformer, transact_v10, transact_v11)")
+                             "transformer, din, transact_v10, transact_v11)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="one run directory per model in here")
     add_training_arguments(parser, epochs=3)
     parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
     parser.add_argument("--patience", type=int, default=0,
-                        help="early stopping on validation repin HIT@3 after N worse epochs (0: off)")
+                        help="early stopping after N validations without a new best, best weights kept (0: off)")
+    parser.add_argument("--early-stop", default="repin", metavar="HEAD",
+                        help="the head early stopping watches on validation (default repin)")
+    parser.add_argument("--early-stop-metric", default="hit3", choices=("hit3", "auc", "gauc"),
+                        help="its metric: hit3 (HIT@3), auc, or gauc (user-level GAUC) (default hit3)")
+    parser.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
+                        help="validate every N optimizer steps (default 0: at the end of each epoch)")
     parser.add_argument("--suffix", default="", help="appended to each run directory name (ablations)")
     parser.add_argument("--force", action="store_true", help="train even if the training set fails validation")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -54,6 +54,10 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:+.2f}%"
 
 
+def _count(n: int | None) -> str:
+    return "n/a" if n is None else f"{int(n):,}"
+
+
 def _lift_cell(entry: dict) -> str:
     if entry.get("lift_vs_no_sequence") is None:  # no request to judge, or the baseline itself
         return NOT_MEASURABLE if entry.get("n_requests") == 0 else "baseline"
@@ -75,12 +79,12 @@ def comparison_markdown(result: dict) -> str:
         + "".join(f" {h}: not measurable ({v['reason']}: {', '.join(v['metrics'])})."
                   for h, v in (result.get("not_measurable") or {}).items()),
         "",
-        f"| model | repin HIT@{k} | lift | click HIT@{k} | lift | hide HIT@{k} | lift | "
+        f"| model | parameters | repin HIT@{k} | lift | click HIT@{k} | lift | hide HIT@{k} | lift | "
         f"hides in repin top-{k} (lower=better) | lift | AUC repin / click / hide | topics@{k} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---:|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in models.items():
-        cells = [f"`{name}`"]
+        cells = [f"`{name}`", _count(m.get("parameters"))]
         for head in HEADS_SHOWN:
             cells += [_num(m[head]['hit_at_3']), _lift_cell(m[head])]
         hr = m["hide_rate_top3"]
@@ -145,12 +149,13 @@ def comparison_rows(result: dict) -> pd.DataFrame:
                 e = block[metric]
                 value_key = "hit_at_3" if metric in HEADS_SHOWN else "value"
                 lo, hi = e.get("interval") or (None, None)
-                rows.append({"model": name, "segment": segment,
+                rows.append({"model": name, "parameters": m.get("parameters"), "segment": segment,
                              "metric": f"hit_at_3_{metric}" if metric in HEADS_SHOWN else metric,
                              "value": e[value_key], "auc": e.get("auc"),
                              "lift_vs_no_sequence": e.get("lift_vs_no_sequence"), "low": lo, "high": hi,
                              "note": NOT_MEASURABLE if e[value_key] is None else ""})
-            rows.append({"model": name, "segment": segment, "metric": "topic_diversity_top3",
+            rows.append({"model": name, "parameters": m.get("parameters"), "segment": segment,
+                         "metric": "topic_diversity_top3",
                          "value": block["topic_diversity_top3"]})
     return pd.DataFrame(rows)
 
