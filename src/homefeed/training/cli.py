@@ -167,6 +167,12 @@ def cmd_train(args) -> int:
         size = f"{s['parameters']:,} parameters, " if "parameters" in s else ""  # older summaries: none
         print(f"{name}: {size}{s['examples_per_s']:,.0f} examples/s, best epoch {s['best_epoch']}"
               f"{' (step %d)' % s['best_step'] if 'best_step' in s else ''}; validation {valid}; -> {s['run_dir']}")
+    if args.reference:
+        from homefeed.training.reference import NAME, fit_reference
+
+        ref = fit_reference(args.dataset, args.out, seq_len=args.seq_len)
+        print(f"{NAME}: {ref['parameters']:,} parameters, the logistic-regression reference "
+              f"(not servable), {ref['train_seconds']} s -> {Path(args.out) / NAME}")
     return 0
 
 
@@ -187,6 +193,9 @@ def register_train(parser) -> None:
     parser.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
                         help="validate every N optimizer steps (default 0: at the end of each epoch)")
     parser.add_argument("--suffix", default="", help="appended to each run directory name (ablations)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also fit the logistic-regression reference (dense features + serve-time "
+                             "history summaries) into OUT/logreg, scored by evaluate --compare")
     parser.add_argument("--force", action="store_true", help="train even if the training set fails validation")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--config", type=Path, metavar="TOML",

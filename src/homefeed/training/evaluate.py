@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 K = 3
 SEGMENTS = ("core", "non_core")
 # display order of the comparison (models present in the runs directory only)
-MODEL_ORDER = ("none", "avg_pool", "cnn", "rnn", "lstm", "transformer", "din", "transact_v10", "transact_v11")
+MODEL_ORDER = ("none", "avg_pool", "cnn", "rnn", "lstm", "transformer", "din", "transact_v10", "transact_v11",
+               "logreg")
 
 
 def find_runs(runs_dir: Path | str) -> dict[str, Path]:
