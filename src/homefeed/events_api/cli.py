@@ -24,6 +24,7 @@ def cmd_serve(args) -> int:
 
     from homefeed.events_api.app import EventsAPI, create_app
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per forwarded /rank otherwise
     settings = load_settings()
     source = None
     if args.world:
