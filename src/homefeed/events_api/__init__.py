@@ -6,7 +6,7 @@
 3. `app`: the ASGI app (`POST /v1/<kind>`, /metrics, /livez, /readyz, the feed page and its
    helpers).
 4. `candidates`: the feed page's stand-in candidate source.
-5. `cli`: `homefeed events serve|bench`; `bench`: the events/s benchmark.
+5. `cli`: `homefeed events serve`; `bench`: `homefeed bench events` (events/s, restart check).
 
 See docs/events-api.md.
 """

@@ -1,15 +1,14 @@
-"""`homefeed events serve|bench`: the events API (+ the feed page) and its throughput benchmark.
+"""`homefeed events serve`: the events API and the feed page (its benchmark: `homefeed bench events`).
 
 1. `serve` runs the ASGI app of `homefeed.events_api.app` on uvicorn, one worker, loopback by
    default (settings `host`); `--world DIR` gives the feed page its candidate source and
    `--ranking-url` the ranking service it forwards /rank to. It starts even while the broker is
    down (its calls answer 503 until the broker is back).
-2. `bench` measures accepted events/s through a running API (`homefeed.events_api.bench`).
+2. Throughput and the restart check are `homefeed bench events` (`homefeed.events_api.bench`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
 from homefeed.errors import UserError
@@ -43,14 +42,6 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from homefeed.events_api.bench import run_bench
-
-    print(json.dumps(run_bench(args.url, seconds=args.seconds, batch=args.batch, clients=args.clients,
-                               restart=args.restart), indent=1))
-    return 0
-
-
 def register(parser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("serve", help="HTTP events API into Kafka, with the live feed page at /")
@@ -59,12 +50,3 @@ def register(parser) -> None:
     p.add_argument("--world", help="world directory: the feed page's candidate source (pins, event log)")
     p.add_argument("--ranking-url", help="the ranking service the feed page ranks with (http://HOST:PORT)")
     p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("bench", help="events/s through the events API with broker acknowledgement")
-    p.add_argument("--url", help="a running API (default: start one on a private stack)")
-    p.add_argument("--seconds", type=float, default=20.0, help="how long to send (default 20)")
-    p.add_argument("--batch", type=int, default=100, help="events per request (default 100)")
-    p.add_argument("--clients", type=int, default=2, help="concurrent HTTP clients (default 2)")
-    p.add_argument("--restart", action="store_true",
-                   help="restart the API midway and check every 202 reached the topic (private stack only)")
-    p.set_defaults(func=cmd_bench)
