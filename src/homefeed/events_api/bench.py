@@ -129,8 +129,11 @@ def _clients(url: str, seconds: float, batch: int, clients: int, on_halfway=None
 
 def run_bench(url: str | None, seconds: float = 20.0, batch: int = 100, clients: int = 2,
               restart: bool = False) -> dict:
+    import logging
+
     from homefeed.stack import free_port, private_stack
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     out = {"batch": batch, "clients": clients, "machine": f"{os.cpu_count()} cores"}
     if url is not None:
         if restart:

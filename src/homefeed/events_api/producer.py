@@ -4,8 +4,9 @@
    crash) with acks from all in-sync replicas and idempotence on, and with bounded waits: metadata
    (`max_block_ms`), one request (`request_timeout_ms`), one record end to end
    (`delivery_timeout_ms`).
-2. `send(topic, records)` hands the records to the producer on a worker thread (kafka-python's
-   send can block on metadata) and awaits every acknowledgement on the event loop.
+2. `send(topic, records)` hands the records to the producer (on a worker thread until the
+   producer has the topic's metadata: kafka-python's send blocks while fetching it) and awaits
+   every acknowledgement on the event loop.
 3. Any broker failure raises `BrokerUnavailable`, drops the producer (a fresh one is made on the
    next call) and opens a short breaker: for `retry_after_s` requests fail at once (the API
    answers 503 with Retry-After) instead of each waiting out the delivery timeout.
@@ -53,6 +54,7 @@ class AckedProducer:
         self._producer = None
         self._lock = threading.Lock()
         self._open_until = 0.0  # breaker: fail fast until this monotonic time
+        self._warm: set[str] = set()  # topics whose metadata this producer has
         self.ack_timeout_s = self.config["delivery_timeout_ms"] / 1000 + 1.0
 
     def _get(self):
@@ -78,7 +80,11 @@ class AckedProducer:
         if time.monotonic() < self._open_until:
             raise BrokerUnavailable("Kafka failed moments ago; retrying after the breaker closes")
         try:
-            futures = await anyio.to_thread.run_sync(self._send_all, topic, records)
+            if topic in self._warm:  # metadata known: send() does not wait, no thread hop
+                futures = self._send_all(topic, records)
+            else:
+                futures = await anyio.to_thread.run_sync(self._send_all, topic, records)
+                self._warm.add(topic)
             loop = asyncio.get_running_loop()
             waiting = [self._bridge(loop, f) for f in futures]
             return await asyncio.wait_for(asyncio.gather(*waiting), self.ack_timeout_s)
@@ -112,6 +118,7 @@ class AckedProducer:
         self._open_until = time.monotonic() + self.retry_after_s
         with self._lock:
             old, self._producer = self._producer, None
+            self._warm = set()
         if old is not None:
             threading.Thread(target=old.close, kwargs={"timeout": 0}, daemon=True).start()
 
