@@ -200,3 +200,27 @@ def test_broker_outage_is_a_quick_503_with_retry_after_then_recovers(api):
     assert ev["event_id"] in topic_values(api["settings"], {ev["event_id"]})
     assert 'reason="broker_unavailable"' in client.get("/metrics").text
     assert "Traceback" not in api["log"].read_text()
+
+
+def test_candidate_source_takes_the_users_recent_topics_first_then_every_topic():
+    import pandas as pd
+
+    from homefeed.events_api.candidates import PER_RECENT_TOPIC, CandidateSource
+
+    pins = pd.DataFrame({"pin_id": range(1, 61), "topic_id": [p % 4 for p in range(1, 61)]})
+    events = pd.DataFrame({  # user 7 repinned topic 3 lately; pin 8 (topic 0) is the most engaged
+        "user_id": [7, 7, 7, 9, 9, 9, 9],
+        "pin_id": [3, 7, 11, 8, 8, 8, 12],
+        "action_type": ["repin", "click", "repin", "repin", "click", "repin", "hide"],
+        "event_time": [1, 2, 3, 4, 5, 6, 7]})
+    source = CandidateSource(pins, events)
+    assert source.recent_topics(7) == [3] and source.recent_topics(12345) == []
+    chosen = source.candidates(7, size=20)
+    assert len(chosen) == len(set(chosen)) == 20
+    assert {source.topic_of[p] for p in chosen[:PER_RECENT_TOPIC]} == {3}  # recent topic first
+    assert chosen[:4] == [3, 7, 11, 15]  # its engaged pins first (pin id breaks ties), then the rest
+    assert {source.topic_of[p] for p in chosen[PER_RECENT_TOPIC:]} == {0, 1, 2, 3}  # then every topic
+    assert source.candidates(12345, size=20)[0] == 8  # a new user: the most engaged pins of each topic
+    assert source.candidates(7, size=20) == chosen  # deterministic
+    assert source.users() == [9, 7]
+    assert source.new_user_id() > 9
