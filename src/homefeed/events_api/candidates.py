@@ -76,7 +76,7 @@ class CandidateSource:
         for topic in self.recent_topics(user_id)[:3]:
             for pin in self.by_topic.get(topic, [])[:PER_RECENT_TOPIC]:
                 take(pin)
-        queues = [iter(v) for v in self.by_topic.values()]
+        queues = [iter([p for p in v if p not in seen]) for v in self.by_topic.values()]
         while len(chosen) < size and queues:
             alive = []
             for q in queues:
