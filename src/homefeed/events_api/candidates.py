@@ -47,6 +47,9 @@ class CandidateSource:
         self.by_topic = {int(t): g["pin_id"].astype(int).tolist() for t, g in pins.groupby("topic_id", sort=True)}
         users = self.events["user_id"].value_counts()
         self.active_users = users.index.astype(int).tolist()
+        positive = self.events[self.events["action_type"].isin(["repin", "click"])]
+        newest = positive.sort_values("event_time", kind="stable").groupby("user_id").tail(RECENT_ACTIONS)
+        self._recent_pins = {int(u): g.tolist() for u, g in newest.groupby("user_id")["pin_id"]}
 
     @classmethod
     def from_world(cls, world_dir: Path | str) -> "CandidateSource":
@@ -57,10 +60,9 @@ class CandidateSource:
                    pd.read_parquet(path / EVENTS_FILE, columns=["user_id", "pin_id", "action_type", "event_time"]))
 
     def recent_topics(self, user_id: int) -> list[int]:
-        mine = self.events[(self.events["user_id"] == user_id)
-                           & self.events["action_type"].isin(["repin", "click"])]
-        newest = mine.sort_values("event_time", kind="stable").tail(RECENT_ACTIONS)
-        topics = newest["pin_id"].map(self.topic_of).dropna().astype(int)
+        """Topics of the user's newest repins and clicks in the log, most frequent first."""
+        topics = pd.Series([self.topic_of.get(int(p)) for p in self._recent_pins.get(user_id, [])],
+                           dtype="float64").dropna().astype(int)
         counts = topics.value_counts(sort=False)
         return sorted(counts.index.tolist(), key=lambda t: (-counts[t], t))
 
