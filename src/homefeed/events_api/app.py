@@ -106,6 +106,7 @@ class EventsAPI:
         kind = KINDS.get(request.path_params["kind"])
         path = request.url.path
         if kind is None:
+            log.info("%s: rejected 404 (no such event kind)", path)
             return error(404, f"no event kind {request.path_params['kind']!r}; one of {sorted(KINDS)}")
         try:
             body = json.loads(await request.body())
