@@ -12,10 +12,10 @@ SIZE ?= tiny
 # parity test). EXTRAS=dev skips pyspark (and then no JDK is needed).
 EXTRAS ?= dev,spark
 
-.PHONY: help setup redis-server promtool java up down status apply test test-containers demo clean
+.PHONY: help setup redis-server promtool java chromium up down status apply test test-containers demo clean
 
 help:
-	@echo "make setup   venv + project + dev/spark deps (+ redis-server, promtool, a JDK via apt-get when root)"
+	@echo "make setup   venv + project + dev/spark deps (+ redis-server, promtool, chromium, a JDK via apt-get when root)"
 	@echo "make up      start local redis-server and Kafka-protocol broker (homefeed stack up)"
 	@echo "make down    stop them"
 	@echo "make apply   feast apply the feature repo"
@@ -23,7 +23,7 @@ help:
 	@echo "make test-containers  build the images, run the compose stack and the bento image on a real engine"
 	@echo "make demo    run the main job end to end on a small world (DATASET=movielens|kuairand for real data)"
 
-setup: $(VENV)/.installed redis-server promtool java
+setup: $(VENV)/.installed redis-server promtool java chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,18 @@ promtool:
 		systemctl disable --now prometheus >/dev/null 2>&1 || true; \
 	else \
 		echo "promtool is missing: the alert-rule tests will be skipped (sudo apt-get install prometheus)"; \
+	fi
+
+# Debian's chromium for the feed page's browser test (Playwright drives it through executable_path;
+# `playwright install` downloads are not used). Optional: without it (and not root) that test is skipped.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else \
+		echo "chromium is missing: the feed page's browser test will be skipped (sudo apt-get install chromium)"; \
 	fi
 
 up: setup

@@ -28,9 +28,10 @@ def test_dockerfile_passes_hadolint():
 def test_compose_has_the_whole_stack_wired_to_one_redis_and_kafka():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"redis", "kafka", "consumer", "ranker"} <= set(services)
+    assert {"redis", "kafka", "consumer", "ranker", "events"} <= set(services)
     assert "KAFKA_PROCESS_ROLES" in services["kafka"]["environment"]  # KRaft, no ZooKeeper
-    for name in ("consumer", "ranker"):
+    assert "http://ranker:3000" in services["events"]["command"]
+    for name in ("consumer", "ranker", "events"):
         env = services[name]["environment"]
         assert env["REDIS_URL"].startswith("redis://redis:") and env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
 

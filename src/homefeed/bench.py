@@ -13,6 +13,7 @@ BENCHES = [
     ("homefeed.training.bench", "add_bench_train_parser"),
     ("homefeed.training.bench_dataset", "add_bench_dataset_parser"),
     ("homefeed.serving.bench_http", "add_bench_serve_parser"),
+    ("homefeed.events_api.bench", "add_bench_events_parser"),
     ("homefeed.faults", "add_bench_faults_parser"),
 ]
 

@@ -29,6 +29,7 @@ STAGES = [
     ("evaluate", "homefeed.training.cli:register_evaluate", "HIT@3 / AUC comparison with intervals"),
     ("export", "homefeed.training.cli:register_export", "put a trained model in the BentoML store"),
     ("bento", "homefeed.serving.bento_build", "build the self-contained ranking bento"),
+    ("events", "homefeed.events_api.cli", "HTTP events API into Kafka, and the live feed page"),
     ("experiment", "homefeed.training.experiment", "offline experiments: retraining decay under drift"),
     ("demo", "homefeed.demo", "run the main job end to end (what `make demo` runs)"),
     ("bench", "homefeed.bench", "benchmarks (JSON output; results go in docs/benchmarks.md)"),

@@ -26,7 +26,7 @@ from homefeed.stack import read_pid_file, write_pid_file
 
 log = logging.getLogger(__name__)
 
-DEMO_PROCESSES = ("service", "consumer")
+DEMO_PROCESSES = ("service", "consumer", "events")
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def get_text(url: str, timeout_s: float = 10) -> str:
         return resp.read().decode()
 
 
-def wait_ready(url: str, timeout_s: float = 180) -> None:
+def wait_ready(url: str, timeout_s: float = 180, what: str = "the ranking service") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -206,7 +206,7 @@ def wait_ready(url: str, timeout_s: float = 180) -> None:
         except OSError:
             pass
         time.sleep(0.5)
-    raise UserError(f"the ranking service at {url} did not become ready; see its log in the run dir")
+    raise UserError(f"{what} at {url} did not become ready; see its log in the run dir")
 
 
 def wait_consumer_ready(ready_file: Path, consumer_pid: int, timeout_s: float = 120) -> None:
@@ -219,17 +219,17 @@ def wait_consumer_ready(ready_file: Path, consumer_pid: int, timeout_s: float = 
         time.sleep(0.05)
 
 
-def live_actions(settings: Settings, world, url: str, metrics_url: str) -> dict:
-    """Several repins on one topic and a hide on another, through Kafka; /rank before and after.
+def live_actions(settings: Settings, world, url: str, metrics_url: str, events_url: str) -> dict:
+    """Several repins on one topic and a hide on another, through the events API into Kafka; /rank
+    before and after.
 
-    The clock starts when the first action is handed to the producer, whose connection and topic
-    metadata are set up beforehand (an app's producer is long-lived), and stops at the first
+    The clock starts when the batch of actions is posted to the events API (which answers 202 once
+    the broker acknowledged them; its producer is long-lived and connected beforehand), and stops at the first
     /rank answer whose top k differs. /rank is polled back to back, so detection adds at most one
     call (tens of ms). The consumer's freshness histogram, scraped before and after, says how much
     of that was the pipeline (broker arrival -> visible in Redis)."""
     from homefeed.demo_report import BATCH_METRIC, FRESHNESS_METRIC, parse_histograms
     from homefeed.events import ActionEvent, ActionType
-    from homefeed.stream.consumer import make_producer
 
     pins, events = world.pins, world.events
     user = int(events["user_id"].value_counts().idxmax())
@@ -261,8 +261,6 @@ def live_actions(settings: Settings, world, url: str, metrics_url: str) -> dict:
                 parse_histograms(text, BATCH_METRIC).get(""))
 
     body = {"user_id": user, "candidates": candidates, "k": 10}
-    producer = make_producer(settings, linger_ms=0)
-    producer.partitions_for(settings.actions_topic)  # connect + metadata now, not on the clock
     for _ in range(3):  # warm the service's pin cache for these candidates
         before = post_json(url + "/rank", body)
     fresh_before, batch_before = consumer_histograms()
@@ -271,10 +269,10 @@ def live_actions(settings: Settings, world, url: str, metrics_url: str) -> dict:
     live = [ActionEvent(f"live-{now}-{i}", user, int(p), ActionType.REPIN, now + i) for i, p in enumerate(repins)]
     live.append(ActionEvent(f"live-{now}-hide", user, hidden, ActionType.HIDE, now + 10))
     sent = time.perf_counter()
-    for ev in live:
-        producer.send(settings.actions_topic, key=str(user).encode(), value=ev.to_json())
-    producer.flush()
+    accepted = post_json(events_url + "/v1/actions", [ev.to_dict() for ev in live])  # 202: acknowledged
     send_s = time.perf_counter() - sent
+    if accepted["accepted"] != len(live):
+        raise UserError(f"the events API refused live actions: {accepted['results']}")
     after, took, calls = before, None, []
     while time.perf_counter() - sent < LIVE_TIMEOUT_S:
         t0 = time.perf_counter()
@@ -283,7 +281,6 @@ def live_actions(settings: Settings, world, url: str, metrics_url: str) -> dict:
         if top(after) != top(before):
             took = time.perf_counter() - sent
             break
-    producer.close()
 
     fresh = batches = None
     deadline = time.monotonic() + 5
@@ -514,12 +511,19 @@ def run_demo(dataset: str, size: str, data: str | None = None, serve: bool = Tru
     consumer_pid = start_background(settings, "consumer", [
         sys.executable, "-m", "homefeed.cli", "stream", "consume", "--metrics-port", str(metrics_port),
         "--ready-file", str(ready_file)])
+    events_port = free_port()
+    events_url = f"http://{local}:{events_port}"
+    start_background(settings, "events", [sys.executable, "-m", "homefeed.cli", "events", "serve", "--port",
+                                          str(events_port), "--host", settings.host, "--world", str(world_dir),
+                                          "--ranking-url", url])
     wait_ready(url)
     wait_consumer_ready(ready_file, consumer_pid)
+    wait_ready(events_url, what="the events API")  # /readyz: its producer is connected
     print(f"ranking service ready at {url}; consumer metrics at {metrics_url}")
+    print(f"live feed page: {events_url}/   (events API: POST {events_url}/v1/actions)")
 
-    step("9. live: repins on one topic and a hide on another, through Kafka; /rank before and after")
-    live = live_actions(settings, world, url, metrics_url)
+    step("9. live: repins on one topic and a hide on another, through the events API; /rank before and after")
+    live = live_actions(settings, world, url, metrics_url, events_url)
     print(f"user {live['user']}: top 10 (pin, topic) before: {live['before']}")
     print(f"user {live['user']}: top 10 (pin, topic) after:  {live['after']}")
     if live["seconds_to_change"] is None:
@@ -543,6 +547,8 @@ def run_demo(dataset: str, size: str, data: str | None = None, serve: bool = Tru
                           metrics_url, url, burst)
     print(f"\n== done in {time.perf_counter() - demo_started:.0f} s ==")
     print(f"report: {report}\n"
+          f"live feed page: {events_url}/   (click save/click/hide and watch the ranking move)\n"
+          f"events API: POST {events_url}/v1/actions   (metrics at {events_url}/metrics)\n"
           f"ranking service: {url}/rank   (OpenAPI at {url}/, metrics at {url}/metrics)\n"
           f"comparison report: {runs_dir}/comparison.md (+ .csv, .png, .json)\n"
           f"Redis: {settings.effective_redis_url}   Kafka: {settings.effective_kafka_bootstrap}\n"

@@ -218,13 +218,13 @@ def report_markdown(ctx: dict, out_dir: Path) -> str:
     if live:
         lines += ["## Live step", ""]
         took = live.get("seconds_to_change")
-        lines.append(f"User {live['user']} sent {live.get('actions', '?')} actions through Kafka "
+        lines.append(f"User {live['user']} sent {live.get('actions', '?')} actions through the events API into Kafka "
                      f"(repins on topic {live['liked_topic']}, a hide on topic {live['disliked_topic']}). "
                      + ("The ranking **did not change** within the time limit." if took is None else
                         f"`/rank` returned a different top {len(live['after'])} **{took:.2f} s** after the "
                         "actions were sent."))
         lines += ["", "| | seconds |", "|---|---|"]
-        for key, label in (("send_s", "send + flush to the broker"),
+        for key, label in (("send_s", "POST to the events API until its 202 (broker acknowledged)"),
                            ("fresh_mean_s", "broker arrival -> visible in Redis (consumer, mean of the live actions)"),
                            ("fresh_max_s", "broker arrival -> visible in Redis (consumer, max, bucket bound)"),
                            ("batch_mean_s", "of which: making the micro-batch durable (GX suite, log, Feast "

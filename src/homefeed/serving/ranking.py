@@ -154,6 +154,8 @@ class RankingEngine:
             "model_version": self.model_version,
             "request_time_ms": request_time_ms,
             "cold_start": not user.has_sequence,
+            # what the answer saw of the user's actions (a client waits for its own action here)
+            "sequence_newest_ms": int(user.seq_action_times.max()) if user.seq_action_times.size else None,
             "unknown_pins": [int(p) for p in cand[~known]],
             "duplicates_dropped": int(duplicates),
             "degraded": degraded,
