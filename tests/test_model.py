@@ -477,3 +477,14 @@ def test_pin_embedding_scale_is_applied_to_engaged_and_candidate_pins():
     pre = dataclasses.replace(b, seq_pin_emb=b.seq_pin_emb * 3, cand_emb=b.cand_emb * 3)
     torch.testing.assert_close(scaled.predict(b), raw.predict(pre))
     assert not torch.allclose(scaled.predict(b), raw.predict(b))
+
+
+def test_a_dense_feature_constant_in_training_is_centred_not_blown_up():
+    """std ~0 in training (every user had a profile) must not turn a new value at serving time
+    into a saturating input: such a feature is centred with std 1."""
+    from homefeed.model import build_model
+    from homefeed.model.config import ModelConfig
+
+    m = build_model(ModelConfig(encoder="none", dense_dim=2, emb_dim=8))
+    m.set_dense_stats(np.array([1.0, 0.5]), np.array([0.0, 2.0]))
+    assert m.dense_std.tolist() == [1.0, 2.0] and m.dense_mean.tolist() == [1.0, 0.5]

@@ -66,9 +66,13 @@ class Ranker(nn.Module):
 
     def set_dense_stats(self, mean: np.ndarray | Tensor, std: np.ndarray | Tensor,
                         min_std: float = 1e-6) -> None:
-        """Standardisation for the dense features (per-feature mean and std of training data)."""
+        """Standardisation for the dense features (per-feature mean and std of training data).
+        A feature that never varied in training (std < min_std) is centred, not scaled: dividing
+        by ~0 would turn any other value at serving time (a new user's has_profile = 0 when every
+        training user had one) into a saturating input."""
         mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1)
-        std_t = torch.as_tensor(np.asarray(std, dtype=np.float32)).reshape(-1).clamp_min(min_std)
+        std_t = torch.as_tensor(np.asarray(std, dtype=np.float32)).reshape(-1)
+        std_t = torch.where(std_t < min_std, torch.ones_like(std_t), std_t)
         if mean_t.numel() != self.config.dense_dim or std_t.numel() != self.config.dense_dim:
             raise ValueError(f"dense stats must have {self.config.dense_dim} values")
         self.dense_mean.copy_(mean_t)
