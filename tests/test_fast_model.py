@@ -360,7 +360,6 @@ def test_exported_model_hit_at_3_with_bf16_equals_fp32_within_its_bootstrap_inte
 
     from safetensors.torch import save_file
 
-    from homefeed import features as F
     from homefeed.metrics import hit_at_k_per_request
     from homefeed.training.data import PinTable, RankingData, dense_feature_spec
     from homefeed.training.dataset import load_dataset
