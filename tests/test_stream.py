@@ -264,11 +264,15 @@ def test_one_of_two_consumers_killed_mid_batch_the_other_takes_over_and_state_is
     The processes start one after the other and the victim joins second, so the survivor leads
     the group: Tansu 0.6 never re-forms a group whose leader left during a rebalance (see the
     zombie test below). Every wait is on observable state (ready files, committed offsets), never
-    on a sleep."""
+    on a sleep. The victim is frozen (SIGSTOP) as soon as both have committed, and a second round
+    of events is produced before it is killed: its partition has records left whatever the two
+    did between the check and the signal (a quiet machine finishes the first round in that time)."""
     from homefeed.stream.ops import stream_status
 
     users = user_block(60)
-    evs = make_events(users, 100, now_ms() - 3_600_000, "t")
+    first = make_events(users, 100, now_ms() - 3_600_000, "t")
+    second = make_events(users, 20, now_ms() - 1_800_000, "t2")
+    evs = first + second
     settings = pipeline.replace(batch_max_events=100)
     ready = [tmp_path / "survivor.ready", tmp_path / "victim.ready"]
     survivor = consumer_process(settings, {}, tmp_path / "survivor.json", idle_s=None, ready=ready[0],
@@ -278,17 +282,18 @@ def test_one_of_two_consumers_killed_mid_batch_the_other_takes_over_and_state_is
     def partitions():
         return stream_status(settings)["topics"][settings.actions_topic]
 
-    def both_mid_work():  # one partition each: both have committed batches and records left
-        rows = partitions()
-        return all((r["committed"] or 0) > 0 and r["lag"] > 0 for r in rows)
+    def both_committed():  # one partition each: both have committed batches
+        return all((r["committed"] or 0) > 0 for r in partitions())
 
     try:
         wait_for(ready[0].exists, 300, "the survivor to own the partitions")
         victim = consumer_process(settings, {}, tmp_path / "victim.json", idle_s=None, ready=ready[1],
                                   log_path=tmp_path / "victim.log")
         wait_for(ready[1].exists, 300, "the victim to join and take a partition")
-        produce(settings, evs)
-        wait_for(both_mid_work, 300, "both consumers to commit batches")
+        produce(settings, first)
+        wait_for(both_committed, 300, "both consumers to commit batches")
+        victim.send_signal(signal.SIGSTOP)  # frozen: it applies and commits nothing from here on
+        produce(settings, second)  # records for every partition, the victim's included
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         left = sum(r["lag"] for r in partitions())
