@@ -234,11 +234,12 @@ def test_consumer_killed_mid_batch_loses_nothing_and_duplicates_nothing(pipeline
     settings = pipeline.replace(batch_max_events=200)
     proc = consumer_process(settings, {}, tmp_path / "first.json")
     log_dir = settings.offline_dir / "action_events"
-    # the deadline only bounds a hang: process start-up (imports, GX, group join) takes ~10 s on a
-    # quiet machine and several times that beside other heavy jobs
-    wait_for(lambda: log_dir.exists() and len(list(log_dir.rglob("*.parquet"))) >= 3, 300, "first batches")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    try:  # the deadline only bounds a hang: process start-up (imports, GX, group join) takes ~10 s
+        # on a quiet machine and several times that beside other heavy jobs
+        wait_for(lambda: log_dir.exists() and len(list(log_dir.rglob("*.parquet"))) >= 3, 300, "first batches")
+    finally:  # killed in any case: a failed wait must not leave a consumer running
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
 
     proc = consumer_process(settings, {}, tmp_path / "second.json")
     out, _ = proc.communicate(timeout=180)
