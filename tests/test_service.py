@@ -128,9 +128,9 @@ def rank(service, **body):
 
 def offline_scores(model, candidates: list[int], request_ms: int) -> np.ndarray:
     """The training/evaluation path (RankingData -> build_batch -> model) on the same features."""
-    requests = pd.DataFrame([{F.REQUEST_ID: 1, F.USER_ID: USER, "request_time_ms": request_ms, **SEQ,
+    requests = pd.DataFrame([{F.SNAPSHOT_ID: 1, F.REQUEST_ID: 1, F.USER_ID: USER, "request_time_ms": request_ms, **SEQ,
                               F.SEQ_LENGTH: len(SEQ[F.SEQ_PIN_IDS]), **PROFILE}])
-    impressions = pd.DataFrame({F.REQUEST_ID: 1, F.USER_ID: USER, F.PIN_ID: candidates,
+    impressions = pd.DataFrame({F.SNAPSHOT_ID: 1, F.REQUEST_ID: 1, F.USER_ID: USER, F.PIN_ID: candidates,
                                 F.PIN_EMBEDDING: [EMB[p] for p in candidates],
                                 F.PIN_CREATED_MS: [NOW - 86_400_000 * p for p in candidates],
                                 "label_repin": 0, "label_click": 0, "label_hide": 0})

@@ -120,7 +120,9 @@ class EventsAPI:
         if len(items) > MAX_BATCH:
             return self._reject_call(path, kind, 413, "batch_too_large",
                                      f"{len(items)} events > {MAX_BATCH} per request")
-        checked = [check(kind, obj, max_future_skew_ms=self.settings.max_future_skew_ms) for obj in items]
+        now_ms = time.time_ns() // 1_000_000  # one clock read per request
+        checked = [check(kind, obj, now_ms=now_ms, max_future_skew_ms=self.settings.max_future_skew_ms)
+                   for obj in items]
         rejected = [(i, c) for i, c in enumerate(checked) if isinstance(c, Rejection)]
         valid = [(i, c) for i, c in enumerate(checked) if not isinstance(c, Rejection)]
         for _, r in rejected:
@@ -186,7 +188,7 @@ class EventsAPI:
         pins = self.candidates.candidates(int(user))
         return JSONResponse({"user_id": int(user), "candidates": self.candidates.describe(pins),
                              "source": "stand-in: the user's recent topics + the most engaged pins "
-                                       "(not real retrieval; see docs/feed-page.md)"})
+                                       "(not real retrieval; see docs/events-api.md)"})
 
     async def feed_rank(self, request: Request) -> Response:
         """The page's /rank: the ranking service's answer plus each pin's topic."""

@@ -60,7 +60,7 @@ def check(kind: EventKind, obj: Any, *, now_ms: int | None = None,
     event's canonical wire form (what the consumer parses), checked by the consumer's parser."""
     raw = json.dumps(obj, separators=(",", ":")).encode()  # ASCII: as events.ActionEvent.to_json
     try:
-        event = kind.parse(raw, now_ms=now_ms or time.time_ns() // 1_000_000,
+        event = kind.parse(raw, now_ms=now_ms if now_ms is not None else time.time_ns() // 1_000_000,
                            max_future_skew_ms=max_future_skew_ms)
     except E.InvalidEvent as exc:
         return Rejection(exc.reason, exc.detail, field_of(kind, exc))

@@ -36,20 +36,18 @@ class BrokerUnavailable(RuntimeError):
     """The broker did not acknowledge (down, unreachable, timed out)."""
 
 
-def producer_config(settings: Settings, **overrides) -> dict:
-    """kafka-python settings of the API's producer: durable (acks=all, idempotent) and bounded."""
-    config = dict(settings.kafka_client_config(), acks="all", enable_idempotence=True, linger_ms=2,
-                  max_block_ms=MAX_BLOCK_MS, request_timeout_ms=REQUEST_TIMEOUT_MS,
-                  delivery_timeout_ms=DELIVERY_TIMEOUT_MS, bootstrap_timeout_ms=MAX_BLOCK_MS,
-                  reconnect_backoff_max_ms=1000)
-    config.update(overrides)
-    return config
+def producer_config(**overrides) -> dict:
+    """What the API's producer sets on top of the project's (`make_producer`: the settings' Kafka
+    client config, acks=all): idempotent, and bounded in every wait."""
+    return dict(enable_idempotence=True, linger_ms=2, max_block_ms=MAX_BLOCK_MS,
+                request_timeout_ms=REQUEST_TIMEOUT_MS, delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+                bootstrap_timeout_ms=MAX_BLOCK_MS, reconnect_backoff_max_ms=1000, **overrides)
 
 
 class AckedProducer:
     def __init__(self, settings: Settings, retry_after_s: float = RETRY_AFTER_S, **overrides):
         self.settings = settings
-        self.config = producer_config(settings, **overrides)
+        self.config = producer_config(**overrides)
         self.retry_after_s = retry_after_s
         self._producer = None
         self._lock = threading.Lock()
@@ -60,10 +58,10 @@ class AckedProducer:
     def _get(self):
         with self._lock:
             if self._producer is None:
-                from kafka import KafkaProducer
+                from homefeed.stream.consumer import make_producer
 
                 try:
-                    self._producer = KafkaProducer(**self.config)
+                    self._producer = make_producer(self.settings, **self.config)
                 except Exception as exc:  # NoBrokersAvailable, a timeout, a refused connection
                     raise BrokerUnavailable(f"cannot connect to Kafka: {exc}") from None
             return self._producer

@@ -5,7 +5,7 @@ writing new events onto empty states: users with 80 actions online would have 5.
 
 1. a marker key per Feast project (`homefeed:generation:{project}`) holds the current
    generation once Redis holds the consumer's data;
-2. every micro-batch checks it first (one EXISTS). Missing while the offline log holds events
+2. every micro-batch checks it first (one GET). Missing while the offline log holds events
    means the data is gone (missing with an empty log is a first start: the marker is set);
 3. one consumer wins `SET NX` of a short-lived "restoring" token, rebuilds every user's sequence
    and state and every pin's features from the log (`homefeed stream backfill`'s code), logs it,
@@ -46,10 +46,10 @@ class Generation:
         self.key = GENERATION_KEY.format(project=project)
 
     def check(self, store) -> None:
-        """Step 2: cheap when Redis still holds its data; restores it when it lost it."""
-        if self.redis.exists(self.key):
-            current = self.redis.get(self.key)
-            if current is not None and current.decode().startswith(RESTORING):
+        """Step 2: one GET when Redis still holds its data; restores it when it lost it."""
+        current = self.redis.get(self.key)
+        if current is not None:
+            if current.decode().startswith(RESTORING):
                 raise RestoreInProgress(f"Redis is being restored from the offline log ({self.key})")
             return
         if not offline_log.partition_files(offline_log.table_dir(self.settings.offline_dir,

@@ -75,9 +75,8 @@ class RankingData(torch.utils.data.Dataset):
         self.labels = labels
         self.weights = weights
         # user-side row (snapshot: one per request and serve time) of every impression
-        key = F.SNAPSHOT_ID if F.SNAPSHOT_ID in self.requests else F.REQUEST_ID
-        req_row = pd.Series(np.arange(len(self.requests)), index=self.requests[key])
-        self.req_index = req_row.loc[self.impressions[key]].to_numpy(np.int64)
+        req_row = pd.Series(np.arange(len(self.requests)), index=self.requests[F.SNAPSHOT_ID])
+        self.req_index = req_row.loc[self.impressions[F.SNAPSHOT_ID]].to_numpy(np.int64)
         # user side once per snapshot, padded to seq_len (newest first)
         self.seq_pins = _padded(self.requests[F.SEQ_PIN_IDS], seq_len, np.int64)
         self.seq_actions = _padded(self.requests[F.SEQ_ACTION_TYPES], seq_len, np.int64)
@@ -110,6 +109,15 @@ class RankingData(torch.utils.data.Dataset):
     @property
     def request_ids(self) -> np.ndarray:
         return self.impressions[F.REQUEST_ID].to_numpy()
+
+    @property
+    def user_ids(self) -> np.ndarray | None:
+        """The user of every impression (GAUC's groups); None when neither frame has one."""
+        if F.USER_ID in self.impressions:
+            return self.impressions[F.USER_ID].to_numpy()
+        if F.USER_ID in self.requests:
+            return self.requests[F.USER_ID].to_numpy()[self.req_index]
+        return None
 
     def dense_stats(self) -> tuple[np.ndarray, np.ndarray]:
         return self.dense.mean(axis=0), self.dense.std(axis=0)

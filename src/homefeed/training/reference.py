@@ -25,6 +25,7 @@ import numpy as np
 
 from homefeed import features as F
 from homefeed.events import ActionType
+from homefeed.model import embed_pins, lookup_pin_rows
 from homefeed.model.config import DEFAULT_HEADS
 from homefeed.training.data import PinTable, RankingData, dense_feature_names
 from homefeed.training.dataset import load_dataset
@@ -54,22 +55,22 @@ def history_features(data: RankingData) -> np.ndarray:
     actions_24h = (visible & (age <= 24 * HOUR_MS)).sum(1)
     clicks_24h = (visible & (age <= 24 * HOUR_MS) & (data.seq_actions == int(ActionType.CLICK))).sum(1)
 
-    rows = np.where(data.seq_pins < len(pins.rows), pins.rows[np.minimum(data.seq_pins, len(pins.rows) - 1)], -1)
+    rows = lookup_pin_rows(data.seq_pins, pins.rows)
     known = visible & (rows >= 0)
-    topic_of_row = pins.topic.reindex(np.arange(len(pins.rows))).to_numpy()  # by pin id
-    seq_topic = np.where(known, topic_of_row[np.clip(data.seq_pins, 0, len(pins.rows) - 1)], -1)
+    topic_by_row = pins.topic.to_numpy()  # PinTable: row i is the i-th pin
+    seq_topic = np.where(known, topic_by_row[np.maximum(rows, 0)] if len(topic_by_row) else -1, -1)
     engaged = known & (data.seq_actions != int(ActionType.HIDE))
     weights = (engaged & (np.cumsum(engaged, axis=1) <= LAST_ENGAGED)).astype(np.float32)
     mean_emb = np.zeros((len(times), pins.emb.shape[1]), dtype=np.float32)
     for a in range(0, len(times), 8192):  # [rows, L, D] in slices: bounded memory
-        w, r = weights[a:a + 8192], rows[a:a + 8192]
-        emb = np.where(r[..., None] >= 0, pins.emb[np.maximum(r, 0)], 0.0)
+        w = weights[a:a + 8192]
+        emb = embed_pins(data.seq_pins[a:a + 8192], pins.rows, pins.emb)  # unknown pins: zeros
         mean_emb[a:a + 8192] = (emb * w[..., None]).sum(1) / np.maximum(w.sum(1), 1)[:, None]
 
     s = data.req_index  # snapshot row of each impression
-    cand_row = np.where(data.cand < len(pins.rows), pins.rows[np.minimum(data.cand, len(pins.rows) - 1)], -1)
-    cand_emb = np.where(cand_row[:, None] >= 0, pins.emb[np.maximum(cand_row, 0)], 0.0)
-    cand_topic = np.where(cand_row >= 0, topic_of_row[np.clip(data.cand, 0, len(pins.rows) - 1)], -2)
+    cand_row = lookup_pin_rows(data.cand, pins.rows)
+    cand_emb = embed_pins(data.cand, pins.rows, pins.emb)
+    cand_topic = np.where(cand_row >= 0, topic_by_row[np.maximum(cand_row, 0)] if len(topic_by_row) else -2, -2)
     recent = np.arange(times.shape[1])[None, :] < RECENT
     same = (seq_topic[s] == cand_topic[:, None]) & known[s] & recent
     n_recent = np.maximum((known[s] & recent).sum(1), 1)

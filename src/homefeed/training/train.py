@@ -137,12 +137,8 @@ def predict(model: Ranker, data: RankingData, batch_size: int = 2048, device: st
 def evaluate_data(model: Ranker, data: RankingData, batch_size: int = 2048, device: str = "cpu") -> dict:
     """Validation metrics: HIT@3, AUC and user-level GAUC per head (homefeed.metrics)."""
     scores = predict(model, data, batch_size, device)
-    users = None
-    if F.USER_ID in data.impressions:
-        users = data.impressions[F.USER_ID].to_numpy()
-    elif F.USER_ID in data.requests:
-        users = data.requests[F.USER_ID].to_numpy()[data.req_index]
-    return metrics.evaluate_heads(scores, data.labels, data.request_ids, list(model.heads), users=users)
+    return metrics.evaluate_heads(scores, data.labels, data.request_ids, list(model.heads),
+                                  users=data.user_ids)
 
 
 @dataclass
@@ -190,10 +186,10 @@ def train(model_config: ModelConfig, train_data: RankingData, valid_data: Rankin
         """Score the model on validation (or -training loss without one); True = stop."""
         entry: dict = {"epoch": epoch, "step": step}
         score = fallback
-        if valid_data is not None and has_valid:
+        if has_valid:
             entry["valid"] = evaluate_data(model, valid_data, cfg.eval_batch_size, cfg.device)
-            value = entry["valid"].get(cfg.monitor, float("nan"))
-            score = fallback if value is None or not np.isfinite(value) else float(value)
+            value = entry["valid"].get(cfg.monitor, float("nan"))  # evaluate_heads: NaN, never None
+            score = float(value) if np.isfinite(value) else fallback
             model.train()
         entry["score"] = score
         result.evals.append(entry)

@@ -9,7 +9,7 @@
   const POLL_MS = 40;            // pause between /rank polls while waiting
   const ACTIONS = { save: "repin", click: "click", hide: "hide" };
   const DONE = { save: "saved", click: "clicked", hide: "hidden" };
-  const state = { user: null, candidates: [], topics: new Map(), order: [], busy: false, n: 0,
+  const state = { user: null, candidates: [], order: [], busy: false, n: 0,
                   lastEventTime: 0, acted: new Map() };
   window.feedTimings = [];
   window.feedState = state;
@@ -33,7 +33,7 @@
   function showError(message) { $("error").textContent = message || ""; }
 
   async function rank() {
-    return call("POST", "/v1/feed/rank", { user_id: state.user, candidates: state.candidates, k: 20 });
+    return call("POST", "/v1/feed/rank", { user_id: state.user, candidates: state.candidates });
   }
 
   function render(result, movedFrom) {
@@ -47,7 +47,7 @@
 
   function card(item, i, old) {
     const li = document.createElement("li");
-    const topic = item.topic_id ?? state.topics.get(item.pin_id);
+    const topic = item.topic_id;  // /v1/feed/rank adds each pin's topic
     li.className = "card";
     li.dataset.pin = item.pin_id;
     li.dataset.topic = topic;
@@ -133,7 +133,6 @@
     try {
       const cands = await call("GET", `/v1/feed/candidates?user_id=${user}`);
       state.candidates = cands.candidates.map((c) => c.pin_id);
-      state.topics = new Map(cands.candidates.map((c) => [c.pin_id, c.topic_id]));
       const result = await rank();
       render(result, false);
       performance.mark("first-render");
