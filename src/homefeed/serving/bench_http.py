@@ -95,6 +95,36 @@ def _status_post(url: str, body: bytes, timeout_s: float = 30) -> int:
         return 0
 
 
+_local = threading.local()
+
+
+def _keepalive_post(url: str, body: bytes, timeout_s: float = 30) -> int:
+    """POST on this thread's persistent connection (as a load balancer keeps them) -> HTTP status
+    (0: no answer). A connection the server closed is reopened once."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    for attempt in (0, 1):
+        conn = getattr(_local, "conn", None)
+        if conn is None:
+            conn = _local.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+        try:
+            conn.request("POST", parts.path, body, {"content-type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.getheader("connection", "").lower() == "close":
+                conn.close()
+                _local.conn = None
+            return resp.status
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            _local.conn = None
+            if attempt:
+                return 0
+    return 0
+
+
 def worker_pids(url: str, expected: int, tries: int = 60) -> list[int]:
     """The pids of the service's worker processes, from /info (each worker answers with its own;
     which one answers is up to the kernel, so ask until `expected` distinct pids came back)."""
@@ -167,8 +197,10 @@ def _summary(rows: list[tuple[float, int, float]], wall_s: float) -> dict:
             "max_send_lag_ms": round(max((lag for *_, lag in rows), default=0.0), 1)}
 
 
-def closed_loop(url: str, bodies: list[bytes], clients: int) -> dict:
-    """`clients` threads sending `bodies` back to back: the sustainable rate and its latency."""
+def closed_loop(url: str, bodies: list[bytes], clients: int, keepalive: bool = False) -> dict:
+    """`clients` threads sending `bodies` back to back: the sustainable rate and its latency.
+    `keepalive`: each thread keeps its connection, else one connection per request."""
+    post = _keepalive_post if keepalive else _status_post
     rows: list[tuple[float, int, float]] = []
     lock = threading.Lock()
     it = iter(bodies)
@@ -180,7 +212,7 @@ def closed_loop(url: str, bodies: list[bytes], clients: int) -> dict:
             if body is None:
                 return
             start = time.perf_counter()
-            status = _status_post(url + "/rank", body)
+            status = post(url + "/rank", body)
             with lock:
                 rows.append(((time.perf_counter() - start) * 1000, status, 0.0))
 
@@ -193,19 +225,20 @@ def closed_loop(url: str, bodies: list[bytes], clients: int) -> dict:
     return _summary(rows, time.perf_counter() - began)
 
 
-def open_loop(url: str, bodies: list[bytes], rate: float, max_threads: int = 96) -> dict:
+def open_loop(url: str, bodies: list[bytes], rate: float, max_threads: int = 96, keepalive: bool = False) -> dict:
     """Send `bodies` at `rate` per second whatever the answers (an open-loop load: arrivals do
     not wait for answers, as users do not); shed requests are not retried. Latency is measured
     from each request's scheduled time, so a client that fell behind shows in it, and
     `max_send_lag_ms` says by how much the sender itself was late."""
     from concurrent.futures import ThreadPoolExecutor
 
+    post = _keepalive_post if keepalive else _status_post
     rows: list[tuple[float, int, float]] = []
     lock = threading.Lock()
 
     def one(body: bytes, due: float) -> None:
         lag = (time.perf_counter() - due) * 1000
-        status = _status_post(url + "/rank", body)
+        status = post(url + "/rank", body)
         with lock:
             rows.append(((time.perf_counter() - due) * 1000, status, lag))
 
@@ -223,22 +256,24 @@ def open_loop(url: str, bodies: list[bytes], rate: float, max_threads: int = 96)
 def overload_test(url: str, n_candidates: int = 100, clients: int = 8, baseline_requests: int = 320,
                   factor: float = 4.0, seconds: float = 20.0, settle_s: float = 10.0, workers: int | None = None,
                   user_ids: list[int] | None = None, max_pin_id: int = 200, seed: int = 0,
-                  pids: list[int] | None = None) -> dict:
+                  pids: list[int] | None = None, keepalive: bool = False) -> dict:
     """1. Baseline: `clients` closed-loop clients, `baseline_requests` calls: the sustainable rate
     (their throughput, nothing failing) and the answered p99 there ("unloaded": not overloaded).
     2. Overload: an open-loop `factor` x that rate for `seconds`.
     3. Worker RSS (`pids`, else the local workers that /info names: not always all of them)
     before the overload, right after, and after
     `settle_s` idle. Targets (issue 24): no 5xx but the shed 503s, answered p99 <= 2x the
-    baseline's, RSS after within 10% of before."""
+    baseline's, RSS after within 10% of before. `keepalive`: every client thread keeps its
+    connection (as a load balancer does), else a new connection per request."""
     users = user_ids or [1]
     info = _post(url + "/info", {})
     pids = pids or worker_pids(url, workers or int(info.get("workers") or 1))
-    closed_loop(url, _bodies(2 * clients, n_candidates, users, max_pin_id, seed + 1), clients)  # warm-up
-    base = closed_loop(url, _bodies(baseline_requests, n_candidates, users, max_pin_id, seed), clients)
+    closed_loop(url, _bodies(2 * clients, n_candidates, users, max_pin_id, seed + 1), clients, keepalive)  # warm-up
+    base = closed_loop(url, _bodies(baseline_requests, n_candidates, users, max_pin_id, seed), clients, keepalive)
     rate = base["goodput_rps"] * factor
     rss_before = rss_mb(pids)
-    over = open_loop(url, _bodies(max(1, int(rate * seconds)), n_candidates, users, max_pin_id, seed + 2), rate)
+    over = open_loop(url, _bodies(max(1, int(rate * seconds)), n_candidates, users, max_pin_id, seed + 2), rate,
+                     keepalive=keepalive)
     rss_after = rss_mb(pids)
     time.sleep(settle_s)
     rss_settled = rss_mb(pids)
@@ -247,6 +282,7 @@ def overload_test(url: str, n_candidates: int = 100, clients: int = 8, baseline_
              if over["answered_p99_ms"] and base["answered_p99_ms"] else None)
     growth = (total(rss_settled) / total(rss_before) - 1) if rss_before and rss_settled else None
     return {"candidates": n_candidates, "clients": clients, "factor": factor, "seconds": seconds,
+            "connections": "keep-alive per client thread" if keepalive else "one per request",
             "workers": len(pids), "baseline": base, "overload": over,
             "p99_ratio": round(ratio, 2) if ratio is not None else None,
             "rss_mb": {"before": rss_before, "after": rss_after, "settled": rss_settled},
@@ -268,7 +304,7 @@ def cmd_bench_serve(args) -> int:
     if args.overload:
         report = overload_test(url, sizes[0], clients=args.concurrency, baseline_requests=args.requests,
                                factor=args.overload, seconds=args.overload_seconds, user_ids=users,
-                               max_pin_id=args.max_pin_id)
+                               max_pin_id=args.max_pin_id, keepalive=args.keepalive)
         load = os.getloadavg() if hasattr(os, "getloadavg") else None
         report.update(url=args.url, machine=f"{os.cpu_count()} cores",
                       load_avg_1m=round(load[0], 2) if load else None,
@@ -304,5 +340,8 @@ def add_bench_serve_parser(bench_subparsers) -> None:
                         "open-loop; reports shed 503s, other 5xx, answered p99 vs the baseline's and "
                         "worker RSS (exit 1 when a target of issue 24 is missed)")
     p.add_argument("--overload-seconds", type=float, default=20.0, help="how long the overload lasts")
+    p.add_argument("--keepalive", action="store_true",
+                   help="with --overload: each client thread keeps its connection (as a load balancer "
+                        "does) instead of one connection per request")
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.set_defaults(func=cmd_bench_serve)
