@@ -9,8 +9,10 @@ Configuration (environment): HOMEFEED_MODEL (BentoML model tag, default homefeed
 HOMEFEED_RANK_BLEND ("repin=1,click=0.25,hide=-1"), HOMEFEED_PIN_CACHE_S (pin-feature staleness
 bound, default 60), HOMEFEED_SERVING_DTYPE (auto / float32 / bfloat16, default auto),
 HOMEFEED_SERVING_THREADS (CPU threads per worker scoring a request's candidate chunks, default 1)
-and HOMEFEED_SERVING_WORKERS (worker processes, default the available CPUs / threads; see
-docs/serving.md), plus the usual homefeed settings (REDIS_URL, ...). /livez, /readyz, /metrics and
+HOMEFEED_SERVING_WORKERS (worker processes, default the available CPUs / threads; see
+docs/serving.md), HOMEFEED_SERVING_MAX_INFLIGHT (/rank requests in flight per worker before a
+503 + Retry-After, default 8; 0 = no limit; docs/reliability.md), plus the usual homefeed settings
+(REDIS_URL, ...). /livez, /readyz, /metrics and
 the OpenAPI docs at / come from BentoML; /info says what this worker serves (model, dtype,
 kernels, workers x threads). /readyz means "this replica can answer" (model loaded):
 a Redis outage does not take replicas out of a load balancer, it makes answers `degraded`
@@ -29,7 +31,7 @@ import bentoml
 from pydantic import Field
 
 from homefeed.events import MAX_ID, MIN_EVENT_TIME_MS
-from homefeed.serving.http import BodyLimit, install_client_error_filter
+from homefeed.serving.http import BodyLimit, LoadShed, install_client_error_filter
 from homefeed.serving.resources import serving_cpus
 from homefeed.settings import load_settings
 
@@ -49,6 +51,12 @@ UNKNOWN_PINS = bentoml.metrics.Counter(
     name="homefeed_rank_unknown_pins_total", documentation="Candidates with no pin features")
 REDIS_UP = bentoml.metrics.Gauge(
     name="homefeed_redis_up", documentation="1 while the online store answers, 0 while the breaker is open")
+SHED = bentoml.metrics.Counter(
+    name="homefeed_serving_shed_total",
+    documentation="/rank requests answered 503 + Retry-After: the worker had serving_max_inflight in flight")
+INFLIGHT = bentoml.metrics.Gauge(
+    name="homefeed_serving_inflight", documentation="/rank requests in flight (all workers)",
+    multiprocess_mode="livesum")
 REDIS_ERRORS = bentoml.metrics.Counter(
     name="homefeed_redis_errors_total", documentation="Failed online-store reads (each opens the breaker)")
 
@@ -88,6 +96,9 @@ class Ranking:
         from homefeed.serving.ranking import RankingEngine, parse_blend
 
         install_client_error_filter()
+        # BentoML's root handler passes WARNING and up; our INFO lines (start-up, shed requests)
+        # go through the same handler.
+        logging.getLogger("homefeed").setLevel(logging.INFO)
         settings = load_settings()
         cuda = torch.cuda.is_available()
         if not cuda:
@@ -158,4 +169,9 @@ class Ranking:
         return result
 
 
+# Outermost of ours: a shed request costs no body read, no parse. Per worker (each has its own).
+_settings = load_settings()
+Ranking.add_asgi_middleware(LoadShed, limit=_settings.serving_max_inflight,
+                            retry_after_s=_settings.serving_retry_after_s,
+                            on_shed=lambda: SHED.inc(), on_inflight=lambda n: INFLIGHT.set(n))
 Ranking.add_asgi_middleware(BodyLimit)

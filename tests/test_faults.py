@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_fault_matrix(tmp_path, stack_env):
-    cases = run_matrix(tmp_path, p99_bound_ms=float("inf"))
+    cases = run_matrix(tmp_path, p99_bound_ms=float("inf"), overload_s=8.0)
     failed = [f"{c.case}: expected {c.expected}; observed {c.observed}" for c in cases if not c.passed]
     assert not failed, "\n".join(failed)
     assert len(cases) >= 28

@@ -12,7 +12,8 @@ docs/reliability.md; the result is a table of case / expected / observed / pass.
    duplicates + dead-lettered + pin upserts). Then Redis and the broker are paused under it.
 3. Service cases, against a real `bentoml serve` with an untrained model: Redis stopped and
    paused under 8 concurrent clients (every call 200, flagged degraded, p99 bound), recovery,
-   Redis wiped (neutral vectors, then `stream backfill` restores pins), hostile requests.
+   overload at 4x the sustainable rate (shed 503s, no other 5xx), Redis wiped (neutral vectors,
+   then `stream backfill` restores pins), hostile requests.
 4. Operations cases: a stale pid file naming someone else's process; an exposed Redis without
    a password.
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 PIN_IDS = list(range(1, 201))
 SERVICE_USER = 7_000_001
-P99_BOUND_MS = 100.0  # Redis stopped or paused: p99 at 100 candidates, 8 clients
+P99_BOUND_MS = 250.0  # Redis stopped or paused: p99 at 100 candidates, 8 clients (issue 24's target)
 
 
 @dataclass
@@ -478,9 +479,11 @@ def degraded_now(url: str) -> bool | None:
     return json.loads(text)["degraded"] if status == 200 else None
 
 
-def service_matrix(settings: Settings, stack, workdir: Path, p99_bound_ms: float = P99_BOUND_MS) -> list[Case]:
+def service_matrix(settings: Settings, stack, workdir: Path, p99_bound_ms: float = P99_BOUND_MS,
+                   overload_s: float = 20.0) -> list[Case]:
     """`p99_bound_ms` is the latency target of a degraded answer under load (the test suite
-    passes 1,000: under 1 s always, and the benchmark figure is the one to compare)."""
+    passes inf: no timed bound on a shared machine, and the benchmark figure is the one to
+    compare; inf also leaves out the overload case's latency and memory bounds)."""
     from homefeed.stack import free_port
     from homefeed.training.export import export_untrained
 
@@ -526,6 +529,7 @@ def service_matrix(settings: Settings, stack, workdir: Path, p99_bound_ms: float
                 + (f"not degraded {recovered_s:.1f} s after Redis was back" if back else "never recovered"),
                 passed))
 
+        cases.append(_overload_case(url, proc.pid, timed=p99_bound_ms != float("inf"), seconds=overload_s))
         cases.extend(_request_cases(url))
         cases.append(_wiped_case(settings, url))
         text = log_path.read_text(errors="replace")
@@ -542,6 +546,31 @@ def service_matrix(settings: Settings, stack, workdir: Path, p99_bound_ms: float
             else:
                 os.environ[k] = v
     return cases
+
+
+def _overload_case(url: str, server_pid: int, timed: bool, seconds: float) -> Case:
+    """4x the sustainable rate (8 closed-loop clients at 100 candidates measure it), open-loop,
+    each client thread on a kept-alive connection (as behind a load balancer):
+    the service sheds (503 + Retry-After) instead of queueing; nothing else fails. `timed`: also
+    the latency and memory targets (answered p99 <= 2x the baseline's, worker RSS back within
+    10% after 10 s idle), which only the benchmark run checks."""
+    from homefeed.serving.bench_http import overload_test, service_pids
+
+    r = overload_test(url, 100, clients=8, baseline_requests=160, factor=4.0, seconds=seconds,
+                      settle_s=10.0 if timed else 0.0, user_ids=[SERVICE_USER], max_pin_id=len(PIN_IDS),
+                      pids=service_pids(server_pid), keepalive=True)
+    b, o, rss = r["baseline"], r["overload"], r["rss_mb"]
+    t = r["targets"]
+    passed = t["no_other_5xx"] and b["ok"] == b["sent"] and (not timed or (t["p99_within_2x"] and t["rss_within_10pct"]))
+    return Case(
+        "service: overload, 4x the sustainable rate open-loop, 100 candidates",
+        "503 + Retry-After past the in-flight limit, no other 5xx"
+        + (", answered p99 <= 2x baseline, worker RSS back within 10%" if timed else ""),
+        f"baseline {b['ok']}/{b['sent']} 200 at {b['goodput_rps']}/s, p99 {b['answered_p99_ms']} ms; "
+        f"at {o['offered_rps']}/s: {o['ok']} 200, {o['shed_503']} shed 503, {o['other_5xx']} other 5xx, "
+        f"{o['other']} other; answered p99 {o['answered_p99_ms']} ms ({r['p99_ratio']}x), goodput "
+        f"{o['goodput_rps']}/s; RSS MiB {sum(rss['before'].values()):.0f} -> {sum(rss['after'].values()):.0f}"
+        f" -> {sum(rss['settled'].values()):.0f}", passed)
 
 
 def _ready(url: str) -> bool:
@@ -662,7 +691,7 @@ def operations_matrix(workdir: Path) -> list[Case]:
 # -- the command ---------------------------------------------------------------------------------
 
 def run_matrix(workdir: Path | None = None, parts: tuple[str, ...] = ("consumer", "service", "operations"),
-               p99_bound_ms: float = P99_BOUND_MS) -> list[Case]:
+               p99_bound_ms: float = P99_BOUND_MS, overload_s: float = 20.0) -> list[Case]:
     own = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="homefeed-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -672,7 +701,7 @@ def run_matrix(workdir: Path | None = None, parts: tuple[str, ...] = ("consumer"
             with private_stack(workdir) as (settings, stack):
                 cases += consumer_matrix(settings, workdir)
                 if "service" in parts:
-                    cases += service_matrix(settings, stack, workdir, p99_bound_ms)
+                    cases += service_matrix(settings, stack, workdir, p99_bound_ms, overload_s)
         if "operations" in parts:
             cases += operations_matrix(workdir)
     finally:

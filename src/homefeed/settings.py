@@ -106,7 +106,12 @@ class Settings:
     # retries its batch; serving answers from its cache instead of waiting (see docs/reliability.md).
     redis_timeout_ms: int = 5000
     redis_connect_timeout_ms: int = 2000
-    serving_redis_timeout_ms: int = 250
+    serving_redis_timeout_ms: int = 100  # sized in docs/reliability.md, "Degraded, never down"
+    # Serving load shedding (homefeed.serving.http.LoadShed): at most this many /rank requests in
+    # flight per worker process (0: no limit); past it a 503 with Retry-After:
+    # serving_retry_after_s. Sized in docs/benchmarks.md, "Overload and load shedding".
+    serving_max_inflight: int = 8
+    serving_retry_after_s: int = 1
     # Address the local stack's redis-server listens on. Loopback by default; any other address
     # requires REDIS_PASSWORD in the environment (the server then runs with protected mode and
     # requirepass). `host` is only where our own HTTP/metrics endpoints bind.

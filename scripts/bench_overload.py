@@ -1,0 +1,85 @@
+"""Overload and load shedding of the ranking service (docs/benchmarks.md, "Overload and load
+shedding"; issue 24): per in-flight limit, the sustainable rate, then 4x it, open-loop.
+
+    PYTHONPATH=src python scripts/bench_overload.py WORKDIR LIMITS SIZES [FACTOR] [SECONDS] [keepalive]
+    PYTHONPATH=src python scripts/bench_overload.py /tmp/ovl 0,8 100 4 20
+
+1. A private stack (redis + broker on free ports, private feature repo: homefeed.faults).
+2. 2,000 pins and 10 users with 100-action sequences written to the online store.
+3. An untrained TransAct v1.1 with ModelConfig defaults (2 layers, the demo's shape), seeded.
+4. Per limit (HOMEFEED_SERVING_MAX_INFLIGHT; 0 = no shedding, as before issue 24): `bentoml serve`
+   with the default workers x threads, then per size `homefeed.serving.bench_http.overload_test`:
+   8 closed-loop clients (320 calls at < 1,000 candidates, 48 at 1,000 and more) give the
+   sustainable rate and the baseline p99; FACTOR x that rate open-loop for SECONDS; worker RSS
+   before, right after and 10 s after. `keepalive`: each client thread keeps its connection
+   (as a load balancer does), else a new connection per request. One JSON line per row; all rows in WORKDIR/overload.json.
+"""
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from homefeed import features as F
+from homefeed.faults import _ready, private_stack, start_logged, stop_process, wait_for
+from homefeed.feature_store import open_store
+from homefeed.model import ModelConfig, build_model
+from homefeed.serving.bench_http import _post, overload_test, service_pids
+from homefeed.stack import free_port
+from homefeed.stream.online_writer import OnlineWriter
+from homefeed.training.data import dense_feature_spec
+from homefeed.training.export import current_fingerprint, export_run
+
+work = Path(sys.argv[1]); work.mkdir(parents=True, exist_ok=True)
+limits = [int(x) for x in sys.argv[2].split(",")]
+sizes = [int(x) for x in sys.argv[3].split(",")]
+factor = float(sys.argv[4]) if len(sys.argv) > 4 else 4.0
+seconds = float(sys.argv[5]) if len(sys.argv) > 5 else 20.0
+keepalive = len(sys.argv) > 6 and sys.argv[6] == "keepalive"  # else a new connection per request
+out = []
+with private_stack(work) as (settings, stack):
+    dim, L = settings.embedding_dim, settings.sequence_length
+    now = int(time.time() * 1000)
+    rng = np.random.default_rng(0)
+    pins = list(range(1, 2001))
+    emb = rng.normal(size=(len(pins), dim)); emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    w = OnlineWriter(open_store(settings.feature_repo))
+    w.write_pins([{F.PIN_ID: p, F.PIN_EMBEDDING: emb[p - 1].astype(np.float32).tolist(), F.PIN_TOPIC: p % 5,
+                   F.PIN_CREATED_MS: now - 86_400_000, F.EVENT_TIMESTAMP: now - 1000, F.CREATED: now - 1000} for p in pins])
+    users = list(range(1, 11))
+    w.write_sequences([{F.USER_ID: u, F.EVENT_TIMESTAMP: now - 60_000, F.CREATED: now - 1000,
+                        F.SEQ_PIN_IDS: rng.choice(pins, 100).tolist(), F.SEQ_ACTION_TYPES: rng.integers(1, 4, 100).tolist(),
+                        F.SEQ_ACTION_TIMES: [now - 60_000 * (i + 1) for i in range(100)], F.SEQ_LENGTH: 100} for u in users])
+    torch.manual_seed(0)
+    spec = dense_feature_spec(dim)
+    config = ModelConfig(encoder="transact_v11", seq_len=L, emb_dim=dim, dense_dim=spec["dim"])  # defaults: 2 layers
+    run = work / "run"; run.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in build_model(config).state_dict().items()}, str(run / "model.safetensors"))
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    (run / "run.json").write_text(json.dumps({"schema_fingerprint": current_fingerprint(settings),
+                                              "dense_features": spec, "validation": {"success": True}}))
+    tag = export_run(run, bentoml_home=work / "bentoml")
+    os.environ["HOMEFEED_MODEL"] = tag
+    for limit in limits:
+        os.environ["HOMEFEED_SERVING_MAX_INFLIGHT"] = str(limit)
+        port = free_port(); url = f"http://127.0.0.1:{port}"
+        proc = start_logged([sys.executable, "-m", "bentoml", "serve", "bento.service:Ranking", "--port", str(port),
+                             "--host", "127.0.0.1"], work / f"service-limit{limit}.log")
+        try:
+            assert wait_for(lambda p=proc, u=url: p.poll() is not None or _ready(u), 240, 0.5) and proc.poll() is None
+            info = _post(url + "/info", {})
+            for n in sizes:
+                row = overload_test(url, n, clients=8, baseline_requests=320 if n < 1000 else 48, factor=factor,
+                                    seconds=seconds, workers=info["workers"], user_ids=users, max_pin_id=2000,
+                                    pids=service_pids(proc.pid), keepalive=keepalive)
+                row.update(limit=limit, threads=info["threads_per_worker"], load_avg_1m=round(os.getloadavg()[0], 2),
+                           date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                print(json.dumps(row), flush=True)
+                out.append(row)
+        finally:
+            stop_process(proc)
+(work / "overload.json").write_text(json.dumps(out, indent=1))
