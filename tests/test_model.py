@@ -21,6 +21,7 @@ from homefeed.model import (
     time_window_mask,
     transact_one_user,
     weighted_multihead_bce,
+    within_group_pairwise,
 )
 from homefeed.model.encoders import chronological
 
@@ -365,6 +366,25 @@ def test_loss_weighting_hand_computed():
     torch.testing.assert_close(
         plain.per_head,
         torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0))
+
+
+def test_within_user_pairwise_loss_hand_computed():
+    sp = lambda x: math.log1p(math.exp(x))
+    # heads (repin, click); users 7, 7, 7, 9, 9
+    logits = torch.tensor([[1.0, 0.5], [0.0, -1.0], [2.0, 0.0], [3.0, 1.0], [-1.0, 2.0]], requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    groups = torch.tensor([7, 7, 7, 9, 9])
+    out = within_group_pairwise(logits, labels, groups)
+    # repin: user 7 has positive row 0 against rows 1, 2; user 9 has no positive
+    repin = (sp(0.0 - 1.0) + sp(2.0 - 1.0)) / 2
+    # click: user 7: row 1 against rows 0, 2; user 9: row 3 against row 4 (never across users)
+    click = (sp(0.5 - -1.0) + sp(0.0 - -1.0) + sp(2.0 - 1.0)) / 3
+    assert out.tolist() == pytest.approx([repin, click], rel=1e-6)
+    out.sum().backward()
+    assert logits.grad[4, 0] == 0  # a head without a pair in the user gives no gradient
+    # a batch without any pair: zero, not NaN
+    none = within_group_pairwise(logits, torch.zeros_like(labels), groups)
+    assert none.tolist() == [0.0, 0.0]
 
 
 # -- planted signal ---------------------------------------------------------------------------

@@ -221,6 +221,32 @@ def test_early_stopping_watches_the_recipes_head_and_keeps_the_best_weights(smal
         TrainConfig(early_stop_metric="ndcg")
 
 
+def test_by_user_batches_keep_each_users_rows_together_and_pairwise_training_runs(small_planted, one_thread):
+    from homefeed.model import ModelConfig
+    from homefeed.training.train import train
+
+    _, data = small_planted
+    d = data["train"]
+    users = d.user_ids
+    batches = list(d.loader(64, shuffle=True, seed=3, by_user=True).batch_sampler)
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(len(d)))  # every row once
+    # users come in blocks: a user's rows are contiguous in the epoch's order
+    order = users[rows]
+    changes = np.flatnonzero(order[1:] != order[:-1])
+    assert len(changes) + 1 == len(np.unique(users))
+    again = list(d.loader(64, shuffle=True, seed=3, by_user=True).batch_sampler)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))  # seeded
+    batch = d.collate(batches[0])
+    assert batch.groups.tolist() == users[batches[0]].tolist()
+    mc = ModelConfig(encoder="none", seq_len=16, emb_dim=8, dense_dim=dense_feature_spec(8)["dim"], **SMALL)
+    result = train(mc, d, data["valid"], TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=3,
+                                                     pair_weight=1.0), progress=False)
+    assert np.isfinite(result.history[0]["train_loss"]) and result.train_config.pair_weight == 1.0
+    with pytest.raises(UserError, match="pair_weight"):
+        TrainConfig(pair_weight=-1.0)
+
+
 def test_every_model_trains_exports_and_serves_on_a_tiny_dataset(small_planted, tmp_path, one_thread):
     """`--models all` (DIN included) on a tiny planted set: train, save, the comparison table
     (with parameter counts), export to a BentoML store and load back for serving."""

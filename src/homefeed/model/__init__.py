@@ -18,6 +18,7 @@ from homefeed.model.loss import (
     default_label_weight_matrix,
     label_head_weights,
     weighted_multihead_bce,
+    within_group_pairwise,
 )
 from homefeed.model.ranker import Ranker, build_model, count_parameters
 from homefeed.model.transact import (
@@ -33,4 +34,5 @@ __all__ = [
     "build_model", "build_user_batch", "count_parameters", "default_label_weight_matrix",
     "embed_pins", "label_head_weights", "lookup_pin_rows", "make_pin_rows", "pad_rows",
     "sample_time_windows", "time_window_mask", "transact_one_user", "weighted_multihead_bce",
+    "within_group_pairwise",
 ]

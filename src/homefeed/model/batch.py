@@ -15,6 +15,8 @@ cand_emb           [B, D]       float32   candidate pin embedding (zero if unkno
 dense              [B, F]       float32   user profile + pin + context dense features
 labels             [B, H]       float32   optional, one 0/1 label per head (config.heads order)
 weights            [B]          float32   optional per-example (per-user) loss weights
+groups             [B]          int64     optional, training only: the row's user, for the
+                                          within-user ranking loss (model.loss.within_group_pairwise)
 =================  ===========  ========  =================================================
 
 Sequences are stored **newest first**: position 0 is the most recent action, real actions form a
@@ -51,6 +53,7 @@ class RankingBatch:
     dense: Tensor
     labels: Tensor | None = None
     weights: Tensor | None = None
+    groups: Tensor | None = None
 
     # -- sizes ----------------------------------------------------------------------------------
     @property

@@ -20,6 +20,20 @@ Default (`default_label_weight_matrix`, rows = labels, columns = heads)::
 i.e. a hidden pin is a 5x-weighted *negative* for the repin and click heads (their label is 0 on
 it), so the engagement heads learn what users reject; everything else counts 1. Several positive
 labels on one example take the element-wise max of their rows.
+
+**Within-user ranking term** (`within_group_pairwise`, on when a recipe sets `pair_weight` > 0).
+GAUC ranks each user's own impressions, but a pointwise loss also learns why some users act more
+than others, and a feature can point one way across users and the other way within one user
+(KuaiRand: heavier clickers click more, yet a user clicks less right after clicking a lot;
+docs/kuairand.md). Per head h, over the pairs (i, j) of one batch with the same group (user) and
+y[i, h] = 1 > y[j, h] = 0:
+
+    pair_h = mean_(i, j) softplus(logit[j, h] - logit[i, h])      (0 when the batch has no pair)
+    loss   = sum_h loss_h + pair_weight * sum_h pair_h
+
+i.e. a logistic loss on the score difference of a positive and a negative of the same user, the
+pairwise surrogate of per-user AUC. Batches must then hold several rows of each user
+(`RankingData.loader(group_rows=...)`).
 """
 
 from __future__ import annotations
@@ -92,6 +106,25 @@ def weighted_multihead_bce(
     bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     per_head = (w * bce).sum(dim=0) / max(b, 1)
     return LossOutput(total=per_head.sum(), per_head=per_head, weights=w)
+
+
+def within_group_pairwise(logits: Tensor, labels: Tensor, groups: Tensor) -> Tensor:
+    """[H] mean pairwise logistic loss per head over same-group (positive, negative) pairs.
+
+    logits, labels [B, H]; groups [B] (e.g. user ids). O(B^2) per head: fine for batches of a few
+    thousand rows. A head without a pair in the batch contributes 0 (and no gradient).
+    """
+    if logits.shape != labels.shape or groups.shape != logits.shape[:1]:
+        raise ValueError(f"logits {tuple(logits.shape)}, labels {tuple(labels.shape)} and groups "
+                         f"{tuple(groups.shape)} do not align")
+    same = groups[:, None] == groups[None, :]  # [B, B]
+    pos = labels > 0.5  # [B, H]
+    # pairs[h, i, j]: i positive, j negative, same group
+    pairs = same[None] & pos.T[:, :, None] & ~pos.T[:, None, :]
+    diff = logits.T[:, None, :] - logits.T[:, :, None]  # [H, i, j] = logit[j] - logit[i]
+    n = pairs.sum(dim=(1, 2))
+    total = torch.where(pairs, F.softplus(diff), torch.zeros((), dtype=logits.dtype, device=logits.device))
+    return total.sum(dim=(1, 2)) / n.clamp(min=1).to(logits.dtype)
 
 
 class WeightedMultiHeadBCE(nn.Module):

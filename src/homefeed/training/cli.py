@@ -120,6 +120,9 @@ def add_training_arguments(parser, *, epochs: int) -> None:
                         help="seed for initialisation, shuffling and dropout (default 0)")
     parser.add_argument("--neg-keep", type=float, default=1.0,
                         help="share of no-action impressions kept for training, reweighted (default 1)")
+    parser.add_argument("--pair-weight", type=float, default=0.0,
+                        help="weight of the within-user pairwise ranking loss added to the BCE "
+                             "(0: pointwise only; docs/training.md)")
     parser.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: all the data)")
     parser.add_argument("--seq-len", type=int, help="actions the model reads (default: the feature's length)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -134,7 +137,7 @@ def train_config(args, **extra):
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        neg_keep=args.neg_keep, max_steps_per_epoch=args.max_steps, device=args.device,
-                       threads=args.threads, **extra)
+                       threads=args.threads, pair_weight=args.pair_weight, **extra)
 
 
 def print_result(result: dict, paths: dict, as_json: bool) -> None:

@@ -95,15 +95,33 @@ class RankingData(torch.utils.data.Dataset):
     def collate(self, indices: list[int] | np.ndarray) -> RankingBatch:
         idx = np.asarray(indices, dtype=np.int64)
         r = self.req_index[idx]
-        return build_batch(self.seq_pins[r], self.seq_actions[r], self.seq_times[r], self.request_ms[r],
-                           self.cand[idx], self.pins.rows, self.pins.emb, self.seq_len,
-                           dense=self.dense[idx], labels=self.labels[idx], weights=self.weights[idx],
-                           seq_lengths=self.seq_lengths[r])
+        batch = build_batch(self.seq_pins[r], self.seq_actions[r], self.seq_times[r], self.request_ms[r],
+                            self.cand[idx], self.pins.rows, self.pins.emb, self.seq_len,
+                            dense=self.dense[idx], labels=self.labels[idx], weights=self.weights[idx],
+                            seq_lengths=self.seq_lengths[r])
+        users = self.user_ids
+        if users is not None:
+            batch.groups = torch.from_numpy(np.ascontiguousarray(users[idx], dtype=np.int64))
+        return batch
 
-    def loader(self, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(self, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=self.collate, num_workers=0)
+    def loader(self, batch_size: int, shuffle: bool, seed: int = 0, by_user: bool = False) -> DataLoader:
+        """Batches of `batch_size` rows. `by_user` (with `shuffle`): users in a seeded random order,
+        each user's rows together (shuffled among themselves), so a batch holds pairs of one user's
+        rows for the within-user ranking loss; a user with more rows than a batch spills over."""
+        if not (by_user and shuffle):
+            generator = torch.Generator().manual_seed(seed)
+            return DataLoader(self, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                              collate_fn=self.collate, num_workers=0)
+        users = self.user_ids
+        if users is None:
+            raise ValueError("grouping batches by user needs the impressions' user ids")
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(users))  # rows shuffled, then grouped by a random user rank
+        _, codes = np.unique(users, return_inverse=True)
+        rank = rng.permutation(codes.max() + 1)[codes[order]]
+        order = order[np.argsort(rank, kind="stable")]
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return DataLoader(self, batch_sampler=batches, collate_fn=self.collate, num_workers=0)
 
     # -- evaluation helpers -----------------------------------------------------------------------
     @property

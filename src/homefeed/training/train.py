@@ -3,7 +3,9 @@
     result = train(model_config, train_data, valid_data, TrainConfig(epochs=3))
     result.model, result.history, result.examples_per_s
 
-1. Each epoch shuffles the training rows (at most `max_steps_per_epoch` batches of them).
+1. Each epoch shuffles the training rows (at most `max_steps_per_epoch` batches of them). The loss
+   is the weighted multi-head BCE, plus `pair_weight` x the within-user pairwise ranking term
+   (homefeed.model.loss) when that is > 0; batches then hold each user's rows together.
 2. Validation runs at the end of each epoch, or every `eval_every` optimizer steps when set
    (so a recipe of short epochs still notices when validation stops improving).
 3. Early stopping (`patience` > 0): the score is the recipe's `early_stop` head and
@@ -50,6 +52,7 @@ from homefeed.model import (
     build_model,
     count_parameters,
     default_label_weight_matrix,
+    within_group_pairwise,
 )
 from homefeed.model.store import CONFIG_FILE, RUN_FILE, WEIGHTS_FILE  # noqa: F401  (the run's files)
 from homefeed.training.data import PinTable, RankingData, dense_feature_spec
@@ -71,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     neg_keep: float = 1.0  # share of no-action impressions kept in training (reweighted)
     hide_weight: float = 5.0  # label-weight matrix: a hide as a negative for repin/click
+    pair_weight: float = 0.0  # weight of the within-user pairwise ranking term; 0 = pointwise only
     patience: int = 0  # early stopping after this many validations without a new best; 0 = off
     early_stop: str = "repin"  # the head whose validation metric is monitored
     early_stop_metric: str = "hit3"  # hit3 | auc | gauc (see EARLY_STOP_METRICS)
@@ -84,8 +88,8 @@ class TrainConfig:
         if self.early_stop_metric not in EARLY_STOP_METRICS:
             raise UserError(f"early_stop_metric must be one of {', '.join(EARLY_STOP_METRICS)}, "
                             f"got {self.early_stop_metric!r}")
-        if self.patience < 0 or self.eval_every < 0:
-            raise UserError("patience and eval_every must be >= 0")
+        if self.patience < 0 or self.eval_every < 0 or self.pair_weight < 0:
+            raise UserError("patience, eval_every and pair_weight must be >= 0")
 
     @property
     def monitor(self) -> str:
@@ -198,7 +202,8 @@ def train(model_config: ModelConfig, train_data: RankingData, valid_data: Rankin
     global_step, stop = 0, False
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        loader = train_data.loader(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
+        loader = train_data.loader(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
+                                   by_user=cfg.pair_weight > 0)
         steps = min(len(loader), cfg.max_steps_per_epoch or len(loader))
         losses, seen, started, evals_before = [], 0, time.perf_counter(), len(result.evals)
         eval_seconds = 0.0
@@ -208,13 +213,17 @@ def train(model_config: ModelConfig, train_data: RankingData, valid_data: Rankin
             if step >= steps:
                 break
             batch = batch.to(device)
-            out = loss_fn(model(batch), batch.labels, batch.weights)
+            logits = model(batch)
+            out = loss_fn(logits, batch.labels, batch.weights)
+            loss = out.total
+            if cfg.pair_weight:
+                loss = loss + cfg.pair_weight * within_group_pairwise(logits, batch.labels, batch.groups).sum()
             optimizer.zero_grad(set_to_none=True)
-            out.total.backward()
+            loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            losses.append(float(out.total.detach()))
+            losses.append(float(loss.detach()))
             seen += batch.batch_size
             global_step += 1
             if step % 20 == 0:
