@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from homefeed import features as F
 
@@ -48,16 +49,19 @@ def dense_names(prefix: str) -> tuple[str, ...]:
 def stored_arrays(decayed: Any, as_of_ms: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     """[n, N_VALUES] float64 and [n] int64 from stored values (lists/arrays; None/NaN = no row:
     zeros)."""
-    out = np.zeros((n, N_VALUES), dtype=np.float64)
     values = list(decayed) if decayed is not None else [None] * n
     if len(values) != n:
         raise ValueError(f"expected {n} engagement rows, got {len(values)}")
-    for i, v in enumerate(values):
-        if isinstance(v, (list, tuple, np.ndarray)) and len(v) == N_VALUES:
-            out[i] = np.asarray(v, dtype=np.float64)
+    present = [isinstance(v, (list, tuple, np.ndarray)) and len(v) == N_VALUES for v in values]
+    if n and all(present):
+        out = np.asarray(np.stack(values), dtype=np.float64)
+    else:
+        out = np.zeros((n, N_VALUES), dtype=np.float64)
+        for i in np.flatnonzero(present):
+            out[i] = np.asarray(values[i], dtype=np.float64)
     as_of = np.zeros(n, dtype=np.int64)
     if as_of_ms is not None:
-        raw = np.asarray([np.nan if v is None else v for v in as_of_ms], dtype=np.float64)
+        raw = pd.to_numeric(pd.Series(list(as_of_ms), dtype=object), errors="coerce").to_numpy(np.float64)
         as_of = np.where(np.isnan(raw), 0, raw).astype(np.int64)
     return out, as_of
 
