@@ -7,7 +7,8 @@ time). Whoever reads them brings them to its own time t with the same rule:
 1. decay: value(t) = value(as_of) * 2^(-max(0, t - as_of) / half_life) (a reader never sees a
    count that went stale between events; a row stamped after t is not decayed upwards);
 2. counts: log1p of every decayed count (kinds x half-lives);
-3. rates: per half-life, each action kind over impressions, smoothed towards a prior,
+3. rates: at the 1 d half-life (the counts carry the other windows), each action kind over
+   impressions, smoothed towards a prior,
    (actions + PRIOR_STRENGTH * prior) / (impressions + PRIOR_STRENGTH); an entity never shown
    (or before impressions flow) gets the prior.
 
@@ -33,6 +34,7 @@ IMPRESSION = KINDS.index("impression")
 PRIOR_RATE = {"repin": 0.02, "click": 0.1, "hide": 0.01}
 PRIOR_STRENGTH = 20.0
 RATE_KINDS = tuple(k for k in KINDS if k != "impression")
+RATE_HALF_LIFE = 1  # rates at one half-life (1 d): the counts carry the other windows
 
 
 def _hl_name(ms: float) -> str:
@@ -43,7 +45,7 @@ def dense_names(prefix: str) -> tuple[str, ...]:
     """Names of `dense_block`'s columns, e.g. prefix 'pin' -> pin_log_click_1d, pin_click_rate_1d."""
     hls = [_hl_name(h) for h in HALF_LIVES_MS]
     return (tuple(f"{prefix}_log_{k}_{h}" for k in KINDS for h in hls)
-            + tuple(f"{prefix}_{k}_rate_{h}" for k in RATE_KINDS for h in hls))
+            + tuple(f"{prefix}_{k}_rate_{hls[RATE_HALF_LIFE]}" for k in RATE_KINDS))
 
 
 def stored_arrays(decayed: Any, as_of_ms: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +83,7 @@ def dense_block(decayed: Any, as_of_ms: Any, t_ms: Any) -> np.ndarray:
     t = np.asarray(t_ms, dtype=np.int64).reshape(-1)
     values, as_of = stored_arrays(decayed, as_of_ms, t.size)
     counts = decay_to(values, as_of, t)  # [n, K, H]
-    shown = counts[:, IMPRESSION, :]
-    rates = [(counts[:, KINDS.index(k), :] + PRIOR_STRENGTH * PRIOR_RATE[k]) / (shown + PRIOR_STRENGTH)
-             for k in RATE_KINDS]
-    return np.concatenate([np.log1p(counts.reshape(t.size, -1)), *rates], axis=1)
+    shown = counts[:, IMPRESSION, RATE_HALF_LIFE]
+    rates = [(counts[:, KINDS.index(k), RATE_HALF_LIFE] + PRIOR_STRENGTH * PRIOR_RATE[k])
+             / (shown + PRIOR_STRENGTH) for k in RATE_KINDS]
+    return np.concatenate([np.log1p(counts.reshape(t.size, -1)), np.stack(rates, axis=1)], axis=1)
