@@ -98,3 +98,30 @@ def test_read_time_rule_decays_and_smooths():
     assert block[1, col["pin_click_rate_1d"]] == pytest.approx(EN.PRIOR_RATE["click"])
     # a row stamped after the read time is not decayed upwards
     assert EN.dense_block([stored], [T0 + H], [T0])[0, col["pin_log_click_1h"]] == pytest.approx(np.log1p(1.0))
+
+
+def test_the_logged_counter_versions_pass_their_suite_and_a_bad_row_fails(redis_client, tmp_path):
+    from homefeed.settings import Settings
+    from homefeed.stream.engagement import engagement_table
+    from homefeed.validation import runner
+    from homefeed.validation import suites as S
+
+    c = counters(redis_client)
+    user = next(_ids)
+    rows = c.apply(events(user, [3, 4, 3], ["click", "repin", "hide"], [T0, T0 + H, T0 - H],
+                          [T0 + 1, T0 + H + 1, T0 + H + 2]))
+    S.init_context(tmp_path / "validation")
+    try:
+        for view, key in ((F.USER_ENGAGEMENT, F.USER_ID), (F.PIN_ENGAGEMENT, F.PIN_ID)):
+            frame = engagement_table(view, rows[view]).to_pandas()
+            report = runner.validate_dataframe(view, frame, project_dir=tmp_path / "validation",
+                                               settings=Settings())
+            assert report.success, report.to_text()
+            decayed = F.ENGAGEMENT_VIEWS[view][1][0]
+            bad = frame.copy()
+            bad.at[0, decayed] = [5.0] * EN.N_VALUES  # more than ever counted
+            report = runner.validate_dataframe(view, bad, project_dir=tmp_path / "validation",
+                                               settings=Settings())
+            assert not report.success and "bad_counters" in report.failed_checks
+    finally:
+        runner.clear_cache()
