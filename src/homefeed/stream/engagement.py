@@ -36,6 +36,12 @@ A fenced zombie (its partition moved) replays nothing: the new owner's marks are
 offsets; it only rewrites current rows, and Feast keeps the newest. Producer duplicates (one event
 at two offsets) are for the caller to drop before (the consumer drops actions its sequence state
 already holds).
+
+Known limits: a producer duplicate of an action older than the user's kept sequence is counted
+again (the state remembers only the kept actions' ids); a record isolated as poison after the
+script counted it (a batch that failed for a non-outage reason further down) stays counted; and
+when Redis loses its data the counters (and their marks) restart empty: the generation restore
+rebuilds sequences, not counters.
 """
 
 from __future__ import annotations
