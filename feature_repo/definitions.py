@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, KafkaSource, PushSource
 from feast.data_format import JsonFormat, ParquetFormat
-from feast.types import Array, Float32, Int32, Int64, String
+from feast.types import Array, Float32, Float64, Int32, Int64, String
 from feast.value_type import ValueType
 
 from homefeed import features as F
@@ -88,6 +88,40 @@ pin_features = FeatureView(
     tags={"embedding_dim": str(DIM)},
 )
 
+# -- realtime engagement counters (homefeed.stream.engagement) ----------------------------------
+# Decayed counts stored as of `*_as_of_ms`; readers decay them to their own time with
+# homefeed.engagement (training at each row's serve time, serving at the request time).
+_KINDS = ", ".join(F.ENGAGEMENT_KINDS)
+_HALF_LIVES = ", ".join(f"{h // 3_600_000} h" for h in F.ENGAGEMENT_HALF_LIVES_MS)
+
+
+def _engagement_view(name: str, entity: Entity, what: str) -> FeatureView:
+    decayed, totals, as_of = F.ENGAGEMENT_VIEWS[name][1]
+    push = PushSource(
+        name=f"{name}_push",
+        batch_source=_log_source(name),
+        description=f"{what} engagement counter versions, pushed by the stream consumer",
+    )
+    return FeatureView(
+        name=name,
+        entities=[entity],
+        ttl=timedelta(0),  # a counter row stays valid until replaced: readers decay it
+        schema=[
+            Field(name=decayed, dtype=Array(Float64),
+                  description=f"decayed counts as of {as_of}, kind-major: ({_KINDS}) x ({_HALF_LIVES})"),
+            Field(name=totals, dtype=Array(Int64), description=f"exact lifetime counts of ({_KINDS})"),
+            Field(name=as_of, dtype=Int64, description="newest counted event time, epoch ms"),
+        ],
+        source=push,
+        online=True,
+        description=f"{what} realtime engagement: half-life decayed counts of impressions and actions",
+        tags={"freshness": "realtime", "producer": "homefeed stream consume"},
+    )
+
+
+user_engagement = _engagement_view(F.USER_ENGAGEMENT, user, "Per-user")
+pin_engagement = _engagement_view(F.PIN_ENGAGEMENT, pin, "Per-pin")
+
 # -- long-term user profile (the article's PinnerSAGE role), computed in batch -----------------
 user_profile = FeatureView(
     name=F.USER_PROFILE,
@@ -124,6 +158,6 @@ user_actions_stream = KafkaSource(
 # -- what the ranker reads -------------------------------------------------------------------
 ranking = FeatureService(
     name=F.RANKING_SERVICE,
-    features=[user_action_sequence, user_profile, pin_features],
+    features=[user_action_sequence, user_profile, pin_features, user_engagement, pin_engagement],
     description="Everything the TransAct ranker reads for one (user, candidate) pair",
 )

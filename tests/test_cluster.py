@@ -97,5 +97,17 @@ def test_consumer_feast_and_serving_reader_on_a_cluster(cluster, tmp_path):
         assert user.seq_pin_ids.tolist() == expected[user.user_id][F.SEQ_PIN_IDS]
     reader.close()
 
+    # engagement counters on a cluster: one key per entity, the script pipelined per node
+    from collections import Counter
+
+    from homefeed.redis_client import pipeline_client
+    from homefeed.stream.engagement import EngagementCounters
+
+    counters = EngagementCounters(pipeline_client(settings), store.project, 1000)
+    pins = sorted({e.pin_id for e in evs})
+    assert {p: sum(c["totals"]) for p, c in counters.read(F.PIN_ENGAGEMENT, pins).items()} == \
+        dict(Counter(e.pin_id for e in evs))
+    assert all(sum(c["totals"]) == 15 for c in counters.read(F.USER_ENGAGEMENT, users).values())
+
     summary = backfill(settings, since="0", users=users[:10])
     assert summary["users"] == 10

@@ -10,7 +10,10 @@ the phases, and `dataset build` then gives each impression its own snapshot:
   action must be, and a later one must not be, in the history);
 * the 10:30 impression's sequence is exactly what the online reader returned at that moment
   (training/serving parity), and the leakage audit finds 0 leaked actions;
-* the four impressions stay one request (HIT@3's unit) with four snapshots.
+* the four impressions stay one request (HIT@3's unit) with four snapshots;
+* the engagement counters too: the 10:30 impression's user and pin counter rows are what the
+  online reader returned then, and the model's engagement features from the training set equal
+  those serving builds from the reader at that instant (the same decay, the same numbers).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def _rows():
     rows += [row(USER, 11, t, click=1), row(USER, 12, t + 10 * MIN),
              row(USER, 13, t + 20 * MIN, click=1, like=1), row(USER, 14, t + 30 * MIN)]
     rows += [row(1, 5, t, click=1), row(1, 6, t + 5 * MIN)]
+    rows += [row(2, 14, t + 5 * MIN, click=1)]  # the 10:30 candidate's pin has a click by then
     return rows, t
 
 
@@ -82,7 +86,9 @@ def test_each_impression_sees_the_history_serving_read_when_it_was_served(pipeli
     cut = int(served[14])
     replay(pipeline, _events(world, arrived_before=cut), world.pins, world.start_ms, batch_max_events=50)
     store = open_store(pipeline.feature_repo)
-    online = OnlineFeatureReader(store, pipeline, max_staleness_s=0).user_features(user)
+    reader = OnlineFeatureReader(store, pipeline, max_staleness_s=0)
+    online = reader.user_features(user)
+    online_pin = reader.pin_features(np.asarray([14 + 1]))  # the 10:30 candidate (homefeed id)
     replay(pipeline, _events(world, arrived_from=cut), batch_max_events=50)
     run_profile_job(pipeline)
 
@@ -109,3 +115,26 @@ def test_each_impression_sees_the_history_serving_read_when_it_was_served(pipeli
     assert list(today.loc[14, F.SEQ_PIN_IDS]) == online.seq_pin_ids.tolist()
     assert list(today.loc[14, F.SEQ_ACTION_TIMES]) == online.seq_action_times.tolist()
     assert meta["counts"]["test"]["snapshots"] > meta["counts"]["test"]["requests"]
+
+    # Engagement parity: the same stored rows, and the same dense features at the serve time.
+    from homefeed import engagement as EN
+    from homefeed.model.dense import dense_feature_names, dense_features
+    from homefeed.serving.ranking import candidate_feature_dict, user_feature_dict
+
+    at = int(served[14])
+    req = ds.requests[ds.requests[F.SNAPSHOT_ID] == today.loc[14, F.SNAPSHOT_ID]].reset_index(drop=True)
+    cand = ds.impressions[ds.impressions[F.SNAPSHOT_ID] == req.loc[0, F.SNAPSHOT_ID]].reset_index(drop=True)
+    assert list(req.loc[0, F.UE_DECAYED]) == online.engagement_decayed.tolist()
+    assert req.loc[0, F.UE_AS_OF_MS] == online.engagement_as_of_ms
+    assert list(cand.loc[0, F.PE_DECAYED]) == online_pin.engagement[0].tolist()
+    assert cand.loc[0, F.PE_AS_OF_MS] == online_pin.engagement_as_of_ms[0]
+    click = F.ENGAGEMENT_KINDS.index("click")
+    assert req.loc[0, F.UE_TOTALS][click] >= 2 and cand.loc[0, F.PE_TOTALS][click] == 1  # not trivial
+    trained = dense_features(req, cand, req["request_time_ms"].to_numpy(), np.zeros(1, np.int64))
+    serving = dense_features(user_feature_dict(online), candidate_feature_dict(online_pin), at,
+                             embedding_dim=pipeline.embedding_dim)
+    names = dense_feature_names(pipeline.embedding_dim)
+    cols = [names.index(n) for n in EN.dense_names("user") + EN.dense_names("pin")]
+    assert req.loc[0, "request_time_ms"] == at
+    np.testing.assert_array_equal(trained[:, cols], serving[:, cols])
+    assert np.abs(serving[:, cols]).sum() > 0

@@ -56,10 +56,12 @@ def user_block(n: int) -> list[int]:
 
 
 def make_events(users: list[int], per_user: int, start: int, prefix: str) -> list[E.ActionEvent]:
+    """Pins are in the users' id block too: each test's pin counters are its own."""
     out = []
     for u in users:
+        block = u // 1_000_000 * 1_000_000
         for i in range(per_user):
-            out.append(E.ActionEvent(f"{prefix}-{u}-{i}", u, 1 + (u * 7 + i) % 5000,
+            out.append(E.ActionEvent(f"{prefix}-{u}-{i}", u, block + 1 + (u * 7 + i) % 5000,
                                      E.ActionType(1 + i % 3), start + 1000 * i))
     return out
 
@@ -91,6 +93,35 @@ def expected_sequences(evs: list[E.ActionEvent], cap: int = 100) -> dict[int, di
     for e in evs:
         by_user.setdefault(e.user_id, []).append((e.event_id, e.pin_id, int(e.action_type), e.event_time))
     return {u: build(a, cap).feature_row() for u, a in by_user.items()}
+
+
+def assert_counters_match_the_event_log(settings, evs: list[E.ActionEvent]) -> None:
+    """Every user's and pin's engagement counters (in Redis and in Feast's online store) equal
+    the counts computed from the logged events, each event once: exactly once under at-least-once
+    delivery, whatever was replayed."""
+    from homefeed.redis_client import pipeline_client
+    from homefeed.stream.engagement import EngagementCounters, reference_counts
+
+    logged = offline_log.read(settings.offline_dir, "action_events").drop_duplicates([F.USER_ID, "event_id"])
+    logged = logged[logged["event_id"].isin({e.event_id for e in evs})]
+    assert len(logged) == len({(e.user_id, e.event_id) for e in evs})
+    client = pipeline_client(settings)
+    counters = EngagementCounters(client, open_store().project, 1000)
+    store = open_store()
+    for view, (key, names) in F.ENGAGEMENT_VIEWS.items():
+        groups = {int(k): g for k, g in logged.groupby(key)}
+        ids = sorted(groups)
+        stored = counters.read(view, ids)
+        online = store.get_online_features(features=F.feature_refs(view, names),
+                                           entity_rows=[{key: i} for i in ids]).to_dict()
+        for row, entity in enumerate(ids):
+            g = groups[entity]
+            decayed, totals, as_of = reference_counts(list(zip(g["action_type"], g["event_time"])))
+            got = stored[entity]
+            assert got["totals"] == totals and got["as_of"] == as_of, (view, entity)
+            assert got["decayed"] == pytest.approx(decayed, rel=1e-12), (view, entity)
+            assert [online[n][row] for n in names] == [got["decayed"], got["totals"], got["as_of"]]
+    client.close()
 
 
 def dead_letters(settings) -> list[tuple[bytes, dict[str, str]]]:
@@ -153,6 +184,7 @@ def test_duplicates_and_replays_change_nothing(pipeline):
     # Every record of the replay is a duplicate, none is applied twice, and they all add up.
     assert again.applied == 0 and again.duplicates == again.records == len(evs) + len(evs[::3])
     assert online_sequences(users) == before
+    assert_counters_match_the_event_log(pipeline, evs)  # the producer's duplicates count once
 
 
 def test_late_events_land_in_order_and_old_ones_stay_in_the_log(pipeline):
@@ -252,6 +284,7 @@ def test_consumer_killed_mid_batch_loses_nothing_and_duplicates_nothing(pipeline
     for u in users:
         assert online[u] == expected[u]  # no loss, no duplicate action in any sequence
     assert set(offline_log.read(settings.offline_dir, "action_events")["event_id"]) == {e.event_id for e in evs}
+    assert_counters_match_the_event_log(settings, evs)  # the killed batch counted once
 
 
 @pytest.mark.slow
@@ -315,6 +348,7 @@ def test_one_of_two_consumers_killed_mid_batch_the_other_takes_over_and_state_is
     states = build_consumer(settings, validate=False).builder.load_states(users)
     assert all(states[u].feature_row() == expected[u] for u in users)
     assert set(offline_log.read(settings.offline_dir, "action_events")["event_id"]) == {e.event_id for e in evs}
+    assert_counters_match_the_event_log(settings, evs)  # the victim's replayed batch counted once
 
 
 @pytest.mark.slow
@@ -535,6 +569,7 @@ def test_zombie_paused_past_its_poll_interval_loses_and_regresses_nothing(pipeli
     assert all(states[u].feature_row() == expected[u] for u in users)
     logged = set(offline_log.read(pipeline.offline_dir, "action_events")["event_id"])
     assert {e.event_id for e in first + newer} <= logged
+    assert_counters_match_the_event_log(pipeline, first + newer)  # the zombie's batch counted once
 
 
 # -- producers check every send ---------------------------------------------------------------

@@ -882,11 +882,11 @@ def gx_command(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def test_great_expectations_command_lists(project, capsys):
     code, out, _ = gx_command(["-c", str(project), "checkpoint", "list"], capsys)
-    assert code == 0 and out.startswith("Found 4 Checkpoints.")
+    assert code == 0 and out.startswith(f"Found {len(S.CHECKPOINT_NAMES)} Checkpoints.")
     assert [line.strip(" -") for line in out.splitlines()[1:]] == sorted(S.CHECKPOINT_NAMES)
     for config in (project / "gx", project / "gx" / "great_expectations.yml"):
         assert gx_command(["--config", str(config), "suite", "list"], capsys)[1].splitlines()[0] == \
-            "4 Expectation Suites found:"
+            f"{len(S.SUITE_NAMES)} Expectation Suites found:"
 
 
 def test_great_expectations_checkpoint_run_exit_codes(project, cli_env, capsys):

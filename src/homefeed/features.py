@@ -59,6 +59,26 @@ PROFILE_FEATURE_NAMES = (
 )
 
 
+# -- realtime engagement counters (homefeed.engagement; stream: homefeed.stream.engagement) --------
+# Per user and per pin, half-life decayed counts of each counted kind, kept by the stream
+# consumer and stored as (value at as_of) rows: a reader decays them to its own time, so a value
+# never goes stale between events. Kinds are the actions (ActionType wire names) and impressions.
+USER_ENGAGEMENT = "user_engagement"
+PIN_ENGAGEMENT = "pin_engagement"
+ENGAGEMENT_KINDS = ("impression", *(a.wire_name for a in ActionType))
+ENGAGEMENT_HALF_LIVES_MS = (3_600_000, 86_400_000, 7 * 86_400_000)  # 1 h, 1 d, 7 d
+# Columns (prefixed per view: a training row carries both). `*_decayed`: Array(Float64) of
+# len(KINDS) * len(HALF_LIVES), kind-major (kind k, half-life h at k * H + h), each value as of
+# `*_as_of_ms` (Int64, the newest counted event time); `*_totals`: Array(Int64), exact lifetime
+# counts per kind (what the exactly-once checks compare with the event log).
+UE_DECAYED, UE_TOTALS, UE_AS_OF_MS = "ue_decayed", "ue_totals", "ue_as_of_ms"
+PE_DECAYED, PE_TOTALS, PE_AS_OF_MS = "pe_decayed", "pe_totals", "pe_as_of_ms"
+USER_ENGAGEMENT_FEATURE_NAMES = (UE_DECAYED, UE_TOTALS, UE_AS_OF_MS)
+PIN_ENGAGEMENT_FEATURE_NAMES = (PE_DECAYED, PE_TOTALS, PE_AS_OF_MS)
+ENGAGEMENT_VIEWS = {USER_ENGAGEMENT: (USER_ID, USER_ENGAGEMENT_FEATURE_NAMES),
+                    PIN_ENGAGEMENT: (PIN_ID, PIN_ENGAGEMENT_FEATURE_NAMES)}
+
+
 def feature_refs(view: str, names: tuple[str, ...]) -> list[str]:
     return [f"{view}:{name}" for name in names]
 
@@ -70,6 +90,10 @@ def schema_description(embedding_dim: int, sequence_length: int) -> dict:
         PIN_FEATURES: list(PIN_FEATURE_NAMES),
         USER_ACTION_SEQUENCE: list(SEQUENCE_FEATURE_NAMES),
         USER_PROFILE: list(PROFILE_FEATURE_NAMES),
+        USER_ENGAGEMENT: list(USER_ENGAGEMENT_FEATURE_NAMES),
+        PIN_ENGAGEMENT: list(PIN_ENGAGEMENT_FEATURE_NAMES),
+        "engagement": {"kinds": list(ENGAGEMENT_KINDS),
+                       "half_lives_ms": list(ENGAGEMENT_HALF_LIVES_MS)},
         "embedding_dim": embedding_dim,
         "sequence_length": sequence_length,
         "actions": {a.wire_name: int(a) for a in ActionType},

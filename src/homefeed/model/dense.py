@@ -3,14 +3,19 @@
 `dense_features` takes raw feature values by their Feast names (the shape
 `get_online_features(...).to_dict()` returns) for U users and N candidates:
 
-    user = {"seq_action_times": [...U sequences], "profile_embedding": [...U], "profile_*": [...U]}
-    cand = {"embedding": [...N], "pin_created_ms": [...N]}
+    user = {"seq_action_times": [...U sequences], "profile_embedding": [...U], "profile_*": [...U],
+            "ue_decayed": [...U], "ue_as_of_ms": [...U]}           # engagement: optional
+    cand = {"embedding": [...N], "pin_created_ms": [...N], "pe_decayed": [...N], "pe_as_of_ms": [...N]}
     dense = dense_features(user, cand, request_time_ms, user_index)   # [N, F] float32
 
 Serving ranks one user's candidates: U = 1 and `user_index` defaults to all zeros. Training passes
 all requests at once (U = requests, `user_index` = each impression's request row).
 `dense_feature_spec` is what an exported model records, so serving can refuse a model whose
 dense input means something else.
+
+The engagement counters (user and candidate pin) are decayed to the request time and turned into
+log counts and smoothed rates by `homefeed.engagement.dense_block`, the rule the counters are
+defined by; an absent counter row (or column) is an entity with no engagement yet.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from homefeed import engagement as EN
 from homefeed import features as F
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
-DENSE_VERSION = 1
+DENSE_VERSION = 2  # 2: engagement counters
 # Recency when there is no visible action at all: 28 days (the profile window), in minutes.
 NO_ACTION_MINUTES = 28 * 24 * 60
 
@@ -46,7 +52,8 @@ _SCALAR_NAMES = (
 
 
 def dense_feature_names(embedding_dim: int) -> tuple[str, ...]:
-    return _SCALAR_NAMES + tuple(f"profile_emb_{i}" for i in range(embedding_dim))
+    return (_SCALAR_NAMES + EN.dense_names("user") + EN.dense_names("pin")
+            + tuple(f"profile_emb_{i}" for i in range(embedding_dim)))
 
 
 def dense_feature_spec(embedding_dim: int) -> dict:
@@ -125,10 +132,15 @@ def dense_features(user: Mapping[str, Any], cand: Mapping[str, Any], request_tim
     age_days = np.where(np.isnan(created), 0.0, (rt[idx] - np.nan_to_num(created)) / DAY_MS)
     norm = np.linalg.norm(profile_emb, axis=1)[idx] * np.linalg.norm(cand_emb, axis=1)
     match = np.einsum("nd,nd->n", profile_emb[idx], cand_emb) / np.maximum(norm, 1e-9)
+    # engagement: the user's counters at its request time, the candidate's at its row's
+    user_engagement = EN.dense_block(user.get(F.UE_DECAYED), user.get(F.UE_AS_OF_MS), rt)
+    pin_engagement = EN.dense_block(cand.get(F.PE_DECAYED), cand.get(F.PE_AS_OF_MS), rt[idx])
     out = np.concatenate([
         match[:, None],
         user_scalars[idx],
         np.log1p(np.clip(age_days, 0, None))[:, None],
+        user_engagement[idx],
+        pin_engagement,
         profile_emb[idx],
     ], axis=1)
     return out.astype(np.float32)

@@ -16,10 +16,14 @@ Read path
   numpy (checked against `_redis_key` at start-up), and embeddings are decoded from the packed
   `FloatList` bytes with one `np.frombuffer` (rows that do not match the expected layout fall back
   to `ValueProto.ParseFromString`).
-* **User read**: sequence and profile live in the same Redis hash (same entity key `user_id`),
-  so one HMGET returns both views. Not cached: the realtime sequence must be fresh.
-* **Pin cache**: an in-process table of embedding [capacity, D] + topic + created + known, one slot
-  per pin id, filled by batched reads. An entry is served for at most `max_staleness_s` after
+* **User read**: sequence, profile and engagement counters live in the same Redis hash (same
+  entity key `user_id`), so one HMGET returns all three views. Not cached: the realtime sequence
+  must be fresh.
+* **Pin cache**: an in-process table of embedding [capacity, D] + topic + created + known +
+  engagement counters (`pin_engagement` lives in the pin's hash: the same HMGET), one slot
+  per pin id, filled by batched reads. Counters are stored as of their newest event and decayed
+  to the request time by the caller (homefeed.engagement), so a cached entry is never stale in
+  value; it lacks at most `max_staleness_s` of newer events. An entry is served for at most `max_staleness_s` after
   it was read from Redis (each entry gets a random expiry in [0.75, 1] x max_staleness_s so a
   warmed cache does not expire in one burst); after that the next request re-reads it. Unknown
   pins are cached too (known=False, zeros), under the same bound. So a pin update written to
@@ -49,6 +53,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from homefeed import engagement as EN
 from homefeed import features as F
 from homefeed.settings import Settings
 
@@ -139,6 +144,8 @@ class UserFeatures:
     profile_days_active_28d: int | None = None
     sequence_event_time: datetime | None = None
     profile_event_time: datetime | None = None
+    engagement_decayed: np.ndarray | None = None  # float64 [kinds x half-lives] as of the next
+    engagement_as_of_ms: int | None = None  # None: no counters yet
 
     @property
     def has_sequence(self) -> bool:
@@ -170,6 +177,8 @@ class PinFeatures:
     topic: np.ndarray  # int64 [N]; -1 where missing
     created_ms: np.ndarray  # int64 [N]; 0 where missing
     known: np.ndarray  # bool [N]: the pin has an embedding in the online store
+    engagement: np.ndarray | None = None  # float64 [N, kinds x half-lives]; zeros: no counters
+    engagement_as_of_ms: np.ndarray | None = None  # int64 [N]
 
     def __len__(self) -> int:
         return int(self.pin_ids.size)
@@ -281,25 +290,28 @@ def _decode_ts(raw: bytes | None) -> datetime | None:
 
 
 class _FloatListDecoder:
-    """Decode many serialized `ValueProto(float_list_val=[D floats])` at once.
+    """Decode many serialized `ValueProto(float_list_val=[D floats])` at once (or, with
+    `double=True`, `double_list_val`: the engagement counters).
 
     Feast writes a packed FloatList, so every such value is ``header + D little-endian float32``
     with a fixed header (taken from protobuf's own serialization of a D-float list). Rows with
     that exact length and header are decoded with one frombuffer; anything else (missing, a
     different length, a non-packed encoding) goes through `ValueProto.ParseFromString`."""
 
-    def __init__(self, dim: int):
-        from feast.protos.feast.types.Value_pb2 import FloatList, Value
+    def __init__(self, dim: int, double: bool = False):
+        from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Value
 
         self.dim = dim
-        blob = Value(float_list_val=FloatList(val=[0.0] * dim)).SerializeToString()
-        self.header = np.frombuffer(blob[: len(blob) - 4 * dim], dtype=np.uint8)
+        self.dtype, width = (np.float64, 8) if double else (np.float32, 4)
+        blob = (Value(double_list_val=DoubleList(val=[0.0] * dim)) if double
+                else Value(float_list_val=FloatList(val=[0.0] * dim))).SerializeToString()
+        self.header = np.frombuffer(blob[: len(blob) - width * dim], dtype=np.uint8)
         self.row_len = len(blob)
 
     def decode(self, raws: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, int]:
         """-> (embeddings [n, D] float32 (zeros where not valid), valid [n] bool, bad count)."""
         n = len(raws)
-        out = np.zeros((n, self.dim), dtype=np.float32)
+        out = np.zeros((n, self.dim), dtype=self.dtype)
         valid = np.zeros(n, dtype=bool)
         fast = np.fromiter((r is not None and len(r) == self.row_len for r in raws), dtype=bool, count=n)
         idx = np.flatnonzero(fast)
@@ -309,7 +321,7 @@ class _FloatListDecoder:
             h = self.header.size
             ok = (buf[:, :h] == self.header).all(axis=1)
             good = idx[ok]
-            out[good] = buf[ok, h:].copy().view("<f4").reshape(-1, self.dim)
+            out[good] = buf[ok, h:].copy().view("<f8" if self.dtype == np.float64 else "<f4").reshape(-1, self.dim)
             valid[good] = True
             fast[idx[~ok]] = False
         bad = 0
@@ -320,7 +332,7 @@ class _FloatListDecoder:
             value = _decode_value(raw)
             if value is None:
                 continue
-            arr = np.asarray(value, dtype=np.float32).reshape(-1)
+            arr = np.asarray(value, dtype=self.dtype).reshape(-1)
             if arr.size != self.dim:
                 bad += 1
                 continue
@@ -387,12 +399,15 @@ class OnlineFeatureReader:
             name = compute_versioned_name(fv, versioning)
             return [_mmh3(f"{name}:{n}") for n in names] + [f"_ts:{name}"]
 
-        self._pin_fields = fields_of(F.PIN_FEATURES, F.PIN_FEATURE_NAMES)
+        self._pin_fields = (fields_of(F.PIN_FEATURES, F.PIN_FEATURE_NAMES)
+                            + fields_of(F.PIN_ENGAGEMENT, (F.PE_DECAYED, F.PE_AS_OF_MS)))
         self._user_fields = (fields_of(F.USER_ACTION_SEQUENCE, F.SEQUENCE_FEATURE_NAMES)
-                             + fields_of(F.USER_PROFILE, F.PROFILE_FEATURE_NAMES))
+                             + fields_of(F.USER_PROFILE, F.PROFILE_FEATURE_NAMES)
+                             + fields_of(F.USER_ENGAGEMENT, (F.UE_DECAYED, F.UE_AS_OF_MS)))
         self._pin_keys = _Int64KeyTemplate(self.project, F.PIN_ID, version)
         self._user_keys = _Int64KeyTemplate(self.project, F.USER_ID, version)
         self._emb = _FloatListDecoder(self.dim)
+        self._counts = _FloatListDecoder(EN.N_VALUES, double=True)
         self._client = client if client is not None else self._make_client(config.online_store)
         self.health = RedisHealth(self.ping, probe_interval_s, on_health_change)
         # cache: slot arrays + id -> slot
@@ -403,6 +418,8 @@ class OnlineFeatureReader:
         self._c_topic = np.full(cap, -1, dtype=np.int64)
         self._c_created = np.zeros(cap, dtype=np.int64)
         self._c_known = np.zeros(cap, dtype=bool)
+        self._c_eng = np.zeros((cap, EN.N_VALUES), dtype=np.float64)
+        self._c_eng_as_of = np.zeros(cap, dtype=np.int64)
         self._c_expires = np.full(cap, -np.inf)
         self._c_id = np.zeros(cap, dtype=np.int64)
         self._free: list[int] = list(range(cap - 1, -1, -1))
@@ -462,7 +479,8 @@ class OnlineFeatureReader:
         return [self._user_from_row(int(u), r) for u, r in zip(ids, rows)]
 
     def _user_from_row(self, user_id: int, row: list[bytes | None]) -> UserFeatures:
-        pins, acts, times, length, seq_ts, emb, actions, repin, hide, days, prof_ts = row
+        pins, acts, times, length, seq_ts, emb, actions, repin, hide, days, prof_ts = row[:11]
+        eng, eng_as_of = _decode_value(row[11]), _decode_value(row[12])
         seq_pins = _decode_value(pins)
         seq_acts = _decode_value(acts)
         seq_times = _decode_value(times)
@@ -482,6 +500,8 @@ class OnlineFeatureReader:
             profile_days_active_28d=_opt(_decode_value(days), int),
             sequence_event_time=_decode_ts(seq_ts) if length_v is not None or seq_pins is not None else None,
             profile_event_time=_decode_ts(prof_ts) if prof is not None else None,
+            engagement_decayed=None if eng is None else np.asarray(eng, dtype=np.float64),
+            engagement_as_of_ms=_opt(eng_as_of, int),
         )
 
     # -- pins -------------------------------------------------------------------------------------
@@ -505,6 +525,7 @@ class OnlineFeatureReader:
             topic = self._c_topic[s]
             created = self._c_created[s]
             known = self._c_known[s] & use
+            eng, eng_as_of = self._c_eng[s], self._c_eng_as_of[s]
             n_fresh = int(fresh.sum())
             st = self.stats
             st.requests += 1
@@ -516,17 +537,17 @@ class OnlineFeatureReader:
             emb[~use] = 0.0
             topic[~use] = -1
             created[~use] = 0
+            eng[~use] = 0.0
+            eng_as_of[~use] = 0
         if not cache_only and n_fresh < n:
             rows = np.flatnonzero(~fresh)
             need, inverse = np.unique(ids[rows], return_inverse=True)
-            f_emb, f_topic, f_created, f_known = self._fetch_pins(need)
-            emb[rows] = f_emb[inverse]
-            topic[rows] = f_topic[inverse]
-            created[rows] = f_created[inverse]
-            known[rows] = f_known[inverse]
+            fetched = self._fetch_pins(need)
+            for out, got in zip((emb, topic, created, known, eng, eng_as_of), fetched):
+                out[rows] = got[inverse]
             with self._lock:
-                self._store(need, f_emb, f_topic, f_created, f_known, now=self.clock())
-        return PinFeatures(ids, emb, topic, created, known)
+                self._store(need, *fetched, now=self.clock())
+        return PinFeatures(ids, emb, topic, created, known, eng, eng_as_of)
 
     def warm(self, pin_ids: Any, batch_size: int = 10_000) -> int:
         """Load `pin_ids` into the cache (in pipelines of `batch_size`); returns how many are known."""
@@ -578,18 +599,22 @@ class OnlineFeatureReader:
         return self.stats.as_dict()
 
     # -- internals --------------------------------------------------------------------------------
-    def _fetch_pins(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Read unique `ids` from Redis -> (emb [n, D], topic [n], created [n], known [n])."""
+    def _fetch_pins(self, ids: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Read unique `ids` from Redis -> (emb [n, D], topic [n], created [n], known [n],
+        engagement [n, kinds x half-lives], engagement as of [n])."""
         if not ids.size:
             return (np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                    np.zeros(0, bool))
+                    np.zeros(0, bool), np.zeros((0, EN.N_VALUES)), np.zeros(0, np.int64))
         rows = self._hmget_many(self._pin_keys.keys(ids), self._pin_fields)
         self.stats.redis_reads += int(ids.size)
         emb, known, bad = self._emb.decode([r[0] for r in rows])
         self.stats.bad_rows += bad
         topic = _decode_int64_many([r[1] for r in rows], -1)
         created = _decode_int64_many([r[2] for r in rows], 0)
-        return emb, topic, created, known
+        # r[3] is pin_features' timestamp field; then pin_engagement's counters and as-of
+        eng, _, _ = self._counts.decode([r[4] for r in rows])
+        eng_as_of = _decode_int64_many([r[5] for r in rows], 0)
+        return emb, topic, created, known, eng, eng_as_of
 
     def _lookup(self, ids: np.ndarray) -> np.ndarray:
         return np.fromiter(map(self._slot_of.get, ids.tolist(), itertools.repeat(-1)),
@@ -605,6 +630,8 @@ class OnlineFeatureReader:
         self._c_topic = np.concatenate([self._c_topic, np.full(extra, -1, np.int64)])
         self._c_created = np.concatenate([self._c_created, np.zeros(extra, np.int64)])
         self._c_known = np.concatenate([self._c_known, np.zeros(extra, bool)])
+        self._c_eng = np.concatenate([self._c_eng, np.zeros((extra, EN.N_VALUES))])
+        self._c_eng_as_of = np.concatenate([self._c_eng_as_of, np.zeros(extra, np.int64)])
         self._c_expires = np.concatenate([self._c_expires, np.full(extra, -np.inf)])
         self._c_id = np.concatenate([self._c_id, np.zeros(extra, np.int64)])
         self._free.extend(range(new_cap - 1, cap - 1, -1))
@@ -623,12 +650,13 @@ class OnlineFeatureReader:
         self.stats.evictions += int(drop.size)
 
     def _store(self, ids: np.ndarray, emb: np.ndarray, topic: np.ndarray, created: np.ndarray,
-               known: np.ndarray, now: float) -> None:
+               known: np.ndarray, eng: np.ndarray, eng_as_of: np.ndarray, now: float) -> None:
         """Insert or overwrite unique `ids` (lock held)."""
         if not ids.size or self.max_staleness_s <= 0:
             return
         if ids.size > self.max_entries:  # cannot all fit: cache the first max_entries
-            ids, emb, topic, created, known = (a[: self.max_entries] for a in (ids, emb, topic, created, known))
+            ids, emb, topic, created, known, eng, eng_as_of = (
+                a[: self.max_entries] for a in (ids, emb, topic, created, known, eng, eng_as_of))
         slots = self._lookup(ids)
         new = slots < 0
         n_new = int(new.sum())
@@ -645,6 +673,8 @@ class OnlineFeatureReader:
         self._c_topic[slots] = topic
         self._c_created[slots] = created
         self._c_known[slots] = known
+        self._c_eng[slots] = eng
+        self._c_eng_as_of[slots] = eng_as_of
         self._c_id[slots] = ids
         jitter = self._rng.uniform(0.75, 1.0, size=slots.size)
         self._c_expires[slots] = now + self.max_staleness_s * jitter

@@ -72,6 +72,19 @@ def user_feature_dict(user: UserFeatures) -> dict:
         F.PROFILE_REPIN_RATE_28D: [user.profile_repin_rate_28d],
         F.PROFILE_HIDE_RATE_28D: [user.profile_hide_rate_28d],
         F.PROFILE_DAYS_ACTIVE_28D: [user.profile_days_active_28d],
+        F.UE_DECAYED: [user.engagement_decayed],
+        F.UE_AS_OF_MS: [user.engagement_as_of_ms],
+    }
+
+
+def candidate_feature_dict(pins, start: int = 0) -> dict:
+    """Candidate rows `start:` of a PinFeatures in the shape `dense_features` takes."""
+    known = pins.known[start:]
+    return {
+        F.PIN_EMBEDDING: [e if ok else None for e, ok in zip(pins.embedding[start:], known)],
+        F.PIN_CREATED_MS: np.where(known, pins.created_ms[start:], np.nan),
+        F.PE_DECAYED: None if pins.engagement is None else pins.engagement[start:],
+        F.PE_AS_OF_MS: None if pins.engagement_as_of_ms is None else pins.engagement_as_of_ms[start:],
     }
 
 
@@ -128,11 +141,7 @@ class RankingEngine:
             self.config.seq_len, request_time_ms, emb_dim=self.config.emb_dim)
         cand_emb = pins.embedding[n_seq:]
         known = pins.known[n_seq:]
-        cand_features = {
-            F.PIN_EMBEDDING: [e if ok else None for e, ok in zip(cand_emb, known)],
-            F.PIN_CREATED_MS: np.where(known, pins.created_ms[n_seq:], np.nan),
-        }
-        dense = dense_features(user_feature_dict(user), cand_features, request_time_ms,
+        dense = dense_features(user_feature_dict(user), candidate_feature_dict(pins, n_seq), request_time_ms,
                                embedding_dim=self.config.emb_dim)
         timer.lap("tensors")
 

@@ -10,9 +10,13 @@ One micro-batch at a time, at least once:
    the topic); no record can raise out of this step;
 3. the `action_events` Great Expectations suite once per micro-batch (never per message): its
    value checks; the frame's columns, dtypes and non-nulls hold by construction (`events_frame`);
-4. merge each touched user's events into the sequence state kept in Redis (homefeed.sequence);
-5. make the batch durable: raw events and sequence snapshots to the offline log (fsync'd),
-   then one Feast push of every changed sequence, then the sequence states;
+4. merge each touched user's events into the sequence state kept in Redis (homefeed.sequence),
+   and count the new ones in the per-user and per-pin engagement counters (one Lua script per
+   entity, exactly once per record: homefeed.stream.engagement, whose docstring covers each
+   crash point);
+5. make the batch durable: raw events, sequence snapshots and counter versions to the offline
+   log (fsync'd), then one Feast push of every changed sequence and counter, then the sequence
+   states;
 6. only then commit the Kafka offsets.
 
 A crash anywhere before 6 replays the batch; every step is idempotent (dedup by (user, event_id),
@@ -48,6 +52,7 @@ from homefeed import offline_log
 from homefeed.sequence import Action, SequenceState, merge, next_snapshot_ms
 from homefeed.settings import Settings
 from homefeed.stream import metrics as M
+from homefeed.stream.engagement import EngagementCounters, EngagementEvent, engagement_table
 from homefeed.stream.generation import Generation, RestoreInProgress
 from homefeed.stream.online_writer import OnlineWriter
 
@@ -74,7 +79,7 @@ return 1
 """
 ACTION_EVENTS_TABLE = F.ACTION_EVENTS
 # Where a micro-batch's time goes, in order (BatchResult.stage_s, the stage histogram, the benchmark).
-STAGES = ("poll", "parse", "validate", "state_read", "log_write", "feast_write", "state_write",
+STAGES = ("poll", "parse", "validate", "state_read", "counters", "log_write", "feast_write", "state_write",
           "dead_letter", "commit")
 # Records whose broker timestamp is this close to the wall clock are "live": they feed the
 # freshness histogram. Replayed history (record timestamp = simulated arrival) does not.
@@ -214,6 +219,7 @@ class SequenceBuilder:
         self.project = store.project
         self.generation = Generation(settings, redis_client, self.project)  # Redis data loss
         self._cas: dict = {}  # the compare-and-set script, registered per Redis node
+        self.counters = EngagementCounters(redis_client, self.project, SNAPSHOT_GRANULARITY_MS)
 
     def warm_up(self) -> None:
         """Pay one-off costs (GX context, Feast registry) before the first real batch, so the
@@ -397,11 +403,13 @@ class SequenceBuilder:
         changed: dict[int, SequenceState] = {}
         rows, log_rows = [], []
         already = 0  # events this user's state already holds (a replay)
+        fresh: set[tuple[int, str]] = set()  # (user, event id) not in the state: to be counted
         for user in users:
             old = states[user]
             known = set(old.event_ids)
             new_ids = {a[0] for _, a in by_user[user]}  # unique per user (deduped in apply)
             already += len(new_ids & known)
+            fresh.update((user, event_id) for event_id in new_ids - known)
             state, versions = old, []
             for arrived, group in arrival_groups(by_user[user], SNAPSHOT_GRANULARITY_MS):
                 state, did_change = merge(state, group, self.settings.sequence_length)
@@ -415,6 +423,10 @@ class SequenceBuilder:
                 rows.append(versions[-1])  # online: the newest version only
                 log_rows.extend(versions)  # offline: every version, as it became servable
 
+        with result.timed("counters"):  # exactly once per record, before anything is written
+            counted = self.counters.apply([engagement_event(r, ev) for r, ev in actions
+                                           if (ev.user_id, ev.event_id) in fresh])
+
         # Durable first (the log is what backfill and training read), then online, then state.
         with result.timed("log_write"):
             if frame is None:
@@ -422,6 +434,12 @@ class SequenceBuilder:
             offline_log.append(self.settings.offline_dir, ACTION_EVENTS_TABLE, frame)
             if rows:
                 offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_table(log_rows))
+            for view, versions in counted.items():
+                if versions:
+                    offline_log.append(self.settings.offline_dir, view, engagement_table(view, versions))
+        with result.timed("feast_write"):
+            for view, versions in counted.items():
+                self.online.write_engagement(view, versions)  # the newest version per entity
         if rows:
             with result.timed("feast_write"):
                 self.online.write_sequences(rows)  # Feast keeps only strictly newer rows: a zombie's lose
@@ -508,6 +526,12 @@ def dead_letter_summary(item: DeadLetter) -> bytes:
         "timestamp": rec.timestamp, "length": len(value), "sha256": hashlib.sha256(value).hexdigest(),
         "head": value[:256].decode("utf-8", "replace"),
     }).encode()
+
+
+def engagement_event(record, ev: E.ActionEvent) -> EngagementEvent:
+    """An action record as an input of the engagement counters."""
+    return EngagementEvent(ev.user_id, ev.pin_id, ev.action_type.wire_name, ev.event_time,
+                           record.timestamp, record.topic, record.partition, record.offset)
 
 
 def arrival_groups(items: list[tuple[int, Action]], granularity_ms: int):

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from feast.infra.provider import get_provider
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import FloatList, Int32List, Int64List, Value
+from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Int32List, Int64List, Value
 
 from homefeed import features as F
 
@@ -62,3 +62,19 @@ class OnlineWriter:
             },
             _utc(r[F.EVENT_TIMESTAMP]), _utc(r[F.CREATED]),
         ) for r in rows])
+
+    def write_engagement(self, view: str, rows: list[dict]) -> None:
+        """Engagement counter versions of one view (homefeed.stream.engagement's rows): the
+        newest per entity (rows are oldest first per entity)."""
+        key = F.ENGAGEMENT_VIEWS[view][0]
+        decayed, totals, as_of = F.ENGAGEMENT_VIEWS[view][1]
+        newest = {r[key]: r for r in rows}
+        self._write(view, [(
+            EntityKey(join_keys=[key], entity_values=[Value(int64_val=r[key])]),
+            {
+                decayed: Value(double_list_val=DoubleList(val=r[decayed])),
+                totals: Value(int64_list_val=Int64List(val=r[totals])),
+                as_of: Value(int64_val=r[as_of]),
+            },
+            _utc(r[F.EVENT_TIMESTAMP]), _utc(r[F.CREATED]),
+        ) for r in newest.values()])

@@ -8,7 +8,11 @@ features are what serving would have read at the moment that impression was serv
   (``created``) are before the serve time, so an action that happened before it but reached us
   after it (a late event) is not in it, and one that arrived earlier the same day is;
 * the user's daily profile, the same way;
-* the candidate pin's features.
+* the candidate pin's features;
+* the user's and the candidate pin's engagement counters (`user_engagement`, `pin_engagement`),
+  the same way: the stored row (values as of its newest counted event) serving would have read;
+  the model's dense features decay it to the serve time with the rule serving applies at the
+  request time (homefeed.engagement).
 
 Entity rows are queried 1 microsecond before the serve time, so everything used is strictly
 earlier (an impression's own action happens after it is served, anyway).
@@ -20,7 +24,8 @@ Steps of `build_dataset`:
    (the synthetic world) has one; a logged feed that serves each impression at its own time
    (KuaiRand) has one per impression, so a request's candidates may carry different histories.
    Requests stay the unit of HIT@3; AUC and GAUC are per impression;
-3. point-in-time features from Feast: sequence and profile per snapshot, pin per impression;
+3. point-in-time features from Feast: sequence, profile and user engagement per snapshot, pin
+   and pin engagement per impression;
 4. assembly and the leakage audit (every sequence action arrived before its serve time);
 5. the `training_set` Great Expectations checkpoint on the flat frame;
 6. the directory, dataset.json last.
@@ -30,9 +35,9 @@ candidate, exactly the shape serving sees)::
 
     requests.parquet     snapshot_id, request_id, user_id, event_timestamp (serve time),
                          request_time_ms (serve time, epoch ms), day, split, segment, is_core,
-                         seq_* and profile_* features: one row per (request, serve time)
+                         seq_*, profile_* and ue_* features: one row per (request, serve time)
     impressions.parquet  snapshot_id, request_id, user_id, pin_id, event_timestamp (serve time),
-                         label_*, pin features
+                         label_*, pin features, pe_* features
     pins.parquet         newest logged features of every pin (engaged-pin embeddings)
     dataset.json         splits, counts, schema fingerprint, leakage audit, validation result
 
@@ -74,6 +79,8 @@ META_FILE = "dataset.json"
 SEQUENCE_FEATURES = F.feature_refs(F.USER_ACTION_SEQUENCE, F.SEQUENCE_FEATURE_NAMES)
 PROFILE_FEATURES = F.feature_refs(F.USER_PROFILE, F.PROFILE_FEATURE_NAMES)
 PIN_FEATURES = F.feature_refs(F.PIN_FEATURES, F.PIN_FEATURE_NAMES)
+USER_ENGAGEMENT_FEATURES = F.feature_refs(F.USER_ENGAGEMENT, F.USER_ENGAGEMENT_FEATURE_NAMES)
+PIN_ENGAGEMENT_FEATURES = F.feature_refs(F.PIN_ENGAGEMENT, F.PIN_ENGAGEMENT_FEATURE_NAMES)
 ONE_US = pd.Timedelta(microseconds=1)
 
 
@@ -118,7 +125,8 @@ def training_frame(ds: Dataset, splits: tuple[str, ...] = SPLITS) -> pd.DataFram
     """The flat frame: one row per impression with its snapshot's user-side features repeated."""
     req, imp = ds.split(*splits)
     # the split lets the training_set checkpoint bound later label rates by the training period's
-    user_cols = [F.SNAPSHOT_ID, "split", *F.SEQUENCE_FEATURE_NAMES, *F.PROFILE_FEATURE_NAMES]
+    user_cols = [F.SNAPSHOT_ID, "split", *F.SEQUENCE_FEATURE_NAMES, *F.PROFILE_FEATURE_NAMES,
+                 *(c for c in F.USER_ENGAGEMENT_FEATURE_NAMES if c in req)]
     return imp.merge(req[user_cols], on=F.SNAPSHOT_ID, how="left", validate="many_to_one")
 
 
@@ -246,7 +254,7 @@ def _require_logged(settings: Settings) -> None:
 def check_sources(store, settings: Settings) -> None:
     """The registry's batch sources must read the offline log these settings write, else the
     dataset would silently come from another run's log (a repo applied with another home)."""
-    for view in (F.USER_ACTION_SEQUENCE, F.PIN_FEATURES, F.USER_PROFILE):
+    for view in (F.USER_ACTION_SEQUENCE, F.PIN_FEATURES, F.USER_PROFILE, *F.ENGAGEMENT_VIEWS):
         path = Path(store.get_feature_view(view).batch_source.path)
         if path != offline_log.table_dir(settings.offline_dir, view):
             raise UserError(f"feature view {view} reads {path}, but the offline log is under "
@@ -318,6 +326,24 @@ def share_equal_arrays(values: pd.Series) -> pd.Series:
     return pd.Series(out, index=values.index, dtype=object)
 
 
+def _pair_chunks(settings: Settings, table: str, rows: pd.DataFrame, key: str) -> list[np.ndarray]:
+    """`pair_chunks` of `rows` (key column + request_time_ms) against one log table's versions."""
+    versions = offline_log.read(settings.offline_dir, table, columns=[key, F.EVENT_TIMESTAMP])
+    times = (offline_log.to_utc_us(versions[F.EVENT_TIMESTAMP]).astype("int64").to_numpy() // 1000
+             if len(versions) else np.zeros(0, dtype=np.int64))
+    return pair_chunks(rows["request_time_ms"].to_numpy(), rows[key].to_numpy(),
+                       versions[key].to_numpy() if len(versions) else np.zeros(0, dtype=np.int64),
+                       times, MAX_CALL_PAIRS, MAX_CALL_ROWS)
+
+
+def _concat_parts(parts: list[pd.DataFrame], key: list[str], names: tuple[str, ...]) -> pd.DataFrame:
+    """The point-in-time answers of one view, or the bare key columns' frame when it had no calls."""
+    if parts:
+        return pd.concat(parts, ignore_index=True)
+    return pd.DataFrame({**{k: pd.Series(dtype=np.int64) for k in key},
+                         **{n: pd.Series(dtype=object) for n in names}})
+
+
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, compression="zstd")
@@ -363,17 +389,14 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
     # 3. Calls in time order, sized by join pairs (user side) and rows, one feature view per call
     # (each view's join reads its own log table; a multi-view call would only carry one view's
     # columns through the next).
-    user_parts, pin_parts = [], []
+    user_parts, pin_parts, user_eng_parts, pin_eng_parts = [], [], [], []
     user_key, pin_key = [F.SNAPSHOT_ID, F.USER_ID], [F.SNAPSHOT_ID, F.PIN_ID]
-    versions = offline_log.read(settings.offline_dir, F.USER_ACTION_SEQUENCE,
-                                columns=[F.USER_ID, F.EVENT_TIMESTAMP])
-    user_chunks = pair_chunks(requests["request_time_ms"].to_numpy(), requests[F.USER_ID].to_numpy(),
-                              versions[F.USER_ID].to_numpy(),
-                              offline_log.to_utc_us(versions[F.EVENT_TIMESTAMP]).astype("int64").to_numpy()
-                              // 1000, MAX_CALL_PAIRS, MAX_CALL_ROWS)
+    user_chunks = _pair_chunks(settings, F.USER_ACTION_SEQUENCE, requests, F.USER_ID)
+    user_eng_chunks = _pair_chunks(settings, F.USER_ENGAGEMENT, requests, F.USER_ID)
+    pin_eng_chunks = _pair_chunks(settings, F.PIN_ENGAGEMENT, impressions, F.PIN_ID)
     pin_chunks = row_chunks(impressions["request_time_ms"].to_numpy(), MAX_CALL_ROWS)
-    with tqdm(total=2 * len(user_chunks) + len(pin_chunks), desc="point-in-time features",
-              unit="call", disable=not progress) as bar:
+    calls = 2 * len(user_chunks) + len(pin_chunks) + len(user_eng_chunks) + len(pin_eng_chunks)
+    with tqdm(total=calls, desc="point-in-time features", unit="call", disable=not progress) as bar:
         for rows in user_chunks:
             part = requests.iloc[rows]
             seq = historical(store, part, SEQUENCE_FEATURES, user_key)
@@ -384,11 +407,19 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
         for rows in pin_chunks:
             pin_parts.append(historical(store, impressions.iloc[rows], PIN_FEATURES, pin_key))
             bar.update()
+        for parts, chunks, frame, refs, key in (
+                (user_eng_parts, user_eng_chunks, requests, USER_ENGAGEMENT_FEATURES, user_key),
+                (pin_eng_parts, pin_eng_chunks, impressions, PIN_ENGAGEMENT_FEATURES, pin_key)):
+            for rows in chunks:
+                parts.append(historical(store, frame.iloc[rows], refs, key))
+                bar.update()
 
     timings["point_in_time"] = round(time.perf_counter() - mark, 2)
     mark = time.perf_counter()
     # 4. assembly and audit
-    user_feats = _fill_empty_sequences(pd.concat(user_parts, ignore_index=True))
+    user_feats = _fill_empty_sequences(pd.concat(user_parts, ignore_index=True)).merge(
+        _concat_parts(user_eng_parts, user_key, F.USER_ENGAGEMENT_FEATURE_NAMES), on=user_key,
+        how="left", validate="one_to_one")
     requests = requests.merge(user_feats.drop(columns=[F.USER_ID]), on=F.SNAPSHOT_ID, validate="one_to_one")
     requests.insert(3, F.EVENT_TIMESTAMP, pd.to_datetime(requests["request_time_ms"], unit="ms", utc=True)
                     .astype("datetime64[us, UTC]"))
@@ -399,6 +430,8 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
                                "position", *labels]]
     impressions = impressions.merge(pd.concat(pin_parts, ignore_index=True), on=[F.SNAPSHOT_ID, F.PIN_ID],
                                     validate="one_to_one")
+    impressions = impressions.merge(_concat_parts(pin_eng_parts, pin_key, F.PIN_ENGAGEMENT_FEATURE_NAMES),
+                                    on=pin_key, how="left", validate="one_to_one")
     impressions[F.PIN_EMBEDDING] = share_equal_arrays(impressions[F.PIN_EMBEDDING])
     impressions.insert(4, F.EVENT_TIMESTAMP, pd.to_datetime(impressions["request_time_ms"], unit="ms",
                                                             utc=True).astype("datetime64[us, UTC]"))
@@ -426,7 +459,8 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
         "embedding_dim": settings.embedding_dim,
         "sequence_length": settings.sequence_length,
         "schema_fingerprint": F.schema_fingerprint(settings.embedding_dim, settings.sequence_length),
-        "feature_refs": SEQUENCE_FEATURES + PROFILE_FEATURES + PIN_FEATURES,
+        "feature_refs": (SEQUENCE_FEATURES + PROFILE_FEATURES + PIN_FEATURES + USER_ENGAGEMENT_FEATURES
+                         + PIN_ENGAGEMENT_FEATURES),
         "feature_repo": str(settings.feature_repo),
         "offline_dir": str(settings.offline_dir),
         "snapshots": ("one user-side row per (request, serve time): "

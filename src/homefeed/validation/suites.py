@@ -403,8 +403,74 @@ def _training_set() -> SuiteSpec:
                      "label per action head, features as of the request time.", tuple(checks))
 
 
+# -- engagement counters: rows of the user_engagement and pin_engagement log tables -----------
+# (homefeed.stream.engagement writes them; one suite per table, named as the view.)
+USER_ENGAGEMENT = F.USER_ENGAGEMENT
+PIN_ENGAGEMENT = F.PIN_ENGAGEMENT
+ENGAGEMENT_SUITES = (USER_ENGAGEMENT, PIN_ENGAGEMENT)
+D_COUNTERS_VALID = "_counters_valid"
+DERIVED_COLUMNS[D_COUNTERS_VALID] = (
+    "the decayed counts are kinds x half-lives finite values in [0, the kind's total], the totals "
+    "one count >= 0 per kind, and as_of <= event_timestamp <= created (a version is never stamped "
+    "before an event it counts)")
+for _suite in ENGAGEMENT_SUITES:
+    SUITE_DERIVED[_suite] = (D_COUNTERS_VALID,)
+    SUITE_KEY_COLUMNS[_suite] = (F.ENGAGEMENT_VIEWS[_suite][0], F.EVENT_TIMESTAMP)
+    SUITE_PARAMETERS[_suite] = ()
+SUITE_NAMES = (*SUITE_NAMES, *ENGAGEMENT_SUITES)
+CHECKPOINT_NAMES = SUITE_NAMES
+
+
+def _engagement_suite(view: str) -> SuiteSpec:
+    key, (decayed, totals, as_of) = F.ENGAGEMENT_VIEWS[view]
+    cols = (key, F.EVENT_TIMESTAMP, F.CREATED, decayed, totals, as_of)
+    checks = [_exists(c) for c in cols]
+    checks += [_not_null(c) for c in cols]
+    checks += [
+        _types(key, INT_TYPES),
+        _types(as_of, INT_TYPES),
+        _utc_datetime(F.EVENT_TIMESTAMP),
+        _utc_datetime(F.CREATED),
+        _id_range(key),
+        Check("expect_column_values_to_be_between", {"column": as_of, "min_value": E.MIN_EVENT_TIME_MS},
+              E.REASON_ANCIENT_TIME, f"{as_of} >= MIN_EVENT_TIME_MS: epoch ms, not seconds"),
+        _true(D_COUNTERS_VALID, "bad_counters"),
+    ]
+    return SuiteSpec(view, f"Versions of the {view} feature view's engagement counters (decayed "
+                     "counts as of their newest event, exact totals), as logged.", tuple(checks))
+
+
+def engagement_counters_valid(df: pd.DataFrame, suite_name: str) -> pd.Series:
+    """The D_COUNTERS_VALID column of an engagement table (None where a source is null)."""
+    _, (decayed, totals, as_of) = F.ENGAGEMENT_VIEWS[suite_name]
+    n_kinds, n_hl = len(F.ENGAGEMENT_KINDS), len(F.ENGAGEMENT_HALF_LIVES_MS)
+    if not {decayed, totals, as_of, F.EVENT_TIMESTAMP, F.CREATED} <= set(df.columns):
+        return pd.Series([None] * len(df), dtype=object)
+    dec, tot = df[decayed].tolist(), df[totals].tolist()
+    known = np.array([d is not None and t is not None and not (isinstance(d, float) or isinstance(t, float))
+                      for d, t in zip(dec, tot)], dtype=bool)
+    shape = np.array([_is_listlike(d) and _is_listlike(t) and len(d) == n_kinds * n_hl
+                      and len(t) == n_kinds for d, t in zip(dec, tot)], dtype=bool)
+    ok = shape.copy()
+    rows = np.flatnonzero(shape)
+    if rows.size:
+        counts = np.stack([np.asarray(dec[i], dtype=np.float64) for i in rows]).reshape(-1, n_kinds, n_hl)
+        total = np.stack([np.asarray(tot[i], dtype=np.float64) for i in rows])
+        ok[rows] = (np.isfinite(counts).all(axis=(1, 2)) & (counts >= 0).all(axis=(1, 2))
+                    & (total >= 0).all(axis=1)
+                    & (counts <= total[:, :, None] * (1 + 1e-9) + 1e-9).all(axis=(1, 2)))
+    stamps = [_time_ns(df[c].reset_index(drop=True)) for c in (F.EVENT_TIMESTAMP, F.CREATED)]
+    if stamps[0] is None or stamps[1] is None:
+        return pd.Series([None] * len(df), dtype=object)
+    (ts_ns, ts_known), (created_ns, created_known) = stamps
+    as_of_ms = pd.to_numeric(df[as_of], errors="coerce").to_numpy(np.float64)
+    ok &= (as_of_ms * 1_000_000 <= ts_ns) & (ts_ns <= created_ns)
+    return _tri(ok, known & ts_known & created_known & ~np.isnan(as_of_ms))
+
+
 def suite_specs() -> dict[str, SuiteSpec]:
-    specs = [_action_events(), _sequence_features(), _pin_features(), _training_set()]
+    specs = [_action_events(), _sequence_features(), _pin_features(), _training_set(),
+             *(_engagement_suite(v) for v in ENGAGEMENT_SUITES)]
     return {s.name: s for s in specs}
 
 
@@ -641,6 +707,9 @@ def derive_columns(suite_name: str, df: pd.DataFrame, periods: Any = None) -> pd
             if later is not None:
                 values[~later] = np.nan
             out[checked_label_column(label)] = pd.Series(values)
+
+    if D_COUNTERS_VALID in wanted:
+        out[D_COUNTERS_VALID] = engagement_counters_valid(df, suite_name)
 
     derived = df.copy(deep=False)
     for name in wanted:
