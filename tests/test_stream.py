@@ -404,7 +404,8 @@ def _committed(settings) -> int:
 
 @pytest.mark.slow
 def test_status_and_backfill_recover_online_sequences_from_the_log(pipeline, tmp_path):
-    """Event recovery: Redis loses everything; `stream backfill` rebuilds from the offline log."""
+    """Event recovery: Redis loses everything; `stream backfill` rebuilds sequences and engagement
+    counters from the offline log."""
     private = pipeline.replace(redis_port=free_port())
     redis_stack = LocalStack(private)
     redis_stack._up_redis()
@@ -434,6 +435,7 @@ def test_status_and_backfill_recover_online_sequences_from_the_log(pipeline, tmp
         os.environ["HOMEFEED_REDIS_PORT"], saved = str(private.redis_port), os.environ["HOMEFEED_REDIS_PORT"]
         try:
             assert online_sequences(users) == expected_sequences(evs)
+            assert_counters_match_the_event_log(private, evs)  # the counters came back too
         finally:
             os.environ["HOMEFEED_REDIS_PORT"] = saved
     finally:

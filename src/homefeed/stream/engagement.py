@@ -37,11 +37,12 @@ offsets; it only rewrites current rows, and Feast keeps the newest. Producer dup
 at two offsets) are for the caller to drop before (the consumer drops actions its sequence state
 already holds).
 
+When Redis loses its data, the generation restore (homefeed.stream.generation) puts every
+entity's newest logged version back (`put`, from `homefeed stream backfill`'s code).
+
 Known limits: a producer duplicate of an action older than the user's kept sequence is counted
 again (the state remembers only the kept actions' ids); a record isolated as poison after the
-script counted it (a batch that failed for a non-outage reason further down) stays counted; and
-when Redis loses its data the counters (and their marks) restart empty: the generation restore
-rebuilds sequences, not counters.
+script counted it (a batch that failed for a non-outage reason further down) stays counted.
 """
 
 from __future__ import annotations
@@ -191,6 +192,21 @@ class EngagementCounters:
                     decayed: [float(x) for x in _text(d).split(",")],
                     totals: [int(x) for x in _text(n).split(",")], as_of: int(_text(a))})
         return out
+
+    def put(self, view: str, rows: list[dict]) -> None:
+        """Store version rows (one per entity, `apply`'s shape) as the entities' counters: the
+        restore after Redis lost its data (homefeed.stream.ops.restore_counters). Offset marks
+        stay unset: the consumers read on from their committed offsets, past every record whose
+        counts the logged rows hold (records counted and logged but not yet committed when the
+        data went are counted again: the same window as a crash before the commit, once)."""
+        decayed, totals, as_of = COLUMNS[view]
+        pipe = self.redis.pipeline(transaction=False)
+        for r in rows:
+            pipe.hset(self.key(view, r[VIEW_KEY[view]]), mapping={
+                "d": ",".join(repr(float(x)) for x in r[decayed]),
+                "n": ",".join(str(int(x)) for x in r[totals]), "a": int(r[as_of]),
+                "v": int(r[F.EVENT_TIMESTAMP]), "r": int(r[F.CREATED])})
+        pipe.execute()
 
     def read(self, view: str, entities: list[int]) -> dict[int, dict]:
         """Current stored counters of some entities (absent ones left out): for checks and tools."""

@@ -8,7 +8,7 @@ writing new events onto empty states: users with 80 actions online would have 5.
 2. every micro-batch checks it first (one GET). Missing while the offline log holds events
    means the data is gone (missing with an empty log is a first start: the marker is set);
 3. one consumer wins `SET NX` of a short-lived "restoring" token, rebuilds every user's sequence
-   and state and every pin's features from the log (`homefeed stream backfill`'s code), logs it,
+   and state, every pin's features and every engagement counter from the log (`homefeed stream backfill`'s code), logs it,
    counts it (`homefeed_stream_redis_restores_total`, alert `HomefeedRedisDataLost`) and sets a
    new generation; the others retry their batch until it is done (`RestoreInProgress` is an
    outage to them). A restorer that dies mid-way leaves the token to expire, and another takes
@@ -64,7 +64,7 @@ class Generation:
         if not self.redis.set(self.key, token, nx=True, px=RESTORE_LEASE_MS):
             raise RestoreInProgress(f"another consumer is restoring Redis from the offline log ({self.key})")
         log.error("Redis lost its data (the generation marker %s is gone while the offline log "
-                  "holds events): restoring every sequence, state and pin from the log; the "
+                  "holds events): restoring every sequence, state, pin and engagement counter from the log; the "
                   "consumer counters restart from zero", self.key)
         M.REDIS_RESTORES.inc()
         started = time.perf_counter()

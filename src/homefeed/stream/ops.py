@@ -143,9 +143,10 @@ def backfill(settings: Settings, since: str, users: list[int] | None = None, sto
     client = redis_client or pipeline_client(settings)
     builder = SequenceBuilder(settings, store, client)
     pins = restore_pins(settings, builder) if users is None else 0
+    counters = restore_counters(settings, builder) if users is None else 0
     events = offline_log.read(settings.offline_dir, "action_events")
     if events.empty:
-        return {"users": 0, "events": 0, "pins": pins}
+        return {"users": 0, "events": 0, "pins": pins, "counters": counters}
     events = events.drop_duplicates([F.USER_ID, "event_id"])  # event ids are unique per user
     arrived = events["arrival_time"] >= since_ms
     targets = set(events.loc[arrived, F.USER_ID].astype(int)) if users is None else set(users)
@@ -167,8 +168,43 @@ def backfill(settings: Settings, since: str, users: list[int] | None = None, sto
         offline_log.append(settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_table(rows))
         builder.online.write_sequences(rows)
         builder.save_states(new_states)
-    log.info("backfilled %d users from %d logged events, %d pins", len(rows), len(events), pins)
-    return {"users": len(rows), "events": int(len(events)), "since_ms": since_ms, "pins": pins}
+    log.info("backfilled %d users from %d logged events, %d pins, %d engagement counters",
+             len(rows), len(events), pins, counters)
+    return {"users": len(rows), "events": int(len(events)), "since_ms": since_ms, "pins": pins,
+            "counters": counters}
+
+
+def _latest(logged: pd.DataFrame, key: str) -> tuple[pd.DataFrame, dict]:
+    """Each key's newest logged row, and its event/created timestamps as epoch ms."""
+    latest = (logged.sort_values([key, F.EVENT_TIMESTAMP, F.CREATED], kind="stable")
+              .drop_duplicates(key, keep="last"))
+    ms = {col: latest[col].astype("datetime64[us, UTC]").astype("int64") // 1000
+          for col in (F.EVENT_TIMESTAMP, F.CREATED)}
+    return latest, ms
+
+
+def restore_counters(settings: Settings, builder) -> int:
+    """Put each user's and pin's newest logged engagement counters back into their Redis hash
+    and the online store (homefeed.stream.engagement.EngagementCounters.put). Safe at any
+    time only after a data loss: it would roll live counters back to their last logged version."""
+    from homefeed.stream.engagement import COLUMNS, VIEW_KEY
+
+    restored = 0
+    for view, key in VIEW_KEY.items():
+        logged = offline_log.read(settings.offline_dir, view)
+        if logged.empty:
+            continue
+        latest, ms = _latest(logged, key)
+        decayed, totals, as_of = COLUMNS[view]
+        rows = [{key: int(k), F.EVENT_TIMESTAMP: int(ts), F.CREATED: int(cr), decayed: list(d),
+                 totals: list(n), as_of: int(a)}
+                for k, ts, cr, d, n, a in zip(latest[key], ms[F.EVENT_TIMESTAMP], ms[F.CREATED],
+                                              latest[decayed], latest[totals], latest[as_of])]
+        for start in range(0, len(rows), 5000):
+            builder.counters.put(view, rows[start: start + 5000])
+            builder.online.write_engagement(view, rows[start: start + 5000])
+        restored += len(rows)
+    return restored
 
 
 def restore_pins(settings: Settings, builder) -> int:
@@ -177,10 +213,7 @@ def restore_pins(settings: Settings, builder) -> int:
     logged = offline_log.read(settings.offline_dir, F.PIN_FEATURES)
     if logged.empty:
         return 0
-    latest = (logged.sort_values([F.PIN_ID, F.EVENT_TIMESTAMP, F.CREATED], kind="stable")
-              .drop_duplicates(F.PIN_ID, keep="last"))
-    ms = {col: latest[col].astype("datetime64[us, UTC]").astype("int64") // 1000
-          for col in (F.EVENT_TIMESTAMP, F.CREATED)}
+    latest, ms = _latest(logged, F.PIN_ID)
     rows = [{F.PIN_ID: int(pid), F.PIN_EMBEDDING: [float(v) for v in emb], F.PIN_TOPIC: int(topic),
              F.PIN_CREATED_MS: int(created), F.EVENT_TIMESTAMP: int(ts), F.CREATED: int(cr)}
             for pid, emb, topic, created, ts, cr in zip(
