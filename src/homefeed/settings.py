@@ -89,6 +89,9 @@ class Settings:
     dead_letter_topic: str = "user-actions-dlq"
     topic_partitions: int = 4
     consumer_group: str = "homefeed-sequence-builder"
+    # Impressions (a pin shown to a user: homefeed.events.ImpressionEvent), keyed by user id like
+    # actions; the consumer group above reads them too and logs them to `impression_events`.
+    impressions_topic: str = "impressions"
     # Feature sizes.
     embedding_dim: int = 32
     sequence_length: int = 100
