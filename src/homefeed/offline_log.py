@@ -38,7 +38,7 @@ TIMESTAMP_COLUMNS = (F.EVENT_TIMESTAMP, F.CREATED)
 PARTITION_PREFIX = "month="
 LEGACY_PARTITION_PREFIX = "date="  # daily partitions of earlier versions, still read
 SCHEMA_FILE = "schema.parquet"
-TABLES = (F.USER_ACTION_SEQUENCE, F.PIN_FEATURES, F.USER_PROFILE, "action_events")
+TABLES = (F.USER_ACTION_SEQUENCE, F.PIN_FEATURES, F.USER_PROFILE, "action_events", F.IMPRESSION_EVENTS)
 
 
 def table_dir(offline_dir: Path, table: str) -> Path:
