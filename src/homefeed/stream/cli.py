@@ -19,26 +19,37 @@ def cmd_produce(args) -> int:
         ProduceFailed,
         Producer,
         event_records,
-        load_world_tables,
+        impression_records,
         pin_records,
     )
+    from homefeed.world import load_world
 
     settings = load_settings()
     if not (Path(args.world) / "events.parquet").is_file():
         raise UserError(f"{args.world} is not a world directory (no events.parquet); "
                         "create one with `homefeed world generate`")
-    events, pins, start_ms = load_world_tables(args.world)
+    world = load_world(args.world)
+    events, pins, start_ms = world.events, world.pins, world.start_ms
+    # the world's impressions (none for a world without them, e.g. MovieLens), in time order
+    shown = world.impressions()
+    if args.skip_impressions:
+        shown = shown.iloc[:0]
     if args.limit:
         events = events.head(args.limit)
+        shown = shown.head(args.limit)
+    arrival = args.timestamps == "arrival"
     producer = Producer(settings)
-    n, bad = 0, {}
+    n, n_shown, bad = 0, 0, {}
     try:
         if not args.skip_pins:
             producer.send_all(settings.pins_topic, pin_records(pins, start_ms), total=len(pins),
                               desc="pins")
-        n = producer.send_all(settings.actions_topic,
-                              event_records(events, use_arrival_time=args.timestamps == "arrival"),
+        n = producer.send_all(settings.actions_topic, event_records(events, use_arrival_time=arrival),
                               rate=args.rate, total=len(events), desc="events")
+        if len(shown):
+            n_shown = producer.send_all(settings.impressions_topic,
+                                        impression_records(shown, use_arrival_time=arrival),
+                                        rate=args.rate, total=len(shown), desc="impressions")
         bad = producer.send_bad_events() if args.inject_bad else {}
     except ProduceFailed as exc:
         log.error("%s; the topic is incomplete: produce again (event ids make replays duplicates, "
@@ -47,7 +58,7 @@ def cmd_produce(args) -> int:
         return 1
     finally:
         producer.close()
-    print(json.dumps({"events": n, "pins": 0 if args.skip_pins else len(pins),
+    print(json.dumps({"events": n, "impressions": n_shown, "pins": 0 if args.skip_pins else len(pins),
                       "bad_events": len(bad), "failed": 0}))
     return 0
 
@@ -89,7 +100,8 @@ def cmd_status(args) -> int:
         c = status.get("consumer")
         if c:
             print(f"consumed: {c['records']} records = {c['applied']} applied + {c['duplicates']} "
-                  f"duplicates + {c['dead_lettered']} dead-lettered + {c['pin_upserts']} pin upserts"
+                  f"duplicates + {c['dead_lettered']} dead-lettered + {c['pin_upserts']} pin upserts "
+                  f"+ {c['impressions']} impressions"
                   + ("" if c["accounted"] else "  (DOES NOT ADD UP)"))
             if not status["dead_letters_agree"]:
                 print(f"WARNING: the consumer counted {c['dead_lettered']} dead letters but the topic "
@@ -117,6 +129,8 @@ def register(parser) -> None:
     p.add_argument("--timestamps", choices=["arrival", "now"], default="arrival",
                    help="record timestamp: the world's arrival time (history) or the wall clock (live)")
     p.add_argument("--skip-pins", action="store_true", help="do not send pin upserts")
+    p.add_argument("--skip-impressions", action="store_true",
+                   help="do not send the world's impressions (worlds without them send none)")
     p.add_argument("--inject-bad", action="store_true", help="also send one bad event of every kind")
     p.set_defaults(func=cmd_produce, needs=(KAFKA,))
 

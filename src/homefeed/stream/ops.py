@@ -66,7 +66,8 @@ def stream_status(settings: Settings) -> dict:
     try:
         committed = committed_offsets(settings, admin)
         topics = {}
-        for topic in (settings.actions_topic, settings.pins_topic, settings.dead_letter_topic):
+        for topic in (settings.actions_topic, settings.pins_topic, settings.impressions_topic,
+                      settings.dead_letter_topic):
             parts = sorted(consumer.partitions_for_topic(topic) or [])
             tps = [TopicPartition(topic, p) for p in parts]
             ends = high_watermarks(consumer, tps)
