@@ -701,3 +701,34 @@ def test_stream_produce_sends_a_worlds_impressions_and_none_for_a_world_without(
     assert produce_cli()["impressions"] == 0  # shown candidates unknown (MovieLens): none sent
     topics = stream_status(pipeline)["topics"]
     assert sum(p["end"] for p in topics[pipeline.impressions_topic]) == out["impressions"]
+
+
+def test_impressions_in_a_process_of_their_own_leave_the_action_consumer_alone(pipeline):
+    from homefeed.stream.ops import stream_status
+
+    separate = pipeline.replace(impressions_consumer_group=pipeline.consumer_group + "-imp")
+    users = user_block(3)
+    start = now_ms() - 600_000
+    evs = make_events(users, 20, start, "sa")
+    imps = make_impressions(users, 40, start, "si")
+    produce(separate, evs)
+    producer = Producer(separate)
+    producer.send_all(separate.impressions_topic, ((str(i.user_id).encode(), i.to_json(), None) for i in imps))
+    producer.send_bad_events(["an_action"], impressions=True)
+    producer.close()
+
+    actions = consume(separate)
+    assert actions.applied == len(evs) and actions.impressions == 0 and actions.records == len(evs)
+    shown = build_consumer(separate, impressions_only=True).run(idle_exit_s=3)
+    assert shown.impressions == len(imps) and shown.applied == 0 and shown.dead_lettered == 1
+    assert shown.records == len(imps) + 1
+    assert online_sequences(users) == expected_sequences(evs)
+    logged = offline_log.read(separate.offline_dir, F.IMPRESSION_EVENTS)
+    assert sorted(logged["event_id"]) == sorted(i.event_id for i in imps)
+
+    status = stream_status(separate)
+    assert status["consumer"]["impressions"] == 0 and status["impressions_consumer"]["impressions"] == len(imps)
+    assert status["impressions_consumer"]["accounted"] and status["dead_letters_agree"]
+    assert sum(p["lag"] for p in status["topics"][separate.impressions_topic]) == 0
+    with pytest.raises(Exception, match="IMPRESSIONS_CONSUMER_GROUP"):
+        build_consumer(pipeline, impressions_only=True)

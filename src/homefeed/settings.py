@@ -90,8 +90,11 @@ class Settings:
     topic_partitions: int = 4
     consumer_group: str = "homefeed-sequence-builder"
     # Impressions (a pin shown to a user: homefeed.events.ImpressionEvent), keyed by user id like
-    # actions; the consumer group above reads them too and logs them to `impression_events`.
+    # actions, logged to `impression_events`. Empty `impressions_consumer_group`: the group above
+    # reads them in the same process; a group name: their own process reads them in that group
+    # (`homefeed stream consume --impressions`), so they never hold up an action batch.
     impressions_topic: str = "impressions"
+    impressions_consumer_group: str = ""
     # Feature sizes.
     embedding_dim: int = 32
     sequence_length: int = 100

@@ -72,7 +72,7 @@ def cmd_consume(args) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=settings.host)
         log.info("metrics on http://%s:%d/metrics", settings.host, args.metrics_port)
-    consumer = build_consumer(settings, validate=not args.no_validate)
+    consumer = build_consumer(settings, validate=not args.no_validate, impressions_only=args.impressions)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop.set())
     try:
         stats = consumer.run(idle_exit_s=args.exit_when_idle, max_records=args.max_records,
@@ -103,6 +103,11 @@ def cmd_status(args) -> int:
                   f"duplicates + {c['dead_lettered']} dead-lettered + {c['pin_upserts']} pin upserts "
                   f"+ {c['impressions']} impressions"
                   + ("" if c["accounted"] else "  (DOES NOT ADD UP)"))
+            ci = status.get("impressions_consumer")
+            if ci:
+                print(f"impressions group: {ci['records']} records = {ci['impressions']} impressions + "
+                      f"{ci['duplicates']} duplicates + {ci['dead_lettered']} dead-lettered"
+                      + ("" if ci["accounted"] else "  (DOES NOT ADD UP)"))
             if not status["dead_letters_agree"]:
                 print(f"WARNING: the consumer counted {c['dead_lettered']} dead letters but the topic "
                       f"holds {status['dead_lettered']} (Redis lost its counters, or another group "
@@ -143,6 +148,9 @@ def register(parser) -> None:
                    help="skip the per-batch Great Expectations suite (cheap checks still run)")
     p.add_argument("--stats-out", help="write a JSON summary (with freshness samples) at exit")
     p.add_argument("--ready-file", help="create this file once partitions are assigned")
+    p.add_argument("--impressions", action="store_true",
+                   help="read only the impressions topic, in the group impressions_consumer_group "
+                        "(the sequence builder then leaves them to this process)")
     p.set_defaults(func=cmd_consume, needs=(KAFKA, REDIS))
 
     p = sub.add_parser("status", help="topics, consumer-group lag, dead-letter count")

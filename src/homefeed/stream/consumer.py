@@ -624,7 +624,28 @@ def pin_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 # -- the Kafka loop ---------------------------------------------------------------------------
 
-def make_consumer(settings: Settings, **overrides):
+def consumed_topics(settings: Settings, impressions_only: bool = False) -> list[str]:
+    """The topics a consumer process subscribes to: actions and pins, plus impressions unless
+    their own process reads them (`impressions_consumer_group`); or, for that process, only
+    impressions."""
+    if impressions_only:
+        return [settings.impressions_topic]
+    own = [] if settings.impressions_consumer_group else [settings.impressions_topic]
+    return [settings.actions_topic, settings.pins_topic, *own]
+
+
+def impressions_settings(settings: Settings) -> Settings:
+    """The settings of the impressions-only process: its own group (so its offsets and counters
+    are its own)."""
+    from homefeed.errors import UserError
+
+    if not settings.impressions_consumer_group:
+        raise UserError("impressions are read by the sequence builder's group; set "
+                        "HOMEFEED_IMPRESSIONS_CONSUMER_GROUP to read them in a process of their own")
+    return settings.replace(consumer_group=settings.impressions_consumer_group)
+
+
+def make_consumer(settings: Settings, impressions_only: bool = False, **overrides):
     from kafka import KafkaConsumer
 
     config = dict(
@@ -642,8 +663,7 @@ def make_consumer(settings: Settings, **overrides):
     )
     config.update(overrides)
     consumer = KafkaConsumer(**config)
-    consumer.subscribe([settings.actions_topic, settings.pins_topic, settings.impressions_topic],
-                       listener=_rebalance_log())
+    consumer.subscribe(consumed_topics(settings, impressions_only), listener=_rebalance_log())
     return consumer
 
 
@@ -866,8 +886,9 @@ class StreamConsumer:
             ready_file=None) -> ConsumeStats:
         self.builder.warm_up()
         idle_since = time.monotonic()
-        log.info("consuming %s, %s and %s as group %s", self.settings.actions_topic,
-                 self.settings.pins_topic, self.settings.impressions_topic, self.settings.consumer_group)
+        log.info("consuming %s as group %s", ", ".join(consumed_topics(
+            self.settings, self.settings.consumer_group == self.settings.impressions_consumer_group)),
+            self.settings.consumer_group)
         try:
             while not self.stop.is_set():
                 polled_at = time.perf_counter()
@@ -953,9 +974,15 @@ class StreamConsumer:
             log.debug("lag not updated: %s", exc)
 
 
-def build_consumer(settings: Settings, validate: bool = True, **consumer_overrides) -> StreamConsumer:
+def build_consumer(settings: Settings, validate: bool = True, impressions_only: bool = False,
+                   **consumer_overrides) -> StreamConsumer:
+    """The consumer of actions, pins (and impressions unless their own process reads them), or
+    with `impressions_only` that process (its group: `impressions_consumer_group`)."""
     from homefeed.feature_store import open_store
     from homefeed.redis_client import pipeline_client
+
+    if impressions_only:
+        settings = impressions_settings(settings)
 
     store = open_store(settings.feature_repo)
     client = pipeline_client(settings)
@@ -964,7 +991,7 @@ def build_consumer(settings: Settings, validate: bool = True, **consumer_overrid
                               dlq_factory=lambda: make_producer(settings),
                               impression_validator=gx_validator(settings, "impression_events")
                               if validate else None)
-    return StreamConsumer(settings, builder, make_consumer(settings, **consumer_overrides))
+    return StreamConsumer(settings, builder, make_consumer(settings, impressions_only, **consumer_overrides))
 
 
 def write_stats(path, stats: ConsumeStats) -> None:
