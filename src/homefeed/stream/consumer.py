@@ -636,13 +636,14 @@ def consumed_topics(settings: Settings, impressions_only: bool = False) -> list[
 
 def impressions_settings(settings: Settings) -> Settings:
     """The settings of the impressions-only process: its own group (so its offsets and counters
-    are its own)."""
+    are its own) and its own batch window."""
     from homefeed.errors import UserError
 
     if not settings.impressions_consumer_group:
         raise UserError("impressions are read by the sequence builder's group; set "
                         "HOMEFEED_IMPRESSIONS_CONSUMER_GROUP to read them in a process of their own")
-    return settings.replace(consumer_group=settings.impressions_consumer_group)
+    return settings.replace(consumer_group=settings.impressions_consumer_group,
+                            batch_max_ms=settings.impressions_batch_max_ms)
 
 
 def make_consumer(settings: Settings, impressions_only: bool = False, **overrides):
