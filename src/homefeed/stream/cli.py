@@ -130,7 +130,7 @@ def register(parser) -> None:
     p = sub.add_parser("produce", help="replay a world's events (and pins) onto Kafka")
     p.add_argument("--world", required=True, help="directory written by `homefeed world generate`")
     p.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
-    p.add_argument("--limit", type=int, help="only the first N events (arrival order)")
+    p.add_argument("--limit", type=int, help="only the first N events (and N impressions), arrival order")
     p.add_argument("--timestamps", choices=["arrival", "now"], default="arrival",
                    help="record timestamp: the world's arrival time (history) or the wall clock (live)")
     p.add_argument("--skip-pins", action="store_true", help="do not send pin upserts")
