@@ -5,9 +5,10 @@ Three measurements in one run, so their ratios are comparable on a noisy machine
 * ceilings: the raw Kafka consume rate (no processing) and the raw pipelined Redis write rate
   (one sequence-sized value per user);
 * throughput: a backlog of the world's events (and its impressions, on their own topic, unless
-  `--no-impressions`) drained by 1..C consumer processes over P partitions (events/s = applied
-  action events / time from first to last batch; impressions/s = logged impressions / the same
-  time);
+  `--no-impressions`) drained by 1..C consumer processes over P partitions, plus one process of
+  their own for impressions with `--impressions-process` (events/s = applied action events / the
+  time from the first to the last batch of the consumers that applied them; impressions/s the
+  same for logged impressions);
 * freshness: action events produced live at a fixed rate (with impressions alongside at the
   world's impressions-per-action ratio, from a second producer, unless `--no-impressions`) while
   one consumer runs; freshness = an action visible in the online store minus the record's broker
