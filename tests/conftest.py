@@ -84,6 +84,7 @@ def pipeline(stack, tmp_path_factory):
         tag = uuid.uuid4().hex[:8]
         settings = load_settings().replace(
             actions_topic=f"train-actions-{tag}", pins_topic=f"train-pins-{tag}",
+            impressions_topic=f"train-impressions-{tag}",
             dead_letter_topic=f"train-dlq-{tag}", consumer_group=f"train-{tag}", topic_partitions=1)
         ensure_topics(settings)
         yield settings

@@ -24,6 +24,11 @@ def test_bench_ingest_runs_one_and_two_consumers_and_a_live_phase():
     assert [(r["partitions"], r["consumers"]) for r in report["runs"]] == [(2, 1), (2, 2)]
     assert report["lost"] == 0 and report["digests_equal"]
     assert all(r["applied"] == report["events"] for r in report["runs"])
+    # the world's impressions went through their own topic and were logged, with their own rate
+    assert report["impressions"] > report["events"]
+    assert all(r["impressions"] == report["impressions"] and r["impressions_per_s"] > 0
+               for r in report["runs"])
+    assert report["live_impressions"] > 0 and report["live_impressions_sent_per_s"] > 0
     assert report["dead_lettered"] == report["runs"][0]["bad_events_sent"] > 0
     assert report["freshness_ms"]["samples"] == min(400, report["events"]) and report["live_lost"] == 0
     assert set(report["live_stage_ms"]) >= {"poll", "validate", "log_write", "commit"}

@@ -31,7 +31,8 @@ def test_checkpoints_pass_on_world_and_pipeline_output(feature_repo, stack, tmp_
     tag = uuid.uuid4().hex[:8]
     settings = load_settings().replace(
         home=tmp_path / "home", actions_topic=f"ck-actions-{tag}", pins_topic=f"ck-pins-{tag}",
-        dead_letter_topic=f"ck-dlq-{tag}", consumer_group=f"ck-{tag}")
+        dead_letter_topic=f"ck-dlq-{tag}", impressions_topic=f"ck-impressions-{tag}",
+        consumer_group=f"ck-{tag}")
     ensure_topics(settings)
     producer = Producer(settings)
     producer.send_all(settings.pins_topic, pin_records(world.pins, world.start_ms), total=len(world.pins))

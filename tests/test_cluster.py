@@ -65,6 +65,7 @@ def test_consumer_feast_and_serving_reader_on_a_cluster(cluster, tmp_path):
     tag = uuid.uuid4().hex[:8]
     settings = cluster.replace(home=tmp_path / "home", actions_topic=f"c-actions-{tag}",
                                pins_topic=f"c-pins-{tag}", dead_letter_topic=f"c-dlq-{tag}",
+                               impressions_topic=f"c-impressions-{tag}",
                                consumer_group=f"c-{tag}", topic_partitions=2, batch_max_events=200)
     ensure_topics(settings)
     now = time.time_ns() // 1_000_000

@@ -122,12 +122,14 @@ def live_stack(stack, feature_repo, tmp_path_factory):
     private = stack.replace(home=tmp / "home", redis_port=free_port(), embedding_dim=8, sequence_length=16,
                             actions_topic=f"feed-actions-{tag}",
                             pins_topic=f"feed-pins-{tag}", dead_letter_topic=f"feed-dlq-{tag}",
+                            impressions_topic=f"feed-impressions-{tag}",
                             consumer_group=f"feed-{tag}")
     redis = LocalStack(private)
     redis._up_redis()
     ensure_topics(private)
     env = dict(os.environ, HOMEFEED_REDIS_PORT=str(private.redis_port), HOMEFEED_ACTIONS_TOPIC=private.actions_topic,
                HOMEFEED_PINS_TOPIC=private.pins_topic, HOMEFEED_DEAD_LETTER_TOPIC=private.dead_letter_topic,
+               HOMEFEED_IMPRESSIONS_TOPIC=private.impressions_topic,
                HOMEFEED_CONSUMER_GROUP=private.consumer_group, BENTOML_HOME=str(tmp / "bentoml"),
                BENTOML_DO_NOT_TRACK="true", HOMEFEED_SERVING_WORKERS="1", HOMEFEED_EMBEDDING_DIM="8",
                HOMEFEED_SEQUENCE_LENGTH="16")

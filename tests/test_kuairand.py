@@ -465,3 +465,15 @@ def test_an_explicit_feedback_log_passes_the_checkpoint_and_click_is_not_measura
     click = csv[(csv.metric == "hit_at_3_click") & (csv.segment == "all")]
     assert click["value"].isna().all() and (click["note"] == "not measurable").all()
     assert paths["png"].is_file()
+
+
+def test_every_log_row_is_an_impression_at_its_own_time(world):
+    imp, req, ev = world.impressions(), world.requests, world.events
+    assert world.has_impressions and len(imp) == len(req) and imp.event_id.is_unique
+    # each row's own time: served 1 ms before it, so its request's features never hold it
+    joined = imp.merge(req, on=["request_id", "pin_id"], validate="one_to_one")
+    assert (joined.event_time == joined.served_time + 1).all()
+    assert (imp.surface == "kuairand").all()
+    # an acted-on row is an impression and an action at the same instant
+    acted = ev.merge(imp, on=["user_id", "pin_id", "event_time"], how="left", indicator=True)
+    assert (acted["_merge"] == "both").all()

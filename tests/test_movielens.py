@@ -527,3 +527,9 @@ def test_cli_reports_user_errors(tmp_path, capsys):
     assert main(["world", "import-movielens", "--src", str(tmp_path), "--out", str(tmp_path / "w"),
                  "--bucket", "7h"]) == 2
     assert "bucket" in capsys.readouterr().err
+
+
+def test_movielens_has_no_impressions(world, world_dir):
+    """Its negatives are sampled, not shown: nothing goes to the impressions topic."""
+    assert json.loads((world_dir / "world.json").read_text())["has_impressions"] is False
+    assert not world.has_impressions and world.impressions().empty

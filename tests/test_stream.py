@@ -43,6 +43,7 @@ def pipeline(feature_repo, stack, tmp_path):
     tag = uuid.uuid4().hex[:8]
     settings = load_settings().replace(
         home=tmp_path / "home", actions_topic=f"actions-{tag}", pins_topic=f"pins-{tag}",
+        impressions_topic=f"impressions-{tag}",
         dead_letter_topic=f"dlq-{tag}", consumer_group=f"group-{tag}", topic_partitions=2,
         batch_max_events=500, batch_max_ms=100)
     copy_registry(load_settings(), settings)  # consumer processes open their home's registry
@@ -228,6 +229,7 @@ def test_batch_suite_seam_rejects_rows_to_the_dead_letter_topic(pipeline):
 def consumer_env(settings) -> dict:
     return dict(HOMEFEED_HOME=str(settings.home), HOMEFEED_ACTIONS_TOPIC=settings.actions_topic,
                 HOMEFEED_PINS_TOPIC=settings.pins_topic,
+                HOMEFEED_IMPRESSIONS_TOPIC=settings.impressions_topic,
                 HOMEFEED_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
                 HOMEFEED_CONSUMER_GROUP=settings.consumer_group,
                 HOMEFEED_BATCH_MAX_EVENTS=str(settings.batch_max_events))
@@ -540,7 +542,7 @@ def test_zombie_paused_past_its_poll_interval_loses_and_regresses_nothing(pipeli
 
     a.builder.online.write_sequences = stall_then_write
     threads = {c: threading.Thread(target=c.run, daemon=True) for c in (b, a)}
-    n_parts = 2 * pipeline.topic_partitions  # actions + pins
+    n_parts = 3 * pipeline.topic_partitions  # actions, pins, impressions
     try:
         threads[b].start()
         wait_for(lambda: len(b._assignment()) == n_parts, 120, "B to own every partition")
@@ -595,3 +597,175 @@ def test_every_send_is_checked_and_a_refused_record_is_counted(pipeline):
     ok = Producer(pipeline)
     assert ok.send_all(pipeline.actions_topic, _produce_records(5), total=5) == 5 and ok.failed == 0
     ok.close()
+
+
+# -- impressions ------------------------------------------------------------------------------------
+
+def make_impressions(users: list[int], per_user: int, start: int, prefix: str) -> list[E.ImpressionEvent]:
+    return [E.ImpressionEvent(f"{prefix}-{u}-{i}", u, 1 + (u * 11 + i) % 5000, start + 1000 * i + 1,
+                              request_id=u * 1000 + i // 4) for u in users for i in range(per_user)]
+
+
+def test_impressions_are_logged_apart_dead_lettered_with_reasons_and_counted(pipeline):
+    from homefeed.stream.ops import consumer_counters, stream_status
+    from homefeed.stream.producer import bad_impression_samples
+
+    users = user_block(5)
+    start = now_ms() - 1_800_000
+    evs = make_events(users, 30, start, "ia")
+    imps = make_impressions(users, 60, start, "ii")
+    kinds = produce(pipeline, evs, bad=True)
+    producer = Producer(pipeline)
+    producer.send_all(pipeline.impressions_topic, ((str(i.user_id).encode(), i.to_json(), None)
+                                                   for i in imps + imps[:7]))  # 7 redelivered
+    bad_imps = producer.send_bad_events(impressions=True)
+    producer.close()
+
+    stats = consume(pipeline)  # the real consumer, both GX suites on
+
+    # Actions exactly as without impressions: applied, sequenced, logged.
+    assert stats.applied == len(evs) and stats.impressions == len(imps)
+    assert stats.duplicates == 7 and stats.dead_lettered == len(kinds) + len(bad_imps)
+    assert stats.records == stats.applied + stats.duplicates + stats.dead_lettered + stats.impressions
+    assert online_sequences(users) == expected_sequences(evs)
+    actions_logged = offline_log.read(pipeline.offline_dir, "action_events")
+    assert set(actions_logged["event_id"]) == {e.event_id for e in evs}
+    # Impressions in their own table, nothing lost, one row each.
+    shown = offline_log.read(pipeline.offline_dir, F.IMPRESSION_EVENTS)
+    assert sorted(shown["event_id"]) == sorted(i.event_id for i in imps)
+    assert set(shown.columns) >= {*E.IMPRESSION_COLUMNS, "arrival_time", F.EVENT_TIMESTAMP, F.CREATED}
+    assert "action_type" not in shown and (shown["request_id"] >= 0).all()
+    first = {i.event_id: i for i in imps}
+    assert all(first[e].event_time == t for e, t in zip(shown["event_id"], shown["event_time"]))
+
+    # Every bad impression dead-lettered with its reason and its source topic.
+    letters = dead_letters(pipeline)
+    from_impressions = sorted(h["reason"] for _, h in letters
+                              if h["source"].startswith(pipeline.impressions_topic + ":"))
+    assert from_impressions == sorted(bad_imps.values())
+    assert set(bad_imps.values()) == {r for _, r in bad_impression_samples(now_ms()).values()}
+    assert len(letters) == len(kinds) + len(bad_imps)
+
+    # The group's counters and `stream status` agree with the consumer and the dead-letter topic.
+    counters = consumer_counters(pipeline)
+    assert counters["accounted"] and counters["impressions"] == len(imps)
+    assert counters["records"] == stats.records and counters["duplicates"] == 7
+    status = stream_status(pipeline)
+    assert status["dead_letters_agree"] and status["dead_lettered"] == len(letters)
+    assert sum(p["lag"] for p in status["topics"][pipeline.impressions_topic]) == 0
+
+
+def test_an_impression_the_suite_rejects_is_dead_lettered_and_the_rest_logged(pipeline):
+    users = user_block(2)
+    imps = make_impressions(users, 5, now_ms() - 60_000, "is")
+    producer = Producer(pipeline)
+    producer.send_all(pipeline.impressions_topic,
+                      ((str(i.user_id).encode(), i.to_json(), None) for i in imps))
+    producer.close()
+    rejected = imps[3].event_id
+
+    def impression_suite(frame):
+        return {i: "planted: rejected by the batch suite" for i, e in enumerate(frame["event_id"])
+                if e == rejected}
+
+    consumer = build_consumer(pipeline)
+    consumer.builder.impression_validator = impression_suite
+    stats = consumer.run(idle_exit_s=3)
+    assert stats.impressions == len(imps) - 1 and stats.dead_lettered == 1 and stats.applied == 0
+    logged = set(offline_log.read(pipeline.offline_dir, F.IMPRESSION_EVENTS)["event_id"])
+    assert logged == {i.event_id for i in imps} - {rejected}
+    [(value, headers)] = dead_letters(pipeline)
+    assert headers["reason"] == E.REASON_BATCH_SUITE and json.loads(value)["event_id"] == rejected
+
+
+def test_a_world_impression_is_invisible_to_the_request_it_belongs_to(pipeline, tmp_path):
+    """Through the real path (world -> producer -> broker -> consumer -> log): a point-in-time
+    join at a row's served_time (feature time <= served_time, as training reads) never finds an
+    impression of that row's own request; it is logged 1 ms after the serve."""
+    from homefeed.stream.producer import impression_records
+    from homefeed.world import WorldParams, generate_world, load_world
+
+    generate_world(WorldParams(users=8, pins=60, days=2, seed=5, embedding_dim=8, n_topics=4),
+                   tmp_path / "w", progress=False)
+    world = load_world(tmp_path / "w")
+    imps = world.impressions()
+    producer = Producer(pipeline)
+    producer.send_all(pipeline.impressions_topic, impression_records(imps, use_arrival_time=True))
+    producer.close()
+    stats = consume(pipeline)
+    assert stats.impressions == len(imps) == len(world.requests) and stats.dead_lettered == 0
+
+    logged = offline_log.read(pipeline.offline_dir, F.IMPRESSION_EVENTS)
+    rows = world.requests[[F.REQUEST_ID, F.USER_ID, F.PIN_ID, F.SERVED_TIME]]
+    own = rows.merge(logged, on=[F.REQUEST_ID, F.PIN_ID, F.USER_ID], validate="one_to_one")
+    assert len(own) == len(rows)
+    served_ts = offline_log.to_utc_us(own[F.SERVED_TIME])
+    assert (own[F.EVENT_TIMESTAMP] > served_ts).all() and (own[F.CREATED] > served_ts).all()
+    # the latest impression a point-in-time join sees at each served_time is an earlier request's
+    seen = pd.merge_asof(
+        rows.assign(t=offline_log.to_utc_us(rows[F.SERVED_TIME])).sort_values("t"),
+        logged[[F.USER_ID, F.REQUEST_ID, F.EVENT_TIMESTAMP]].rename(
+            columns={F.REQUEST_ID: "seen_request"}).sort_values(F.EVENT_TIMESTAMP),
+        left_on="t", right_on=F.EVENT_TIMESTAMP, by=F.USER_ID, allow_exact_matches=True)
+    assert seen["seen_request"].notna().any()  # later requests do see earlier impressions
+    assert not (seen["seen_request"] == seen[F.REQUEST_ID]).any()
+
+
+def test_stream_produce_sends_a_worlds_impressions_and_none_for_a_world_without(pipeline, tmp_path):
+    from homefeed.stream.ops import stream_status
+    from homefeed.world import WorldParams, generate_world, load_world
+
+    world_dir = tmp_path / "w"
+    generate_world(WorldParams(users=6, pins=50, days=2, seed=9, embedding_dim=8, n_topics=4), world_dir,
+                   progress=False)
+    world = load_world(world_dir)
+    env = {**os.environ, **consumer_env(pipeline)}
+
+    def produce_cli() -> dict:
+        done = subprocess.run([sys.executable, "-m", "homefeed.cli", "stream", "produce", "--world",
+                               str(world_dir), "--skip-pins"], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    out = produce_cli()
+    assert out["events"] == len(world.events) and out["impressions"] == len(world.requests) > 0
+    topics = stream_status(pipeline)["topics"]
+    assert sum(p["end"] for p in topics[pipeline.impressions_topic]) == out["impressions"]
+
+    meta = json.loads((world_dir / "world.json").read_text())
+    (world_dir / "world.json").write_text(json.dumps({**meta, "has_impressions": False}))
+    assert produce_cli()["impressions"] == 0  # shown candidates unknown (MovieLens): none sent
+    topics = stream_status(pipeline)["topics"]
+    assert sum(p["end"] for p in topics[pipeline.impressions_topic]) == out["impressions"]
+
+
+def test_impressions_in_a_process_of_their_own_leave_the_action_consumer_alone(pipeline):
+    from homefeed.stream.ops import stream_status
+
+    separate = pipeline.replace(impressions_consumer_group=pipeline.consumer_group + "-imp")
+    users = user_block(3)
+    start = now_ms() - 600_000
+    evs = make_events(users, 20, start, "sa")
+    imps = make_impressions(users, 40, start, "si")
+    produce(separate, evs)
+    producer = Producer(separate)
+    producer.send_all(separate.impressions_topic, ((str(i.user_id).encode(), i.to_json(), None) for i in imps))
+    producer.send_bad_events(["an_action"], impressions=True)
+    producer.close()
+
+    actions = consume(separate)
+    assert actions.applied == len(evs) and actions.impressions == 0 and actions.records == len(evs)
+    shown = build_consumer(separate, impressions_only=True).run(idle_exit_s=3)
+    assert shown.impressions == len(imps) and shown.applied == 0 and shown.dead_lettered == 1
+    assert shown.records == len(imps) + 1
+    assert online_sequences(users) == expected_sequences(evs)
+    logged = offline_log.read(separate.offline_dir, F.IMPRESSION_EVENTS)
+    assert sorted(logged["event_id"]) == sorted(i.event_id for i in imps)
+
+    status = stream_status(separate)
+    assert status["consumer"]["impressions"] == 0 and status["impressions_consumer"]["impressions"] == len(imps)
+    assert status["impressions_consumer"]["accounted"] and status["dead_letters_agree"]
+    assert sum(p["lag"] for p in status["topics"][separate.impressions_topic]) == 0
+    with pytest.raises(Exception, match="IMPRESSIONS_CONSUMER_GROUP"):
+        build_consumer(pipeline, impressions_only=True)

@@ -951,3 +951,28 @@ def test_great_expectations_is_a_console_script():
     from homefeed.validation import gx_cli
 
     assert getattr(importlib.import_module(module), func) is gx_cli.main
+
+
+# ------------------------------------------------------------------------ impression_events
+def impressions(n: int = 30) -> pd.DataFrame:
+    return events(n).drop(columns=["action_type"]).assign(
+        event_id=[f"i{i // 5}-{i % 5}" for i in range(n)], request_id=np.arange(n, dtype=np.int64) // 5)
+
+
+def test_impression_events_suite_shares_the_action_rules_and_checks_request_ids(project):
+    df = impressions()
+    report = validate(S.IMPRESSION_EVENTS, df, project, now_ms=NOW)
+    assert report.success, report.to_text()
+    assert report.evaluated == len(S.suite_specs()[S.IMPRESSION_EVENTS].checks)
+    df.loc[0, "request_id"] = -1  # sent without one: valid
+    df.loc[2, "request_id"] = -7
+    df.loc[4, "pin_id"] = 0
+    df.loc[6, "event_time"] = NOW + 120_000
+    df.loc[9, ["user_id", "event_id"]] = df.loc[8, ["user_id", "event_id"]].to_numpy()  # 8 stays valid
+    rejected = runner.failing_rows(S.IMPRESSION_EVENTS, df, project_dir=project, settings=SETTINGS,
+                                   now_ms=NOW, max_future_skew_ms=60_000, structure=False)
+    assert sorted(rejected) == [2, 4, 6, 9]
+    assert rejected[2].startswith("bad_id") and "request_id" in rejected[2]
+    assert "future_time" in rejected[6] and "duplicate_event_id" in rejected[9]
+    # an impression frame has no action_type, and an action suite check never runs on it
+    assert "action_type" not in {c.column for c in S.suite_specs()[S.IMPRESSION_EVENTS].checks}

@@ -286,3 +286,31 @@ def test_topic_popularity_drifts(tiny, shown):
     half = [day0[day0.request_id % 2 == k] for k in (0, 1)]
     noise = np.abs(np.subtract(*(np.bincount(h.topic_id, minlength=24) / len(h) for h in half))).sum()
     assert np.abs(shares[0] - shares[-1]).sum() > 1.5 * noise
+
+
+# -- impressions -------------------------------------------------------------------------------
+
+
+def test_impressions_are_the_shown_candidates_just_after_their_serve_time(tiny, tiny_dir, tmp_path):
+    imp = tiny.impressions()
+    req = tiny.requests
+    assert tiny.has_impressions and len(imp) == len(req)
+    assert imp.event_id.is_unique and imp.event_id.str.fullmatch(r"i\d+-\d+").all()
+    joined = imp.merge(req, on=["request_id", "pin_id"], validate="one_to_one", suffixes=("", "_req"))
+    assert len(joined) == len(req) and (joined.user_id == joined.user_id_req).all()
+    # strictly after the request was served: its own features can never hold its impressions
+    assert (joined.event_time == joined.served_time + 1).all()
+    assert (imp.arrival_time == imp.event_time).all() and imp.arrival_time.is_monotonic_increasing
+    assert (imp.surface == "homefeed").all()
+
+    # A world written before the flag still loads, and has no impressions.
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in WORLD_FILES:
+        (old / name).write_bytes((tiny_dir / name).read_bytes())
+    meta = json.loads((old / "world.json").read_text())
+    del meta["has_impressions"]
+    (old / "world.json").write_text(json.dumps(meta))
+    older = load_world(old)
+    assert not older.has_impressions and older.impressions().empty
+    assert list(older.impressions().columns) == list(imp.columns)

@@ -1,4 +1,5 @@
-"""The action event contract: the one place that says what a user action event is.
+"""The event contracts: the one place that says what a user action event (and an impression,
+a pin upsert) is.
 
 Producer, consumer, validation, world generator and training all import this module, so the
 JSON on the wire, the parquet columns and the model's action vocabulary cannot drift apart.
@@ -126,11 +127,12 @@ REASON_ANCIENT_TIME = "ancient_time"
 REASON_BATCH_SUITE = "batch_suite"  # caught by the micro-batch GX suite, not the cheap checks
 
 REASON_APPLY_FAILED = "apply_failed"  # passed every check but could not be applied (see detail)
+REASON_WRONG_TOPIC = "wrong_topic"  # a valid record of another kind (an action on the impressions topic)
 
 DEAD_LETTER_REASONS = (
     REASON_EMPTY, REASON_NOT_JSON, REASON_NOT_OBJECT, REASON_TOO_LARGE, REASON_MISSING_FIELD,
     REASON_WRONG_TYPE, REASON_SCHEMA_VERSION, REASON_UNKNOWN_ACTION, REASON_BAD_ID,
-    REASON_FUTURE_TIME, REASON_ANCIENT_TIME, REASON_BATCH_SUITE, REASON_APPLY_FAILED,
+    REASON_FUTURE_TIME, REASON_ANCIENT_TIME, REASON_BATCH_SUITE, REASON_APPLY_FAILED, REASON_WRONG_TOPIC,
 )
 
 
@@ -185,16 +187,9 @@ def check_time(name: str, value: int, *, now_ms: int, max_future_skew_ms: int) -
         raise InvalidEvent(REASON_ANCIENT_TIME, f"{name} {value} is before year 2000")
 
 
-def parse_event(
-    raw: bytes, *, now_ms: int, max_future_skew_ms: int = MAX_FUTURE_SKEW_MS
-) -> ActionEvent:
-    """Cheap per-message checks. Raises InvalidEvent with a reason code and a message.
-
-    These run on every message (microseconds each); the Great Expectations suite runs
-    once per micro-batch on top of them.
-    """
-    obj = _load_json_object(raw, MAX_EVENT_BYTES)
-    for name, kind in REQUIRED_FIELDS.items():
+def _check_fields(obj: dict, required: dict[str, type | tuple[type, ...]]) -> None:
+    """Every required field present with its type, and the schema version ours."""
+    for name, kind in required.items():
         if name not in obj:
             raise InvalidEvent(REASON_MISSING_FIELD, f"field {name!r} is missing")
         value = obj[name]
@@ -207,10 +202,11 @@ def parse_event(
         raise InvalidEvent(
             REASON_SCHEMA_VERSION, f"schema_version {obj['schema_version']} != {SCHEMA_VERSION}"
         )
-    try:
-        action = ActionType.parse(obj["action_type"])
-    except ValueError as exc:
-        raise InvalidEvent(REASON_UNKNOWN_ACTION, str(exc)) from None
+
+
+def _check_identity(obj: dict, *, now_ms: int, max_future_skew_ms: int) -> str:
+    """The checks every user event shares (actions, impressions): ids in bounds, event_id
+    1..MAX_EVENT_ID_CHARS of UTF-8 text, event_time by `check_time`. Returns the surface."""
     for name in ("user_id", "pin_id"):
         if not 0 < obj[name] <= MAX_ID:
             raise InvalidEvent(REASON_BAD_ID, f"{name} {obj[name]} outside 1..{MAX_ID}")
@@ -219,18 +215,37 @@ def parse_event(
         raise InvalidEvent(REASON_BAD_ID, f"event_id must be 1..{MAX_EVENT_ID_CHARS} characters")
     if not _is_text(event_id):
         raise InvalidEvent(REASON_BAD_ID, "event_id is not valid UTF-8 text (lone surrogate)")
-    event_time = obj["event_time"]
-    check_time("event_time", event_time, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+    check_time("event_time", obj["event_time"], now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
     surface = obj.get("surface", "homefeed")
+    if not _is_text(surface):
+        raise InvalidEvent(REASON_WRONG_TYPE, "surface must be UTF-8 text")
+    return surface
+
+
+def parse_event(
+    raw: bytes, *, now_ms: int, max_future_skew_ms: int = MAX_FUTURE_SKEW_MS
+) -> ActionEvent:
+    """Cheap per-message checks. Raises InvalidEvent with a reason code and a message.
+
+    These run on every message (microseconds each); the Great Expectations suite runs
+    once per micro-batch on top of them.
+    """
+    obj = _load_json_object(raw, MAX_EVENT_BYTES)
+    _check_fields(obj, REQUIRED_FIELDS)
+    try:
+        action = ActionType.parse(obj["action_type"])
+    except ValueError as exc:
+        raise InvalidEvent(REASON_UNKNOWN_ACTION, str(exc)) from None
+    surface = _check_identity(obj, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
     metadata = obj.get("metadata") or {}
-    if not _is_text(surface) or not isinstance(metadata, dict):
-        raise InvalidEvent(REASON_WRONG_TYPE, "surface must be UTF-8 text and metadata an object")
+    if not isinstance(metadata, dict):
+        raise InvalidEvent(REASON_WRONG_TYPE, "metadata must be an object")
     return ActionEvent(
-        event_id=event_id,
+        event_id=obj["event_id"],
         user_id=obj["user_id"],
         pin_id=obj["pin_id"],
         action_type=action,
-        event_time=event_time,
+        event_time=obj["event_time"],
         surface=surface,
         metadata=metadata,
     )
@@ -238,6 +253,72 @@ def parse_event(
 
 # Columns of the action-event tables (world output and the pipeline's raw-event log).
 EVENT_COLUMNS = ("event_id", "user_id", "pin_id", "action_type", "event_time", "surface")
+
+
+# -- impressions (their own topic): a pin shown to a user ----------------------------------------
+#
+# Not an ActionType: an impression is what the user was shown, not what they did, so it feeds no
+# label column, no model vocabulary and no schema fingerprint. Wire format, schema version 1:
+#
+#     {"schema_version": 1, "event_id": "i42-3", "user_id": 17, "pin_id": 4242,
+#      "event_time": 1767225600001, "surface": "homefeed", "request_id": 42}
+#
+# `event_time` is when the pin was shown: strictly after the serve time of the request it belongs
+# to (IMPRESSION_LAG_MS), so the features that request was served with can never include it.
+
+IMPRESSION_LAG_MS = 1  # impression time = its request's serve time + this
+IMPRESSION_REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "schema_version": int,
+    "event_id": str,
+    "user_id": int,
+    "pin_id": int,
+    "event_time": int,
+}
+# Columns of the impression-event tables (the pipeline's `impression_events` log).
+IMPRESSION_COLUMNS = ("event_id", "user_id", "pin_id", "event_time", "surface", "request_id")
+NO_REQUEST_ID = -1  # request_id of an impression sent without one (log and frames: int64, never null)
+
+
+@dataclass(frozen=True, slots=True)
+class ImpressionEvent:
+    event_id: str
+    user_id: int
+    pin_id: int
+    event_time: int  # epoch ms when the pin was shown
+    surface: str = "homefeed"
+    request_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"schema_version": SCHEMA_VERSION, "event_id": self.event_id, "user_id": self.user_id,
+               "pin_id": self.pin_id, "event_time": self.event_time, "surface": self.surface}
+        if self.request_id is not None:
+            out["request_id"] = self.request_id
+        return out
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+
+def parse_impression(
+    raw: bytes | None, *, now_ms: int, max_future_skew_ms: int = MAX_FUTURE_SKEW_MS
+) -> ImpressionEvent:
+    """Checks for the impressions topic: the action contract's envelope, id, event-id and time
+    rules (shared code), then its own: an optional request_id in 0..MAX_ID, and no action_type
+    (an action sent to this topic would otherwise be logged as a mere impression: it is
+    dead-lettered as `wrong_topic`, so it can be re-sent where it belongs)."""
+    obj = _load_json_object(raw, MAX_EVENT_BYTES)
+    if "action_type" in obj:
+        raise InvalidEvent(REASON_WRONG_TOPIC, "an action event (it has action_type) on the impressions topic")
+    _check_fields(obj, IMPRESSION_REQUIRED_FIELDS)
+    surface = _check_identity(obj, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+    request_id = obj.get("request_id")
+    if request_id is not None:
+        if not _is_int(request_id):
+            raise InvalidEvent(REASON_WRONG_TYPE, f"field 'request_id' must be int, got {type(request_id).__name__}")
+        if not 0 <= request_id <= MAX_ID:
+            raise InvalidEvent(REASON_BAD_ID, f"request_id {request_id} outside 0..{MAX_ID}")
+    return ImpressionEvent(obj["event_id"], obj["user_id"], obj["pin_id"], obj["event_time"],
+                           surface=surface, request_id=request_id)
 
 
 # -- pin upserts (second topic): new pins and embedding refreshes -----------------------------

@@ -25,6 +25,8 @@ USER_PROFILE = "user_profile"
 RANKING_SERVICE = "ranking"
 # The raw, validated action events (an offline log table; the KafkaSource's batch source).
 ACTION_EVENTS = "action_events"
+# The raw, validated impression events (an offline log table: pins shown to users).
+IMPRESSION_EVENTS = "impression_events"
 
 # Columns every pushed/logged feature row carries besides its features.
 EVENT_TIMESTAMP = "event_timestamp"  # the time the row describes (Feast's timestamp_field)

@@ -89,6 +89,15 @@ class Settings:
     dead_letter_topic: str = "user-actions-dlq"
     topic_partitions: int = 4
     consumer_group: str = "homefeed-sequence-builder"
+    # Impressions (a pin shown to a user: homefeed.events.ImpressionEvent), keyed by user id like
+    # actions, logged to `impression_events`. Empty `impressions_consumer_group`: the group above
+    # reads them in the same process; a group name: their own process reads them in that group
+    # (`homefeed stream consume --impressions`), so they never hold up an action batch; that
+    # process's batch window is `impressions_batch_max_ms` (no one waits on an impression: fewer,
+    # larger batches leave the cores to the action path).
+    impressions_topic: str = "impressions"
+    impressions_consumer_group: str = ""
+    impressions_batch_max_ms: int = 1000
     # Feature sizes.
     embedding_dim: int = 32
     sequence_length: int = 100

@@ -453,7 +453,8 @@ def ensure_topics(settings: Settings) -> None:
         existing = set(admin.list_topics())
         wanted = [
             NewTopic(name, settings.topic_partitions, 1)
-            for name in (settings.actions_topic, settings.pins_topic, settings.dead_letter_topic)
+            for name in (settings.actions_topic, settings.pins_topic, settings.impressions_topic,
+                         settings.dead_letter_topic)
             if name not in existing
         ]
         if wanted:

@@ -4,18 +4,24 @@ Three measurements in one run, so their ratios are comparable on a noisy machine
 
 * ceilings: the raw Kafka consume rate (no processing) and the raw pipelined Redis write rate
   (one sequence-sized value per user);
-* throughput: a backlog of the world's events drained by 1..C consumer processes over P
-  partitions (events/s = applied events / time from first to last batch);
-* freshness: events produced live at a fixed rate while one consumer runs; freshness = visible
-  in the online store minus the record's broker timestamp, from the consumer's samples and from
-  its Prometheus histogram (scraped, as a monitoring system would); and where each micro-batch's
-  time goes, stage by stage (`live_stage_ms`: poll window, parse, GX suite, state read, offline
-  log, Feast write, state write, dead letters, commit).
+* throughput: a backlog of the world's events (and its impressions, on their own topic, unless
+  `--no-impressions`) drained by 1..C consumer processes over P partitions, plus one process of
+  their own for impressions with `--impressions-process` (events/s = applied action events / the
+  time from the first to the last batch of the consumers that applied them; impressions/s the
+  same for logged impressions);
+* freshness: action events produced live at a fixed rate (with impressions alongside at the
+  world's impressions-per-action ratio, from a second producer, unless `--no-impressions`) while
+  one consumer runs; freshness = an action visible in the online store minus the record's broker
+  timestamp, from the consumer's samples and from its Prometheus histogram (scraped, as a
+  monitoring system would); and where each micro-batch's time goes, stage by stage
+  (`live_stage_ms`: poll window, parse, GX suites, state read, offline log, Feast write, state
+  write, dead letters, commit).
 
 Consumers run until the group has committed every record produced, then stop together: a member
 that left mid-run would force a rebalance into the measurement.
 
-Every valid event produced must be in the offline log afterwards: `lost` counts those that are not.
+Every valid event and impression produced must be in the offline log afterwards: `lost` counts
+those that are not.
 Each backlog run starts from an empty Redis and ends with `state_digest`, a SHA-256 over every
 user's online sequence (pins, action types, times, read back as the service reads them): every
 run replays the same events, so every digest must equal the first run's, whatever the number of
@@ -48,6 +54,8 @@ def _env(settings: Settings) -> dict:
     return dict(os.environ, HOMEFEED_HOME=str(settings.home),
                 HOMEFEED_REDIS_PORT=str(settings.redis_port), HOMEFEED_KAFKA_PORT=str(settings.kafka_port),
                 HOMEFEED_ACTIONS_TOPIC=settings.actions_topic, HOMEFEED_PINS_TOPIC=settings.pins_topic,
+                HOMEFEED_IMPRESSIONS_TOPIC=settings.impressions_topic,
+                HOMEFEED_IMPRESSIONS_CONSUMER_GROUP=settings.impressions_consumer_group,
                 HOMEFEED_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
                 HOMEFEED_CONSUMER_GROUP=settings.consumer_group,
                 HOMEFEED_TOPIC_PARTITIONS=str(settings.topic_partitions),
@@ -57,13 +65,16 @@ def _env(settings: Settings) -> dict:
                 HOMEFEED_REDIS_CLUSTER_SIZE=str(settings.redis_cluster_size))
 
 
-def _fresh(settings: Settings, root: Path, partitions: int, label: str) -> Settings:
+def _fresh(settings: Settings, root: Path, partitions: int, label: str,
+           impressions_process: bool = False) -> Settings:
     from homefeed.feature_store import copy_registry
     from homefeed.stack import ensure_topics
 
     tag = f"{label}-{uuid.uuid4().hex[:6]}"
     s = settings.replace(home=root / tag, actions_topic=f"bench-actions-{tag}",
                          pins_topic=f"bench-pins-{tag}", dead_letter_topic=f"bench-dlq-{tag}",
+                         impressions_topic=f"bench-impressions-{tag}",
+                         impressions_consumer_group=f"bench-imp-{tag}" if impressions_process else "",
                          consumer_group=f"bench-{tag}", topic_partitions=partitions)
     copy_registry(settings, s)  # consumer processes open the registry of the home they are given
     ensure_topics(s)
@@ -71,10 +82,11 @@ def _fresh(settings: Settings, root: Path, partitions: int, label: str) -> Setti
 
 
 def _consumers(settings: Settings, n: int, out_dir: Path, metrics_port: int | None = None) -> list[tuple]:
-    """Start n consumer processes and wait until each has its partitions. They run until
-    `_drain` stops them (no idle exit: a member leaving mid-run would force a rebalance)."""
+    """Start n consumer processes (and the impressions process, when `impressions_consumer_group`
+    names one: last) and wait until each has its partitions. They run until `_drain` stops them
+    (no idle exit: a member leaving mid-run would force a rebalance)."""
     procs = []
-    for i in range(n):
+    for i in range(n + bool(settings.impressions_consumer_group)):
         stats = out_dir / f"{settings.consumer_group}-{i}.json"
         ready = out_dir / f"{settings.consumer_group}-{i}.ready"
         with open(out_dir / f"{settings.consumer_group}-{i}.log", "wb") as log_fh:  # never a full pipe
@@ -82,6 +94,8 @@ def _consumers(settings: Settings, n: int, out_dir: Path, metrics_port: int | No
                     "--stats-out", str(stats), "--ready-file", str(ready)]
             if metrics_port and i == 0:
                 argv += ["--metrics-port", str(metrics_port)]
+            if i == n:
+                argv += ["--impressions"]
             p = subprocess.Popen(argv, env=_env(settings), stdout=subprocess.DEVNULL, stderr=log_fh)
         p.log_path = log_fh.name
         procs.append((p, stats, ready))
@@ -102,18 +116,30 @@ def _wait_until(predicate, procs: list, timeout_s: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def committed_total(settings: Settings) -> int:
-    """Records of the actions topic the group has committed (offsets are dense from 0)."""
+def committed_total(settings: Settings, topic: str | None = None) -> int:
+    """Records of a topic (default: the actions topic) the group has committed (offsets are
+    dense from 0)."""
+    from homefeed.stream.consumer import impressions_settings
     from homefeed.stream.ops import committed_offsets
 
-    return sum(o for tp, o in committed_offsets(settings).items() if tp.topic == settings.actions_topic)
+    topic = topic or settings.actions_topic
+    if topic == settings.impressions_topic and settings.impressions_consumer_group:
+        settings = impressions_settings(settings)  # read by a process (and group) of its own
+    return sum(o for tp, o in committed_offsets(settings).items() if tp.topic == topic)
 
 
-def _drain(settings: Settings, procs, records: int, timeout_s: float = 1800) -> list[dict]:
-    """Wait until the group has committed all `records`, then stop every consumer at once
-    (SIGTERM: each finishes its batch, leaves the group and writes its stats)."""
-    _wait_until(lambda: committed_total(settings) >= records, [p for p, _ in procs], timeout_s,
-                f"{records} records committed")
+def _all_committed(settings: Settings, records: int, impressions: int = 0) -> bool:
+    return committed_total(settings) >= records and (
+        not impressions or committed_total(settings, settings.impressions_topic) >= impressions)
+
+
+def _drain(settings: Settings, procs, records: int, timeout_s: float = 1800,
+           impressions: int = 0) -> list[dict]:
+    """Wait until the group has committed all `records` of the actions topic and `impressions`
+    of the impressions topic, then stop every consumer at once (SIGTERM: each finishes its
+    batch, leaves the group and writes its stats)."""
+    _wait_until(lambda: _all_committed(settings, records, impressions), [p for p, _ in procs],
+                timeout_s, f"{records} records and {impressions} impressions committed")
     for p, _ in procs:
         p.send_signal(signal.SIGTERM)
     out = []
@@ -122,6 +148,16 @@ def _drain(settings: Settings, procs, records: int, timeout_s: float = 1800) -> 
             raise RuntimeError(f"consumer failed: {_log_tail(p)}")
         out.append(json.loads(Path(stats).read_text()))
     return out
+
+
+def per_second(stats: list[dict], key: str) -> float:
+    """Sum of `key` over the consumers that did any of it / the time from their first batch to
+    their last."""
+    busy = [st for st in stats if st.get(key) and st.get("first_batch_at")]
+    if not busy:
+        return 0.0
+    span = max(st["last_batch_at"] for st in busy) - min(st["first_batch_at"] for st in busy)
+    return round(sum(st[key] for st in busy) / max(span, 1e-9), 1)
 
 
 def stage_summary(stats: list[dict]) -> dict:
@@ -207,8 +243,8 @@ def raw_redis_write_rate(settings: Settings, n_keys: int = 20_000, value_bytes: 
     return n_keys / elapsed
 
 
-def _logged_ids(settings: Settings) -> set:
-    frame = offline_log.read(settings.offline_dir, "action_events", columns=["event_id"])
+def _logged_ids(settings: Settings, table: str = "action_events") -> set:
+    frame = offline_log.read(settings.offline_dir, table, columns=["event_id"])
     return set(frame["event_id"]) if not frame.empty else set()
 
 
@@ -235,7 +271,8 @@ def state_digest(settings: Settings, user_ids) -> str:
 
 
 def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int], live_rate: float,
-                     live_seconds: float, redis_cluster: int = 0) -> dict:
+                     live_seconds: float, redis_cluster: int = 0, impressions: bool = True,
+                     impressions_process: bool = False) -> dict:
     from homefeed.feature_store import apply_repo
     from homefeed.stack import private_stack
 
@@ -243,25 +280,30 @@ def run_ingest_bench(world_dir: Path, partitions: list[int], consumers: list[int
     root = Path(tempfile.mkdtemp(prefix="homefeed-bench-"))
     with private_stack(root / "stack", redis_cluster=redis_cluster) as (base, _):
         apply_repo(base.feature_repo)
-        return _run(base, root, world_dir, partitions, consumers, live_rate, live_seconds)
+        return _run(base, root, world_dir, partitions, consumers, live_rate, live_seconds, impressions,
+                    impressions_process)
 
 
 def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], consumers: list[int],
-         live_rate: float, live_seconds: float) -> dict:
-    from homefeed.stream.producer import Producer, event_records, load_world_tables
-
+         live_rate: float, live_seconds: float, with_impressions: bool = True,
+         impressions_process: bool = False) -> dict:
     from homefeed.redis_client import pipeline_client
+    from homefeed.stream.producer import Producer, event_records, impression_records
+    from homefeed.world import load_world
 
-    events, _, _ = load_world_tables(world_dir)
+    world = load_world(world_dir)
+    events = world.events
+    shown = world.impressions() if with_impressions else world.impressions().iloc[:0]
     valid_ids = set(events["event_id"])
     users = events["user_id"].unique()
-    report: dict = {"events": len(events), "world": str(world_dir), "redis_mode": base.redis_mode,
-                    "redis_nodes": len(base.redis_node_list), "runs": []}
+    report: dict = {"events": len(events), "impressions": len(shown), "world": str(world_dir),
+                    "impressions_process": impressions_process,
+                    "redis_mode": base.redis_mode, "redis_nodes": len(base.redis_node_list), "runs": []}
 
     # Throughput: drain a backlog.
     for p in partitions:
         for c in consumers:
-            s = _fresh(base, root, p, f"p{p}c{c}")
+            s = _fresh(base, root, p, f"p{p}c{c}", impressions_process)
             client = pipeline_client(s)
             client.flushall()  # every run builds the same sequences from nothing (the digest)
             client.close()
@@ -269,6 +311,9 @@ def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], con
             producer = Producer(s)
             producer.send_all(s.actions_topic, event_records(events, True, id_prefix=prefix),
                               total=len(events), desc=f"backlog p={p}")
+            if len(shown):
+                producer.send_all(s.impressions_topic, impression_records(shown, True, id_prefix=prefix),
+                                  total=len(shown), desc=f"impressions p={p}")
             bad = producer.send_bad_events()
             producer.close()
             if p == partitions[0] and c == consumers[0]:
@@ -276,13 +321,15 @@ def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], con
                     "kafka_consume_per_s": round(raw_kafka_consume_rate(s, len(events)), 1),
                     "redis_pipelined_writes_per_s": round(raw_redis_write_rate(s), 1),
                 }
-            stats = _drain(s, _consumers(s, c, out_dir=root), len(events) + len(bad))
-            first = min(st["first_batch_at"] for st in stats if st["first_batch_at"])
-            last = max(st["last_batch_at"] for st in stats if st["last_batch_at"])
+            stats = _drain(s, _consumers(s, c, out_dir=root), len(events) + len(bad),
+                           impressions=len(shown))
             applied = sum(st["applied"] for st in stats)
+            logged = sum(st.get("impressions", 0) for st in stats)
             lost = len({prefix + i for i in valid_ids} - _logged_ids(s))
-            run = {"partitions": p, "consumers": c, "applied": applied,
-                   "events_per_s": round(applied / max(last - first, 1e-9), 1),
+            lost += len({prefix + i for i in shown["event_id"]} - _logged_ids(s, "impression_events"))
+            run = {"partitions": p, "consumers": c, "applied": applied, "impressions": logged,
+                   "events_per_s": per_second(stats, "applied"),
+                   "impressions_per_s": per_second(stats, "impressions"),
                    "dead_lettered": sum(st["dead_lettered"] for st in stats),
                    "bad_events_sent": len(bad), "lost": lost,
                    "batches": sum(st["batches"] for st in stats),
@@ -294,31 +341,48 @@ def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], con
     # Freshness: live traffic at a fixed rate, one consumer already running.
     from homefeed.stack import free_port
 
-    s = _fresh(base, root, partitions[0], "live")
+    s = _fresh(base, root, partitions[0], "live", impressions_process)
     metrics_port = free_port()
     procs = _consumers(s, 1, out_dir=root, metrics_port=metrics_port)
     live = events.head(int(live_rate * live_seconds))
+    # impressions alongside, at the world's ratio to actions (one producer each, concurrently)
+    ratio = len(shown) / max(len(events), 1)
+    live_shown = shown.head(int(live_rate * ratio * live_seconds))
     prefix = f"{s.consumer_group}-"
+    sent_shown = _produce_in_background(
+        s, s.impressions_topic, impression_records(live_shown, False, id_prefix=prefix, live=True),
+        live_rate * ratio, len(live_shown)) if len(live_shown) else None
     producer = Producer(s)
+    started = time.perf_counter()
     producer.send_all(s.actions_topic, event_records(live, False, id_prefix=prefix, live=True),
                       rate=live_rate, total=len(live), desc="live")
     producer.close()
-    _wait_until(lambda: committed_total(s) >= len(live), [p for p, _ in procs], 600, "the live events")
+    report["live_actions_sent_per_s"] = round(len(live) / (time.perf_counter() - started), 1)
+    if sent_shown is not None:
+        sent_shown.join()
+        report["live_impressions_sent_per_s"] = round(sent_shown.rate, 1)
+    _wait_until(lambda: _all_committed(s, len(live), len(live_shown)), [p for p, _ in procs], 600,
+                "the live events")
     # The consumer's own histogram, scraped as Prometheus would: it must agree with the samples.
     report["freshness_prometheus_ms"] = prometheus_quantiles(f"http://{s.host}:{metrics_port}/metrics")
-    stats = _drain(s, procs, len(live))[0]
+    every = _drain(s, procs, len(live), impressions=len(live_shown))
+    stats = every[0]  # the action consumer (an impressions process comes last)
     report["live_stage_ms"] = stage_summary([stats])
     fresh = np.asarray(stats["freshness_ms"], dtype=float)
     report["freshness_ms"] = {q: round(float(np.percentile(fresh, v)), 1) for q, v in
                               (("p50", 50), ("p95", 95), ("p99", 99))} if fresh.size else {}
     report["freshness_ms"]["samples"] = int(fresh.size)
     report["live_rate_per_s"] = live_rate
+    report["live_impressions"] = int(sum(st.get("impressions", 0) for st in every))
     report["live_lost"] = len({prefix + i for i in live["event_id"]} - _logged_ids(s))
+    report["live_lost"] += len({prefix + i for i in live_shown["event_id"]}
+                               - _logged_ids(s, "impression_events"))
     report["live_events_per_batch"] = round(stats["applied"] / max(stats["batches"], 1), 1)
 
     best = max(report["runs"], key=lambda r: r["events_per_s"])
     single = report["runs"][0]
     report["events_per_s"] = single["events_per_s"]
+    report["impressions_per_s"] = single["impressions_per_s"]
     report["best_events_per_s"] = best["events_per_s"]
     report["dead_lettered"] = single["dead_lettered"]
     report["lost"] = sum(r["lost"] for r in report["runs"]) + report["live_lost"]
@@ -331,6 +395,38 @@ def _run(base: Settings, root: Path, world_dir: Path, partitions: list[int], con
     _plot_freshness(fresh, root / "freshness.png")
     report["freshness_plot"] = str(root / "freshness.png")
     return report
+
+
+def _produce_in_background(settings: Settings, topic: str, records, rate: float, total: int):
+    """Send `records` at `rate` from a thread with its own producer; join() it, then read
+    `.rate` (records/s achieved). A failed send fails the thread's join with its error."""
+    import threading
+
+    from homefeed.stream.producer import Producer
+
+    class Sender(threading.Thread):
+        rate = 0.0
+        error: BaseException | None = None
+
+        def run(self) -> None:
+            producer = Producer(settings)
+            started = time.perf_counter()
+            try:
+                n = producer.send_all(topic, records, rate=rate, total=total, desc="live impressions")
+                self.rate = n / (time.perf_counter() - started)
+            except BaseException as exc:  # re-raised by join()
+                self.error = exc
+            finally:
+                producer.close()
+
+        def join(self, timeout=None) -> None:
+            super().join(timeout)
+            if self.error is not None:
+                raise self.error
+
+    sender = Sender(daemon=True)
+    sender.start()
+    return sender
 
 
 def _plot_freshness(fresh: np.ndarray, path: Path) -> None:
@@ -363,7 +459,8 @@ def cmd_bench_ingest(args) -> int:
         generate_world(WorldParams(users=args.users, pins=args.pins, days=args.days, seed=args.seed), world)
     report = run_ingest_bench(world, [int(p) for p in args.partitions.split(",")],
                               [int(c) for c in args.consumers.split(",")], args.live_rate, args.live_seconds,
-                              redis_cluster=args.redis_cluster)
+                              redis_cluster=args.redis_cluster, impressions=not args.no_impressions,
+                              impressions_process=args.impressions_process)
     report["machine"] = f"{os.cpu_count()} cores"
     report["date"] = pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
     print(json.dumps(report, indent=None if args.json else 2))
@@ -384,5 +481,9 @@ def add_parser(bench_sub) -> None:
                    help="length of the freshness phase in seconds (default 10)")
     p.add_argument("--redis-cluster", type=int, default=0, metavar="N",
                    help="run against a local Redis Cluster of N nodes (default: one redis-server)")
+    p.add_argument("--no-impressions", action="store_true",
+                   help="send no impressions (the action path alone, for comparison)")
+    p.add_argument("--impressions-process", action="store_true",
+                   help="impressions read by a consumer process (and group) of their own")
     p.add_argument("--json", action="store_true", help="one-line JSON")
     p.set_defaults(func=cmd_bench_ingest)

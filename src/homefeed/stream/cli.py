@@ -19,26 +19,37 @@ def cmd_produce(args) -> int:
         ProduceFailed,
         Producer,
         event_records,
-        load_world_tables,
+        impression_records,
         pin_records,
     )
+    from homefeed.world import load_world
 
     settings = load_settings()
     if not (Path(args.world) / "events.parquet").is_file():
         raise UserError(f"{args.world} is not a world directory (no events.parquet); "
                         "create one with `homefeed world generate`")
-    events, pins, start_ms = load_world_tables(args.world)
+    world = load_world(args.world)
+    events, pins, start_ms = world.events, world.pins, world.start_ms
+    # the world's impressions (none for a world without them, e.g. MovieLens), in time order
+    shown = world.impressions()
+    if args.skip_impressions:
+        shown = shown.iloc[:0]
     if args.limit:
         events = events.head(args.limit)
+        shown = shown.head(args.limit)
+    arrival = args.timestamps == "arrival"
     producer = Producer(settings)
-    n, bad = 0, {}
+    n, n_shown, bad = 0, 0, {}
     try:
         if not args.skip_pins:
             producer.send_all(settings.pins_topic, pin_records(pins, start_ms), total=len(pins),
                               desc="pins")
-        n = producer.send_all(settings.actions_topic,
-                              event_records(events, use_arrival_time=args.timestamps == "arrival"),
+        n = producer.send_all(settings.actions_topic, event_records(events, use_arrival_time=arrival),
                               rate=args.rate, total=len(events), desc="events")
+        if len(shown):
+            n_shown = producer.send_all(settings.impressions_topic,
+                                        impression_records(shown, use_arrival_time=arrival),
+                                        rate=args.rate, total=len(shown), desc="impressions")
         bad = producer.send_bad_events() if args.inject_bad else {}
     except ProduceFailed as exc:
         log.error("%s; the topic is incomplete: produce again (event ids make replays duplicates, "
@@ -47,7 +58,7 @@ def cmd_produce(args) -> int:
         return 1
     finally:
         producer.close()
-    print(json.dumps({"events": n, "pins": 0 if args.skip_pins else len(pins),
+    print(json.dumps({"events": n, "impressions": n_shown, "pins": 0 if args.skip_pins else len(pins),
                       "bad_events": len(bad), "failed": 0}))
     return 0
 
@@ -61,7 +72,7 @@ def cmd_consume(args) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=settings.host)
         log.info("metrics on http://%s:%d/metrics", settings.host, args.metrics_port)
-    consumer = build_consumer(settings, validate=not args.no_validate)
+    consumer = build_consumer(settings, validate=not args.no_validate, impressions_only=args.impressions)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop.set())
     try:
         stats = consumer.run(idle_exit_s=args.exit_when_idle, max_records=args.max_records,
@@ -89,8 +100,14 @@ def cmd_status(args) -> int:
         c = status.get("consumer")
         if c:
             print(f"consumed: {c['records']} records = {c['applied']} applied + {c['duplicates']} "
-                  f"duplicates + {c['dead_lettered']} dead-lettered + {c['pin_upserts']} pin upserts"
+                  f"duplicates + {c['dead_lettered']} dead-lettered + {c['pin_upserts']} pin upserts "
+                  f"+ {c['impressions']} impressions"
                   + ("" if c["accounted"] else "  (DOES NOT ADD UP)"))
+            ci = status.get("impressions_consumer")
+            if ci:
+                print(f"impressions group: {ci['records']} records = {ci['impressions']} impressions + "
+                      f"{ci['duplicates']} duplicates + {ci['dead_lettered']} dead-lettered"
+                      + ("" if ci["accounted"] else "  (DOES NOT ADD UP)"))
             if not status["dead_letters_agree"]:
                 print(f"WARNING: the consumer counted {c['dead_lettered']} dead letters but the topic "
                       f"holds {status['dead_lettered']} (Redis lost its counters, or another group "
@@ -113,10 +130,12 @@ def register(parser) -> None:
     p = sub.add_parser("produce", help="replay a world's events (and pins) onto Kafka")
     p.add_argument("--world", required=True, help="directory written by `homefeed world generate`")
     p.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
-    p.add_argument("--limit", type=int, help="only the first N events (arrival order)")
+    p.add_argument("--limit", type=int, help="only the first N events (and N impressions), arrival order")
     p.add_argument("--timestamps", choices=["arrival", "now"], default="arrival",
                    help="record timestamp: the world's arrival time (history) or the wall clock (live)")
     p.add_argument("--skip-pins", action="store_true", help="do not send pin upserts")
+    p.add_argument("--skip-impressions", action="store_true",
+                   help="do not send the world's impressions (worlds without them send none)")
     p.add_argument("--inject-bad", action="store_true", help="also send one bad event of every kind")
     p.set_defaults(func=cmd_produce, needs=(KAFKA,))
 
@@ -129,6 +148,9 @@ def register(parser) -> None:
                    help="skip the per-batch Great Expectations suite (cheap checks still run)")
     p.add_argument("--stats-out", help="write a JSON summary (with freshness samples) at exit")
     p.add_argument("--ready-file", help="create this file once partitions are assigned")
+    p.add_argument("--impressions", action="store_true",
+                   help="read only the impressions topic, in the group impressions_consumer_group "
+                        "(the sequence builder then leaves them to this process)")
     p.set_defaults(func=cmd_consume, needs=(KAFKA, REDIS))
 
     p = sub.add_parser("status", help="topics, consumer-group lag, dead-letter count")

@@ -1,13 +1,15 @@
 """The stream consumer: Kafka action events -> validated -> per-user latest-N sequences ->
-Feast online store (Redis) and the offline parquet log.
+Feast online store (Redis) and the offline parquet log; impressions (their own topic) ->
+validated -> their own log table, `impression_events`.
 
 One micro-batch at a time, at least once:
 
 1. poll up to `batch_max_events` records; a batch waits for more at most `batch_max_ms` after its
    oldest record reached the broker (records that queued meanwhile are taken at once);
-2. cheap per-message checks (homefeed.events.parse_event); failures go to the dead-letter topic
-   with the original bytes and a reason header (a summary instead, when the value is too big for
-   the topic); no record can raise out of this step;
+2. cheap per-message checks, routed by topic (homefeed.events.parse_event, parse_impression,
+   parse_pin_upsert); failures go to the dead-letter topic with the original bytes and a reason
+   header (a summary instead, when the value is too big for the topic); no record can raise out
+   of this step;
 3. the `action_events` Great Expectations suite once per micro-batch (never per message): its
    value checks; the frame's columns, dtypes and non-nulls hold by construction (`events_frame`);
 4. merge each touched user's events into the sequence state kept in Redis (homefeed.sequence),
@@ -16,7 +18,10 @@ One micro-batch at a time, at least once:
    crash point);
 5. make the batch durable: raw events, sequence snapshots and counter versions to the offline
    log (fsync'd), then one Feast push of every changed sequence and counter, then the sequence
-   states;
+   states; after the actions, the batch's impressions: the `impression_events` suite once, the
+   counters (an impression is the denominator of every engagement rate), then their log table
+   and counter versions, then the counters' Feast push (they touch no sequence: an impression is
+   what was shown, not what the user did);
 6. only then commit the Kafka offsets.
 
 A crash anywhere before 6 replays the batch; every step is idempotent (dedup by (user, event_id),
@@ -24,7 +29,9 @@ Feast's strictly-newer timestamp rule, append-only log read with dedup), so repl
 nothing. Outages (Redis, the broker, the disk) are retried with backoff without committing; any
 other error is a poison record: the batch is split until the record that fails alone is found,
 and that record is dead-lettered with reason `apply_failed`. So every record is exactly one of
-applied, duplicate, dead-lettered or pin upsert (`BatchResult.accounted`), and none stops ingestion.
+applied, duplicate, dead-lettered, pin upsert or impression (`BatchResult.accounted`), and none
+stops ingestion. Impressions keep no state: a replayed batch logs them again, and the log's
+readers drop the copies by (user_id, event_id), as they do for actions.
 """
 
 from __future__ import annotations
@@ -59,10 +66,11 @@ from homefeed.stream.online_writer import OnlineWriter
 log = logging.getLogger(__name__)
 
 STATE_KEY = "homefeed:seqstate:{project}:{user_id}"
-# Per consumer group: records, applied, duplicates, dead_lettered, pin_upserts, incremented together
-# (one MULTI) after every batch, so `homefeed stream status` can show that they add up.
+# Per consumer group: records, applied, duplicates, dead_lettered, pin_upserts, impressions,
+# incremented together (one script) after every batch, so `homefeed stream status` can show that
+# they add up.
 COUNTERS_KEY = "homefeed:consumer:{project}:{group}"
-COUNTER_FIELDS = ("records", "applied", "duplicates", "dead_lettered", "pin_upserts")
+COUNTER_FIELDS = ("records", "applied", "duplicates", "dead_lettered", "pin_upserts", "impressions")
 # Compare-and-set of one user's state: written only if the stored value is still the one this
 # consumer loaded (its SHA-1; '' = no state yet). One key per call: cluster-safe.
 _CAS_STATE = """
@@ -78,6 +86,7 @@ for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 ACTION_EVENTS_TABLE = F.ACTION_EVENTS
+IMPRESSION_EVENTS_TABLE = F.IMPRESSION_EVENTS
 # Where a micro-batch's time goes, in order (BatchResult.stage_s, the stage histogram, the benchmark).
 STAGES = ("poll", "parse", "validate", "state_read", "counters", "log_write", "feast_write", "state_write",
           "dead_letter", "commit")
@@ -120,18 +129,19 @@ class BatchResult:
     outside_window: int = 0
     sequences_pushed: int = 0
     pins_pushed: int = 0
+    impressions: int = 0  # valid impressions logged (a replayed batch logs its impressions again)
     dead: list[DeadLetter] = field(default_factory=list)
     freshness_ms: list[int] = field(default_factory=list)
     stage_s: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
 
     @property
     def accounted(self) -> int:
-        """applied + duplicates + dead-lettered + pin upserts: always equals `records`."""
-        return self.applied + self.duplicates + len(self.dead) + self.pins_pushed
+        """applied + duplicates + dead-lettered + pin upserts + impressions: always equals `records`."""
+        return self.applied + self.duplicates + len(self.dead) + self.pins_pushed + self.impressions
 
     def merge(self, other: "BatchResult") -> "BatchResult":
         for name in ("records", "applied", "duplicates", "outside_window", "sequences_pushed",
-                     "pins_pushed"):
+                     "pins_pushed", "impressions"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.dead.extend(other.dead)
         self.freshness_ms.extend(other.freshness_ms)
@@ -206,7 +216,8 @@ class SequenceBuilder:
     driven the same way by the consumer loop, the tests and the backfill command."""
 
     def __init__(self, settings: Settings, store, redis_client, dlq_producer=None,
-                 validator: BatchValidator | None = None, dlq_factory: Callable[[], object] | None = None):
+                 validator: BatchValidator | None = None, dlq_factory: Callable[[], object] | None = None,
+                 impression_validator: BatchValidator | None = None):
         self.settings = settings
         self.store = store
         self.online = OnlineWriter(store)
@@ -216,6 +227,7 @@ class SequenceBuilder:
         # broker restarted can stay broken (InitProducerId failures) until it is rebuilt.
         self.dlq_factory = dlq_factory
         self.validator = validator
+        self.impression_validator = impression_validator  # the `impression_events` suite
         self.project = store.project
         self.generation = Generation(settings, redis_client, self.project)  # Redis data loss
         self._cas: dict = {}  # the compare-and-set script, registered per Redis node
@@ -228,6 +240,9 @@ class SequenceBuilder:
         if self.validator is not None:
             probe = E.ActionEvent("warm-up", 1, 1, E.ActionType.CLICK, wall_ms())
             self.validator(events_frame([probe], [wall_ms()]))
+        if self.impression_validator is not None:
+            shown = E.ImpressionEvent("warm-up", 1, 1, wall_ms())
+            self.impression_validator(impressions_frame([shown], [wall_ms()]))
 
     # -- state --------------------------------------------------------------------------
     def state_key(self, user_id: int) -> str:
@@ -297,7 +312,7 @@ class SequenceBuilder:
         on an outage; the consumer retries it before the next batch, so the counters and the
         dead-letter topic never disagree."""
         values = dict(zip(COUNTER_FIELDS, (result.records, result.applied, result.duplicates,
-                                           len(result.dead), result.pins_pushed)))
+                                           len(result.dead), result.pins_pushed, result.impressions)))
         # one key, one script: atomic on a single node and on a cluster alike
         self.redis.eval(_ADD_COUNTERS, 1, self.counters_key(), *[x for kv in values.items() for x in kv])
 
@@ -309,17 +324,16 @@ class SequenceBuilder:
         with result.timed("state_read"):
             self.generation.check(self.store)  # restores Redis from the log if it lost its data
         with result.timed("parse"):
-            actions, pins = self._parse(records, result)
+            actions, pins, impressions = self._parse(records, result)
         # Redelivered copies within one batch are duplicates, not invalid: drop them before the
-        # suite (whose uniqueness check is for corruption, not for at-least-once). Event ids are
-        # unique per user: two users' events that share an id are two events.
-        unique = list({(ev.user_id, ev.event_id): (rec, ev)
-                       for rec, ev in reversed(actions)}.values())[::-1]
+        # suite (whose uniqueness check is for corruption, not for at-least-once).
+        unique = unique_per_user(actions)
         result.duplicates += len(actions) - len(unique)
         with result.timed("validate"):
             actions, frame = self._validate_batch(unique, result)
         self._apply_actions(actions, result, frame)
         self._apply_pins(pins, result)
+        self._apply_impressions(impressions, result)
         with result.timed("dead_letter"):
             self._dead_letter(result.dead)
         self._count(records, result)
@@ -330,12 +344,17 @@ class SequenceBuilder:
         skew = self.settings.max_future_skew_ms
         actions: list[tuple[object, E.ActionEvent]] = []
         pins: list[tuple[object, E.PinUpsert]] = []
+        # (record, impression): the record keeps (topic, partition, offset) for what follows
+        impressions: list[tuple[object, E.ImpressionEvent]] = []
         for record in records:
             try:
                 if record.topic == self.settings.pins_topic:
                     pins.append((record, E.parse_pin_upsert(
                         record.value, embedding_dim=self.settings.embedding_dim, now_ms=now,
                         max_future_skew_ms=skew)))
+                elif record.topic == self.settings.impressions_topic:
+                    impressions.append((record, E.parse_impression(record.value, now_ms=now,
+                                                                   max_future_skew_ms=skew)))
                 else:
                     actions.append((record, E.parse_event(record.value, now_ms=now, max_future_skew_ms=skew)))
             except E.InvalidEvent as exc:
@@ -344,7 +363,7 @@ class SequenceBuilder:
                 log.warning("record %s:%s:%s could not be parsed", record.topic, record.partition,
                             record.offset, exc_info=True)
                 result.dead.append(DeadLetter(record, E.REASON_APPLY_FAILED, f"{type(exc).__name__}: {exc}"))
-        return actions, pins
+        return actions, pins, impressions
 
     def dead_letter_alone(self, record, exc: BaseException) -> BatchResult:
         """The poison-record exit: `record` failed to apply on its own; dead-letter it."""
@@ -365,6 +384,7 @@ class SequenceBuilder:
         M.OUTSIDE_WINDOW.inc(result.outside_window)
         M.SEQUENCES_PUSHED.inc(result.sequences_pushed)
         M.PINS_PUSHED.inc(result.pins_pushed)
+        M.IMPRESSIONS_LOGGED.inc(result.impressions)
         for item in result.dead:
             M.DEAD_LETTERED.labels(item.reason).inc()
         for ms in result.freshness_ms:
@@ -376,16 +396,7 @@ class SequenceBuilder:
         if not actions or self.validator is None:
             return actions, None
         frame = events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions])
-        rejected = self.validator(frame)
-        if not rejected:
-            return actions, frame
-        keep = []
-        for i, pair in enumerate(actions):
-            if i in rejected:
-                result.dead.append(DeadLetter(pair[0], E.REASON_BATCH_SUITE, rejected[i]))
-            else:
-                keep.append(pair)
-        return keep, frame.drop(index=list(rejected)).reset_index(drop=True)
+        return suite_filter(actions, frame, self.validator, result)
 
     def _apply_actions(self, actions, result: BatchResult, frame: pd.DataFrame | None = None) -> None:
         """`frame`: the actions' events frame when the validator built it already."""
@@ -434,12 +445,9 @@ class SequenceBuilder:
             offline_log.append(self.settings.offline_dir, ACTION_EVENTS_TABLE, frame)
             if rows:
                 offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_table(log_rows))
-            for view, versions in counted.items():
-                if versions:
-                    offline_log.append(self.settings.offline_dir, view, engagement_table(view, versions))
+            self._log_counters(counted)
         with result.timed("feast_write"):
-            for view, versions in counted.items():
-                self.online.write_engagement(view, versions)  # the newest version per entity
+            self._push_counters(counted)
         if rows:
             with result.timed("feast_write"):
                 self.online.write_sequences(rows)  # Feast keeps only strictly newer rows: a zombie's lose
@@ -454,6 +462,39 @@ class SequenceBuilder:
         result.duplicates += already
         result.applied += len(actions) - already
         result.sequences_pushed += len(rows)
+
+    def _log_counters(self, counted: dict[str, list[dict]]) -> None:
+        for view, versions in counted.items():
+            if versions:
+                offline_log.append(self.settings.offline_dir, view, engagement_table(view, versions))
+
+    def _push_counters(self, counted: dict[str, list[dict]]) -> None:
+        for view, versions in counted.items():
+            self.online.write_engagement(view, versions)  # the newest version per entity
+
+    def _apply_impressions(self, impressions, result: BatchResult) -> None:
+        """Impressions of the batch: in-batch copies are duplicates; the `impression_events`
+        suite once (rejected rows are dead-lettered `batch_suite`); the rest counted in the
+        engagement counters (exactly once per record, like actions), appended to their own log
+        table with the counter versions, and the counters pushed. No sequence, no state: nothing
+        that reads actions sees them."""
+        if not impressions:
+            return
+        unique = unique_per_user(impressions)
+        result.duplicates += len(impressions) - len(unique)
+        frame = impressions_frame([ev for _, ev in unique], [r.timestamp for r, _ in unique])
+        if self.impression_validator is not None:
+            with result.timed("validate"):
+                unique, frame = suite_filter(unique, frame, self.impression_validator, result)
+        if unique:
+            with result.timed("counters"):
+                counted = self.counters.apply([engagement_event(r, ev) for r, ev in unique])
+            with result.timed("log_write"):
+                offline_log.append(self.settings.offline_dir, IMPRESSION_EVENTS_TABLE, frame)
+                self._log_counters(counted)
+            with result.timed("feast_write"):
+                self._push_counters(counted)
+        result.impressions += len(unique)
 
     def _apply_pins(self, pins, result: BatchResult) -> None:
         if not pins:
@@ -528,10 +569,32 @@ def dead_letter_summary(item: DeadLetter) -> bytes:
     }).encode()
 
 
-def engagement_event(record, ev: E.ActionEvent) -> EngagementEvent:
-    """An action record as an input of the engagement counters."""
-    return EngagementEvent(ev.user_id, ev.pin_id, ev.action_type.wire_name, ev.event_time,
+def engagement_event(record, ev: E.ActionEvent | E.ImpressionEvent) -> EngagementEvent:
+    """An action or impression record as an input of the engagement counters."""
+    kind = ev.action_type.wire_name if isinstance(ev, E.ActionEvent) else "impression"
+    return EngagementEvent(ev.user_id, ev.pin_id, kind, ev.event_time,
                            record.timestamp, record.topic, record.partition, record.offset)
+
+
+def unique_per_user(pairs: list) -> list:
+    """(record, event) pairs without redelivered copies, first occurrence kept, in order. Event
+    ids are unique per user: two users' events that share an id are two events."""
+    return list({(ev.user_id, ev.event_id): (rec, ev) for rec, ev in reversed(pairs)}.values())[::-1]
+
+
+def suite_filter(pairs: list, frame: pd.DataFrame, validator: BatchValidator, result: BatchResult):
+    """Run a batch suite on `frame` (one row per pair): the pairs and rows it keeps; each row it
+    rejects is dead-lettered `batch_suite` with the suite's detail."""
+    rejected = validator(frame)
+    if not rejected:
+        return pairs, frame
+    keep = []
+    for i, pair in enumerate(pairs):
+        if i in rejected:
+            result.dead.append(DeadLetter(pair[0], E.REASON_BATCH_SUITE, rejected[i]))
+        else:
+            keep.append(pair)
+    return keep, frame.drop(index=list(rejected)).reset_index(drop=True)
 
 
 def arrival_groups(items: list[tuple[int, Action]], granularity_ms: int):
@@ -545,11 +608,23 @@ def arrival_groups(items: list[tuple[int, Action]], granularity_ms: int):
 # -- frames (one shape for the log, the push and validation) --------------------------------
 
 def events_frame(evs: list[E.ActionEvent], arrival_ms: list[int]) -> pd.DataFrame:
+    return _user_event_frame(evs, arrival_ms, action_type=[e.action_type.wire_name for e in evs])
+
+
+def impressions_frame(evs: list[E.ImpressionEvent], arrival_ms: list[int]) -> pd.DataFrame:
+    """The `impression_events` log's rows (request_id NO_REQUEST_ID when sent without one)."""
+    return _user_event_frame(evs, arrival_ms, request_id=pd.array(
+        [E.NO_REQUEST_ID if e.request_id is None else e.request_id for e in evs], dtype="int64"))
+
+
+def _user_event_frame(evs: list, arrival_ms: list[int], **own) -> pd.DataFrame:
+    """The columns every user event's frame has (ids, times, surface, log timestamps), with the
+    kind's `own` columns after pin_id."""
     frame = pd.DataFrame({
         "event_id": [e.event_id for e in evs],
         F.USER_ID: pd.array([e.user_id for e in evs], dtype="int64"),
         F.PIN_ID: pd.array([e.pin_id for e in evs], dtype="int64"),
-        "action_type": [e.action_type.wire_name for e in evs],
+        **own,
         "event_time": pd.array([e.event_time for e in evs], dtype="int64"),
         "arrival_time": pd.array(arrival_ms, dtype="int64"),
         "surface": [e.surface for e in evs],
@@ -588,7 +663,29 @@ def pin_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 # -- the Kafka loop ---------------------------------------------------------------------------
 
-def make_consumer(settings: Settings, **overrides):
+def consumed_topics(settings: Settings, impressions_only: bool = False) -> list[str]:
+    """The topics a consumer process subscribes to: actions and pins, plus impressions unless
+    their own process reads them (`impressions_consumer_group`); or, for that process, only
+    impressions."""
+    if impressions_only:
+        return [settings.impressions_topic]
+    own = [] if settings.impressions_consumer_group else [settings.impressions_topic]
+    return [settings.actions_topic, settings.pins_topic, *own]
+
+
+def impressions_settings(settings: Settings) -> Settings:
+    """The settings of the impressions-only process: its own group (so its offsets and counters
+    are its own) and its own batch window."""
+    from homefeed.errors import UserError
+
+    if not settings.impressions_consumer_group:
+        raise UserError("impressions are read by the sequence builder's group; set "
+                        "HOMEFEED_IMPRESSIONS_CONSUMER_GROUP to read them in a process of their own")
+    return settings.replace(consumer_group=settings.impressions_consumer_group,
+                            batch_max_ms=settings.impressions_batch_max_ms)
+
+
+def make_consumer(settings: Settings, impressions_only: bool = False, **overrides):
     from kafka import KafkaConsumer
 
     config = dict(
@@ -606,7 +703,7 @@ def make_consumer(settings: Settings, **overrides):
     )
     config.update(overrides)
     consumer = KafkaConsumer(**config)
-    consumer.subscribe([settings.actions_topic, settings.pins_topic], listener=_rebalance_log())
+    consumer.subscribe(consumed_topics(settings, impressions_only), listener=_rebalance_log())
     return consumer
 
 
@@ -638,13 +735,14 @@ def make_producer(settings: Settings, **overrides):
     return KafkaProducer(**config)
 
 
-def gx_validator(settings: Settings) -> BatchValidator:
-    """The `action_events` Great Expectations suite, once per micro-batch: its value checks;
-    the structure checks (columns, dtypes, nulls) hold by construction of `events_frame`."""
+def gx_validator(settings: Settings, suite: str = "action_events") -> BatchValidator:
+    """A Great Expectations suite (`action_events`, `impression_events`), once per micro-batch:
+    its value checks; the structure checks (columns, dtypes, nulls) hold by construction of
+    `events_frame` / `impressions_frame`."""
     from homefeed.validation import failing_rows  # GX import costs ~3 s: only when consuming
 
     def validate(frame: pd.DataFrame) -> dict[int, str]:
-        return failing_rows("action_events", frame, now_ms=wall_ms(), structure=False,
+        return failing_rows(suite, frame, now_ms=wall_ms(), structure=False,
                             max_future_skew_ms=settings.max_future_skew_ms)
 
     return validate
@@ -657,6 +755,7 @@ class ConsumeStats:
     dead_lettered: int = 0
     duplicates: int = 0
     pin_upserts: int = 0
+    impressions: int = 0
     outside_window: int = 0
     batches: int = 0
     retries: int = 0
@@ -675,6 +774,7 @@ class ConsumeStats:
         self.dead_lettered += len(r.dead)
         self.duplicates += r.duplicates
         self.pin_upserts += r.pins_pushed
+        self.impressions += r.impressions
         self.outside_window += r.outside_window
         self.batches += 1
         self.freshness_ms.extend(r.freshness_ms)
@@ -826,8 +926,9 @@ class StreamConsumer:
             ready_file=None) -> ConsumeStats:
         self.builder.warm_up()
         idle_since = time.monotonic()
-        log.info("consuming %s and %s as group %s", self.settings.actions_topic,
-                 self.settings.pins_topic, self.settings.consumer_group)
+        log.info("consuming %s as group %s", ", ".join(consumed_topics(
+            self.settings, self.settings.consumer_group == self.settings.impressions_consumer_group)),
+            self.settings.consumer_group)
         try:
             while not self.stop.is_set():
                 polled_at = time.perf_counter()
@@ -913,16 +1014,24 @@ class StreamConsumer:
             log.debug("lag not updated: %s", exc)
 
 
-def build_consumer(settings: Settings, validate: bool = True, **consumer_overrides) -> StreamConsumer:
+def build_consumer(settings: Settings, validate: bool = True, impressions_only: bool = False,
+                   **consumer_overrides) -> StreamConsumer:
+    """The consumer of actions, pins (and impressions unless their own process reads them), or
+    with `impressions_only` that process (its group: `impressions_consumer_group`)."""
     from homefeed.feature_store import open_store
     from homefeed.redis_client import pipeline_client
+
+    if impressions_only:
+        settings = impressions_settings(settings)
 
     store = open_store(settings.feature_repo)
     client = pipeline_client(settings)
     builder = SequenceBuilder(settings, store, client, make_producer(settings),
                               gx_validator(settings) if validate else None,
-                              dlq_factory=lambda: make_producer(settings))
-    return StreamConsumer(settings, builder, make_consumer(settings, **consumer_overrides))
+                              dlq_factory=lambda: make_producer(settings),
+                              impression_validator=gx_validator(settings, "impression_events")
+                              if validate else None)
+    return StreamConsumer(settings, builder, make_consumer(settings, impressions_only, **consumer_overrides))
 
 
 def write_stats(path, stats: ConsumeStats) -> None:

@@ -1,7 +1,8 @@
 """Realtime engagement counters: exactly-once decayed counts per user and per pin in Redis.
 
-Input: a micro-batch's `EngagementEvent`s (actions today; impressions from their own topic feed
-the same call). Output: the new versions of every touched entity's counters, as rows for the
+Input: a micro-batch's `EngagementEvent`s: its new actions, and its impressions (their own
+topic; read by the same consumer or by a process of their own, `stream consume --impressions`:
+the offset marks are per topic and partition, so either way each record counts once). Output: the new versions of every touched entity's counters, as rows for the
 `user_engagement` / `pin_engagement` views (homefeed.features), which the consumer writes to the
 offline log and to Feast's online store like the sequences.
 
@@ -41,7 +42,9 @@ When Redis loses its data, the generation restore (homefeed.stream.generation) p
 entity's newest logged version back (`put`, from `homefeed stream backfill`'s code).
 
 Known limits: a producer duplicate of an action older than the user's kept sequence is counted
-again (the state remembers only the kept actions' ids); a record isolated as poison after the
+again (the state remembers only the kept actions' ids), and so is a producer duplicate of an
+impression in another micro-batch (impressions keep no state; copies within one batch are
+dropped); a record isolated as poison after the
 script counted it (a batch that failed for a non-outage reason further down) stays counted.
 """
 

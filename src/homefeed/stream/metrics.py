@@ -17,6 +17,8 @@ DEAD_LETTERED = Counter("homefeed_stream_dead_lettered_total", "Records sent to 
                         ["reason"])
 SEQUENCES_PUSHED = Counter("homefeed_stream_sequences_pushed_total", "User sequences pushed to Feast")
 PINS_PUSHED = Counter("homefeed_stream_pins_pushed_total", "Pin feature rows pushed to Feast")
+IMPRESSIONS_LOGGED = Counter("homefeed_stream_impressions_logged_total",
+                             "Valid impressions appended to the impression_events log")
 BATCH_SECONDS = Histogram(
     "homefeed_stream_batch_seconds", "Time to make one micro-batch durable (log + Feast + state)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))

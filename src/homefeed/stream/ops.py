@@ -60,13 +60,21 @@ def high_watermarks(consumer, tps: list) -> dict:
 def stream_status(settings: Settings) -> dict:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+    from homefeed.stream.consumer import impressions_settings
+
     admin = KafkaAdminClient(**settings.kafka_client_config(), client_id="homefeed-status")
     consumer = KafkaConsumer(**settings.kafka_client_config(), client_id="homefeed-status",
                              enable_auto_commit=False)  # no group: reads offsets only
+    # impressions read by a process of their own: its group's offsets and counters
+    separate = impressions_settings(settings) if settings.impressions_consumer_group else None
     try:
         committed = committed_offsets(settings, admin)
+        if separate is not None:
+            committed.update({tp: o for tp, o in committed_offsets(separate, admin).items()
+                              if tp.topic == settings.impressions_topic})
         topics = {}
-        for topic in (settings.actions_topic, settings.pins_topic, settings.dead_letter_topic):
+        for topic in (settings.actions_topic, settings.pins_topic, settings.impressions_topic,
+                      settings.dead_letter_topic):
             parts = sorted(consumer.partitions_for_topic(topic) or [])
             tps = [TopicPartition(topic, p) for p in parts]
             ends = high_watermarks(consumer, tps)
@@ -81,11 +89,17 @@ def stream_status(settings: Settings) -> dict:
             topics[topic] = rows
         dead = sum(r["end"] - r["start"] for r in topics[settings.dead_letter_topic])
         counters = consumer_counters(settings)
-        return {"group": settings.consumer_group, "topics": topics, "dead_lettered": dead,
-                "consumer": counters,
-                # the group's dead-letter count (Redis) and the topic's records must agree; they
-                # do not when Redis lost its counters, or another group writes to the topic
-                "dead_letters_agree": None if counters is None else counters["dead_lettered"] == dead}
+        out = {"group": settings.consumer_group, "topics": topics, "dead_lettered": dead,
+               "consumer": counters}
+        counted = None if counters is None else counters["dead_lettered"]
+        if separate is not None:
+            out["impressions_group"] = separate.consumer_group
+            out["impressions_consumer"] = imp = consumer_counters(separate)
+            counted = None if counted is None or imp is None else counted + imp["dead_lettered"]
+        # the groups' dead-letter count (Redis) and the topic's records must agree; they do not
+        # when Redis lost its counters, or another group writes to the topic
+        out["dead_letters_agree"] = None if counted is None else counted == dead
+        return out
     finally:
         consumer.close()
         admin.close()

@@ -1,4 +1,5 @@
-"""Replays a world's action events onto Kafka (and its pins onto the pin-upserts topic).
+"""Replays a world's action events onto Kafka (its pins onto the pin-upserts topic, its
+impressions onto the impressions topic).
 
 Events go out in arrival order, keyed by user_id (so one user's events stay in one partition,
 in order). The record timestamp is the event's arrival time in the world (`--timestamps
@@ -49,6 +50,24 @@ def bad_event_samples(now_ms: int) -> dict[str, tuple[bytes, str]]:
     }
 
 
+def bad_impression_samples(now_ms: int) -> dict[str, tuple[bytes, str]]:
+    """One malformed impression per way only an impression can be wrong, plus the envelope
+    checks it shares with actions: name -> (bytes, expected reason)."""
+    good = E.ImpressionEvent("bad-imp", 1, 1, now_ms, request_id=1).to_dict()
+
+    def variant(tag: str, **changes) -> bytes:
+        obj = dict(good, event_id=f"bad-imp-{tag}", **changes)
+        return json.dumps({k: v for k, v in obj.items() if v is not ...}).encode()
+
+    return {
+        "not_json": (b"{shown?", E.REASON_NOT_JSON),
+        "missing_field": (variant("missing", pin_id=...), E.REASON_MISSING_FIELD),
+        "bad_request_id": (variant("request", request_id=-3), E.REASON_BAD_ID),
+        "far_future": (variant("future", event_time=now_ms + 86_400_000), E.REASON_FUTURE_TIME),
+        "an_action": (variant("action", action_type="repin"), E.REASON_WRONG_TOPIC),
+    }
+
+
 def event_records(events: pd.DataFrame, use_arrival_time: bool, id_prefix: str = "",
                   live: bool = False):
     """(key, value, timestamp_ms) for each row of a world's events table.
@@ -63,6 +82,19 @@ def event_records(events: pd.DataFrame, use_arrival_time: bool, id_prefix: str =
         when = time.time_ns() // 1_000_000 if live else int(event_time)
         ev = E.ActionEvent(f"{id_prefix}{event_id}", int(user), int(pin), E.ActionType.parse(action), when,
                            surface=str(surface))
+        yield str(int(user)).encode(), ev.to_json(), int(arrival) if use_arrival_time else None
+
+
+def impression_records(impressions: pd.DataFrame, use_arrival_time: bool, id_prefix: str = "",
+                       live: bool = False):
+    """(key, value, timestamp_ms) for each row of a world's impressions (`World.impressions()`),
+    keyed by user id like actions; `live` and `id_prefix` as in `event_records`."""
+    cols = [impressions[c].to_numpy() for c in ("event_id", F.USER_ID, F.PIN_ID, "event_time",
+                                                 "arrival_time", "surface", F.REQUEST_ID)]
+    for event_id, user, pin, shown, arrival, surface, request in zip(*cols):
+        when = time.time_ns() // 1_000_000 if live else int(shown)
+        ev = E.ImpressionEvent(f"{id_prefix}{event_id}", int(user), int(pin), when, surface=str(surface),
+                               request_id=int(request))
         yield str(int(user)).encode(), ev.to_json(), int(arrival) if use_arrival_time else None
 
 
@@ -128,12 +160,16 @@ class Producer:
             raise ProduceFailed(n, self.failed - failed_before, self.first_error)
         return n
 
-    def send_bad_events(self, kinds: list[str] | None = None) -> dict[str, str]:
-        samples = bad_event_samples(time.time_ns() // 1_000_000)
+    def send_bad_events(self, kinds: list[str] | None = None, impressions: bool = False) -> dict[str, str]:
+        """One malformed record of each kind (`bad_event_samples`, or with `impressions` the
+        impressions topic's `bad_impression_samples`): name -> the reason it must get."""
+        now = time.time_ns() // 1_000_000
+        samples = bad_impression_samples(now) if impressions else bad_event_samples(now)
+        topic = self.settings.impressions_topic if impressions else self.settings.actions_topic
         chosen = {k: samples[k] for k in (kinds or samples)}
         before = self.failed
         for name, (value, _) in chosen.items():
-            self.producer.send(self.settings.actions_topic, key=b"bad", value=value).add_errback(self._failed)
+            self.producer.send(topic, key=b"bad", value=value).add_errback(self._failed)
         self.producer.flush()
         if self.failed > before:
             raise ProduceFailed(len(chosen), self.failed - before, self.first_error)

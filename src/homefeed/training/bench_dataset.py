@@ -85,6 +85,7 @@ def _env(settings: Settings) -> dict:
     env = dict(os.environ, HOMEFEED_HOME=str(settings.home), HOMEFEED_REDIS_PORT=str(settings.redis_port),
                HOMEFEED_KAFKA_PORT=str(settings.kafka_port), HOMEFEED_FEATURE_REPO=str(settings.feature_repo),
                HOMEFEED_ACTIONS_TOPIC=settings.actions_topic, HOMEFEED_PINS_TOPIC=settings.pins_topic,
+               HOMEFEED_IMPRESSIONS_TOPIC=settings.impressions_topic,
                HOMEFEED_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
                HOMEFEED_CONSUMER_GROUP=settings.consumer_group)
     for name in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
@@ -134,6 +135,7 @@ def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: 
     shutil.copytree(base.feature_repo, repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
     settings = base.replace(home=home, feature_repo=repo, actions_topic=f"bench-ds-{name}",
                             pins_topic=f"bench-ds-pins-{name}", dead_letter_topic=f"bench-ds-dlq-{name}",
+                            impressions_topic=f"bench-ds-impressions-{name}",
                             consumer_group=f"bench-ds-{name}")
     env = _env(settings)
     env["HOMEFEED_VALIDATION_DIR"] = str(home / "validation")

@@ -59,7 +59,7 @@ def add_run_arguments(run: argparse.ArgumentParser, metavar: str | None = None) 
                      help="parquet file or directory, or JSON lines (.jsonl/.ndjson/.json); "
                           "default: the offline log's table (not for training_set)")
     run.add_argument("--now-ms", type=int, default=None,
-                     help="action_events: 'now' in epoch ms for the future-time check "
+                     help="action_events, impression_events: 'now' in epoch ms for the future-time check "
                           "(default: max arrival_time in the data, else the clock)")
     run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                      help="override a run-time parameter, e.g. label_click_max_rate=0.9 "
@@ -85,8 +85,8 @@ def _parse_params(items: list[str]) -> dict[str, float | int]:
 
 
 # Where a checkpoint's data lives when no --data is given: the offline log's tables.
-LOG_TABLES = {S.ACTION_EVENTS: "action_events", S.SEQUENCE_FEATURES: F.USER_ACTION_SEQUENCE,
-              S.PIN_FEATURES: F.PIN_FEATURES}
+LOG_TABLES = {S.ACTION_EVENTS: "action_events", S.IMPRESSION_EVENTS: F.IMPRESSION_EVENTS,
+              S.SEQUENCE_FEATURES: F.USER_ACTION_SEQUENCE, S.PIN_FEATURES: F.PIN_FEATURES}
 
 
 def default_data(name: str):
@@ -106,6 +106,8 @@ def default_data(name: str):
                         "run `homefeed stream consume` first, or pass --data")
     if name == S.ACTION_EVENTS:
         return df.drop_duplicates("event_id", keep="last").reset_index(drop=True)
+    if name == S.IMPRESSION_EVENTS:  # event ids are unique per user
+        return df.drop_duplicates([F.USER_ID, "event_id"], keep="last").reset_index(drop=True)
     key = F.USER_ID if name == S.SEQUENCE_FEATURES else F.PIN_ID
     df = df.sort_values([key, F.EVENT_TIMESTAMP, F.CREATED], kind="stable")
     subset = [key] if name == S.PIN_FEATURES else [key, F.EVENT_TIMESTAMP]

@@ -6,7 +6,7 @@ Both paths share one cached file context per project directory (the suites, batc
 definitions and checkpoints are looked up once, not per call), run `derive_columns()` on the
 data first and fill in the suites' run-time expectation parameters:
 
-* ``max_event_time_ms`` (action_events): ``now_ms`` + skew, where ``now_ms`` is the argument,
+* ``max_event_time_ms`` (action_events, impression_events): ``now_ms`` + skew, where ``now_ms`` is the argument,
   else the largest ``arrival_time`` in the batch, else the clock, and skew is the
   ``max_future_skew_ms`` argument, else ``settings.max_future_skew_ms``;
 * ``max_sequence_length`` (sequence_features): ``settings.sequence_length``;
@@ -397,7 +397,7 @@ def expectation_parameters(
         raise UserError(f"unknown parameter(s) {unknown} for {name}; known: {list(allowed)}")
     settings = settings or _default_settings()
     params: dict[str, Any] = {}
-    if name == S.ACTION_EVENTS and S.P_MAX_EVENT_TIME_MS not in overrides:
+    if S.P_MAX_EVENT_TIME_MS in allowed and S.P_MAX_EVENT_TIME_MS not in overrides:
         if now_ms is None and df is not None and S.ARRIVAL_TIME in df.columns:
             arrival = pd.to_numeric(df[S.ARRIVAL_TIME], errors="coerce").max()
             now_ms = int(arrival) if pd.notna(arrival) else None

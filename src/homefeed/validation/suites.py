@@ -52,10 +52,11 @@ from homefeed import features as F
 
 # -- names ---------------------------------------------------------------------------------
 ACTION_EVENTS = "action_events"
+IMPRESSION_EVENTS = "impression_events"
 SEQUENCE_FEATURES = "sequence_features"
 PIN_FEATURES = "pin_features"
 TRAINING_SET = "training_set"
-SUITE_NAMES = (ACTION_EVENTS, SEQUENCE_FEATURES, PIN_FEATURES, TRAINING_SET)
+SUITE_NAMES = (ACTION_EVENTS, IMPRESSION_EVENTS, SEQUENCE_FEATURES, PIN_FEATURES, TRAINING_SET)
 CHECKPOINT_NAMES = SUITE_NAMES  # one checkpoint per suite, same name
 
 DATASOURCE_NAME = "homefeed"
@@ -99,6 +100,9 @@ ACTION_IDS = sorted(int(a) for a in E.ActionType)
 # Action-event columns the suite requires. `surface` (in EVENT_COLUMNS) and `arrival_time`
 # are optional: a batch may carry them or any other extra column.
 ACTION_EVENT_REQUIRED = ("event_id", "user_id", "pin_id", "action_type", "event_time")
+# Impression-event columns the suite requires (homefeed.events.ImpressionEvent; request_id is
+# NO_REQUEST_ID for one sent without it); `surface` and `arrival_time` are optional.
+IMPRESSION_EVENT_REQUIRED = ("event_id", "user_id", "pin_id", "event_time", "request_id")
 ARRIVAL_TIME = "arrival_time"  # optional: epoch ms when the event reached us
 
 # -- derived columns (see derive_columns) ---------------------------------------------------
@@ -142,6 +146,7 @@ DERIVED_COLUMNS: dict[str, str] = {
 # Which derived columns each suite needs.
 SUITE_DERIVED: dict[str, tuple[str, ...]] = {
     ACTION_EVENTS: (),
+    IMPRESSION_EVENTS: (),
     SEQUENCE_FEATURES: (D_ALIGNED, D_SORTED_DESC, D_MAX_TIME_OK, D_ACTIONS_VALID,
                         D_PIN_IDS_VALID, D_TIMES_VALID),
     PIN_FEATURES: (D_EMBEDDING_DIM, D_EMBEDDING_FINITE),
@@ -151,6 +156,7 @@ SUITE_DERIVED: dict[str, tuple[str, ...]] = {
 # Columns that identify a row in failure examples of derived checks.
 SUITE_KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     ACTION_EVENTS: ("event_id",),
+    IMPRESSION_EVENTS: ("event_id",),
     SEQUENCE_FEATURES: (F.USER_ID, F.EVENT_TIMESTAMP),
     PIN_FEATURES: (F.PIN_ID,),
     TRAINING_SET: (F.REQUEST_ID, F.PIN_ID),
@@ -169,6 +175,7 @@ P_MAX_SEQUENCE_LENGTH = "max_sequence_length"
 P_EMBEDDING_DIM = "embedding_dim"
 SUITE_PARAMETERS: dict[str, tuple[str, ...]] = {
     ACTION_EVENTS: (P_MAX_EVENT_TIME_MS,),
+    IMPRESSION_EVENTS: (P_MAX_EVENT_TIME_MS,),
     SEQUENCE_FEATURES: (P_MAX_SEQUENCE_LENGTH,),
     PIN_FEATURES: (P_EMBEDDING_DIM,),
     TRAINING_SET: (P_EMBEDDING_DIM,
@@ -284,24 +291,22 @@ def _embedding_dim() -> Check:
                  "embedding_dim", "len(embedding) == embedding_dim (settings)")
 
 
-def _action_events() -> SuiteSpec:
-    cols = ACTION_EVENT_REQUIRED
+def _user_event_checks(types: dict[str, list[str]], own: list[Check]) -> list[Check]:
+    """The checks of a user event table (actions, impressions): each required column (`types`,
+    in order) exists, is never null and has its dtypes; event ids are 1..MAX_EVENT_ID_CHARS long
+    and unique per user; then the table's `own` value checks; ids in 1..MAX_ID; the event-time
+    window."""
+    cols = tuple(types)
     checks = [_exists(c) for c in cols]
     checks += [_not_null(c) for c in cols]
+    checks += [_types(c, t) for c, t in types.items()]
     checks += [
-        _types("event_id", STR_TYPES),
-        _types("user_id", INT_TYPES),
-        _types("pin_id", INT_TYPES),
-        _types("action_type", STR_TYPES),
-        _types("event_time", INT_TYPES),
         Check("expect_column_value_lengths_to_be_between",
               {"column": "event_id", "min_value": 1, "max_value": E.MAX_EVENT_ID_CHARS},
               E.REASON_BAD_ID, f"event_id has 1..{E.MAX_EVENT_ID_CHARS} characters"),
         Check("expect_compound_columns_to_be_unique", {"column_list": ["user_id", "event_id"]},
               "duplicate_event_id", "(user_id, event_id) is unique within the batch (ids are per user)"),
-        Check("expect_column_values_to_be_in_set",
-              {"column": "action_type", "value_set": E.action_names()},
-              E.REASON_UNKNOWN_ACTION, "action_type is an ActionType wire name"),
+        *own,
         _id_range("user_id"),
         _id_range("pin_id"),
         Check("expect_column_values_to_be_between",
@@ -313,8 +318,34 @@ def _action_events() -> SuiteSpec:
               "event_time <= max_event_time_ms (now + allowed clock skew at run time; "
               "stored default 2100-01-01)"),
     ]
+    return checks
+
+
+def _action_events() -> SuiteSpec:
+    types = {"event_id": STR_TYPES, "user_id": INT_TYPES, "pin_id": INT_TYPES,
+             "action_type": STR_TYPES, "event_time": INT_TYPES}
+    assert tuple(types) == ACTION_EVENT_REQUIRED
+    checks = _user_event_checks(types, [
+        Check("expect_column_values_to_be_in_set",
+              {"column": "action_type", "value_set": E.action_names()},
+              E.REASON_UNKNOWN_ACTION, "action_type is an ActionType wire name"),
+    ])
     return SuiteSpec(ACTION_EVENTS, "A micro-batch or log of user action events "
                      "(homefeed.events contract, one row per event).", tuple(checks))
+
+
+def _impression_events() -> SuiteSpec:
+    types = {"event_id": STR_TYPES, "user_id": INT_TYPES, "pin_id": INT_TYPES,
+             "event_time": INT_TYPES, "request_id": INT_TYPES}
+    assert tuple(types) == IMPRESSION_EVENT_REQUIRED
+    checks = _user_event_checks(types, [
+        Check("expect_column_values_to_be_between",
+              {"column": "request_id", "min_value": E.NO_REQUEST_ID, "max_value": E.MAX_ID},
+              E.REASON_BAD_ID, f"request_id is in 0..MAX_ID, or {E.NO_REQUEST_ID} for an "
+              "impression sent without one"),
+    ])
+    return SuiteSpec(IMPRESSION_EVENTS, "A micro-batch or log of impression events: a pin shown "
+                     "to a user (homefeed.events.ImpressionEvent, one row per impression).", tuple(checks))
 
 
 def _sequence_features() -> SuiteSpec:
@@ -469,8 +500,8 @@ def engagement_counters_valid(df: pd.DataFrame, suite_name: str) -> pd.Series:
 
 
 def suite_specs() -> dict[str, SuiteSpec]:
-    specs = [_action_events(), _sequence_features(), _pin_features(), _training_set(),
-             *(_engagement_suite(v) for v in ENGAGEMENT_SUITES)]
+    specs = [_action_events(), _impression_events(), _sequence_features(), _pin_features(),
+             _training_set(), *(_engagement_suite(v) for v in ENGAGEMENT_SUITES)]
     return {s.name: s for s in specs}
 
 

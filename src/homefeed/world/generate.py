@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from homefeed.errors import UserError
-from homefeed.events import MAX_ID, MIN_EVENT_TIME_MS, ActionType
+from homefeed.events import IMPRESSION_LAG_MS, MAX_ID, MIN_EVENT_TIME_MS, ActionType
 from homefeed.features import (
     PIN_CREATED_MS,
     PIN_EMBEDDING,
@@ -60,6 +60,9 @@ USERS_FILE = "users.parquet"
 REQUESTS_FILE = "requests.parquet"
 EVENTS_FILE = "events.parquet"
 META_FILE = "world.json"
+# world.json flag: requests.parquet's rows are pins that were shown (impressions go through the
+# stream), not sampled negatives; absent in older worlds = false.
+HAS_IMPRESSIONS = "has_impressions"
 WORLD_FILES = (PINS_FILE, USERS_FILE, REQUESTS_FILE, EVENTS_FILE, META_FILE)
 
 LABEL_REPIN = label_column(ActionType.REPIN)
@@ -281,6 +284,39 @@ class World:
     @property
     def end_ms(self) -> int:
         return self.params.end_ms
+
+    @property
+    def has_impressions(self) -> bool:
+        """world.json `has_impressions`: every row of requests.parquet is a pin that was shown
+        (synthetic, KuaiRand), not a sampled negative (MovieLens). Worlds written before the
+        flag say nothing and have none: regenerate or re-import them to get impressions."""
+        return bool(self.meta.get(HAS_IMPRESSIONS, False))
+
+    def impressions(self) -> pd.DataFrame:
+        """The world's impression events (homefeed.events.ImpressionEvent), derived from
+        requests.parquet, in time order: one per shown candidate, shown IMPRESSION_LAG_MS after
+        its serve time (so the request's own features never hold it), arriving at once. Empty
+        for a world without impressions."""
+        rows = self.requests if self.has_impressions else self.requests.iloc[:0]
+        shown = rows[SERVED_TIME].to_numpy(np.int64) + IMPRESSION_LAG_MS
+        rid, pos = rows[REQUEST_ID].to_numpy(np.int64), rows["position"].to_numpy(np.int64)
+        frame = pd.DataFrame({
+            "event_id": [f"i{r}-{p}" for r, p in zip(rid.tolist(), pos.tolist())],
+            USER_ID: rows[USER_ID].to_numpy(np.int64),
+            PIN_ID: rows[PIN_ID].to_numpy(np.int64),
+            "event_time": shown,
+            "arrival_time": shown,
+            "surface": self._surface(),
+            REQUEST_ID: rid,
+        })
+        order = np.lexsort((pos, rid, shown))
+        return frame.iloc[order].reset_index(drop=True)
+
+    def _surface(self) -> str:
+        """The surface the world's events name (one per world)."""
+        if "surface" in self.events and len(self.events):
+            return str(self.events["surface"].iloc[0])
+        return SURFACE
 
     def pin_embedding_matrix(self) -> np.ndarray:
         """float32 [max pin_id + 1, embedding_dim], row = pin_id; row 0 (never a pin) is zeros."""
@@ -812,6 +848,7 @@ def _write(p, b, out, pins, users, first_active_ms, imp, ev, summary) -> None:
         "start_iso": _iso(p.start_ms),
         "end_iso": _iso(p.end_ms),
         "files": list(WORLD_FILES[:-1]),
+        HAS_IMPRESSIONS: True,  # every candidate of a request was shown
         "behaviour": b.to_dict(),
         "summary": summary.to_dict(),
     }

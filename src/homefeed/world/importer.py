@@ -50,6 +50,7 @@ from homefeed.world.generate import (
     DAY_MS,
     EVENTS_FILE,
     FORMAT_VERSION,
+    HAS_IMPRESSIONS,
     LABEL_CLICK,
     LABEL_HIDE,
     LABEL_REPIN,
@@ -547,9 +548,10 @@ def base_summary(w: WorldArrays, start_ms: int, segments: tuple[str, ...]) -> di
 
 
 def world_meta(w: WorldArrays, *, source: str, days: int, seed: int, start_ms: int,
-               embedding_dim: int, n_topics: int, summary: dict) -> dict:
+               embedding_dim: int, n_topics: int, summary: dict, has_impressions: bool) -> dict:
     """world.json's fields every world has: the WorldParams ones (load_world reads them; those
-    without meaning for real data are 0), the span, the files and the summary."""
+    without meaning for real data are 0), the span, the files, whether requests.parquet's rows
+    were shown (`has_impressions`: a log of what was shown, not sampled negatives) and the summary."""
     imp_per_req = np.unique(w.imp_rid, return_counts=True)[1]
     end_ms = int(start_ms + days * DAY_MS)
     return {
@@ -572,6 +574,7 @@ def world_meta(w: WorldArrays, *, source: str, days: int, seed: int, start_ms: i
         "start_iso": _iso(start_ms),
         "end_iso": _iso(end_ms),
         "files": list(WORLD_FILES[:-1]),
+        HAS_IMPRESSIONS: bool(has_impressions),
         "summary": summary,
     }
 

@@ -610,7 +610,8 @@ def build_world(data: KuaiRandData, params: KuaiRandParams) -> dict:
     })
     meta = world_meta(w, source=f"kuairand-{data.release}", days=days, seed=params.seed,
                       start_ms=start_ms, embedding_dim=params.embedding_dim,
-                      n_topics=len(topic_names), summary=summary)
+                      n_topics=len(topic_names), summary=summary,
+                      has_impressions=True)  # every log row was shown to the user
     meta.update({
         "mapping": params.mapping.to_dict(),
         "split_day": split_day,

@@ -528,7 +528,8 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
     meta = world_meta(w, source="movielens-100k" if data.layout == LAYOUT_100K else "movielens-csv",
                       days=days, seed=params.seed, start_ms=start_ms,
                       embedding_dim=params.embedding_dim, n_topics=len(data.genre_names),
-                      summary=summary)
+                      summary=summary,
+                      has_impressions=False)  # negatives are sampled, not shown (docs/movielens.md)
     meta.update({
         # MovieLens specifics.
         "mapping": params.mapping.to_dict(),
