@@ -96,16 +96,21 @@ def expected_sequences(evs: list[E.ActionEvent], cap: int = 100) -> dict[int, di
     return {u: build(a, cap).feature_row() for u, a in by_user.items()}
 
 
-def assert_counters_match_the_event_log(settings, evs: list[E.ActionEvent]) -> None:
+def assert_counters_match_the_event_log(settings, evs: list[E.ActionEvent], imps=()) -> None:
     """Every user's and pin's engagement counters (in Redis and in Feast's online store) equal
-    the counts computed from the logged events, each event once: exactly once under at-least-once
-    delivery, whatever was replayed."""
+    the counts computed from the logged events (actions, and impressions `imps`), each event
+    once: exactly once under at-least-once delivery, whatever was replayed."""
     from homefeed.redis_client import pipeline_client
     from homefeed.stream.engagement import EngagementCounters, reference_counts
 
     logged = offline_log.read(settings.offline_dir, "action_events").drop_duplicates([F.USER_ID, "event_id"])
     logged = logged[logged["event_id"].isin({e.event_id for e in evs})]
     assert len(logged) == len({(e.user_id, e.event_id) for e in evs})
+    if imps:
+        shown = offline_log.read(settings.offline_dir, F.IMPRESSION_EVENTS).drop_duplicates([F.USER_ID, "event_id"])
+        shown = shown[shown["event_id"].isin({i.event_id for i in imps})].assign(action_type="impression")
+        assert len(shown) == len(imps)
+        logged = pd.concat([logged, shown[logged.columns.intersection(shown.columns)]], ignore_index=True)
     client = pipeline_client(settings)
     counters = EngagementCounters(client, open_store().project, 1000)
     store = open_store()
@@ -602,8 +607,10 @@ def test_every_send_is_checked_and_a_refused_record_is_counted(pipeline):
 # -- impressions ------------------------------------------------------------------------------------
 
 def make_impressions(users: list[int], per_user: int, start: int, prefix: str) -> list[E.ImpressionEvent]:
-    return [E.ImpressionEvent(f"{prefix}-{u}-{i}", u, 1 + (u * 11 + i) % 5000, start + 1000 * i + 1,
-                              request_id=u * 1000 + i // 4) for u in users for i in range(per_user)]
+    """Pins in the users' id block, as make_events: each test's pin counters are its own."""
+    return [E.ImpressionEvent(f"{prefix}-{u}-{i}", u, u // 1_000_000 * 1_000_000 + 1 + (u * 11 + i) % 5000,
+                              start + 1000 * i + 1, request_id=u * 1000 + i // 4)
+            for u in users for i in range(per_user)]
 
 
 def test_impressions_are_logged_apart_dead_lettered_with_reasons_and_counted(pipeline):
@@ -740,7 +747,7 @@ def test_stream_produce_sends_a_worlds_impressions_and_none_for_a_world_without(
     assert sum(p["end"] for p in topics[pipeline.impressions_topic]) == out["impressions"]
 
 
-def test_impressions_in_a_process_of_their_own_leave_the_action_consumer_alone(pipeline):
+def test_impressions_in_a_process_of_their_own_leave_the_action_consumer_alone_and_are_counted(pipeline):
     from homefeed.stream.ops import stream_status
 
     separate = pipeline.replace(impressions_consumer_group=pipeline.consumer_group + "-imp")
@@ -767,5 +774,7 @@ def test_impressions_in_a_process_of_their_own_leave_the_action_consumer_alone(p
     assert status["consumer"]["impressions"] == 0 and status["impressions_consumer"]["impressions"] == len(imps)
     assert status["impressions_consumer"]["accounted"] and status["dead_letters_agree"]
     assert sum(p["lag"] for p in status["topics"][separate.impressions_topic]) == 0
+    # both processes counted into the same users' and pins' counters, each record once
+    assert_counters_match_the_event_log(separate, evs, imps)
     with pytest.raises(Exception, match="IMPRESSIONS_CONSUMER_GROUP"):
         build_consumer(pipeline, impressions_only=True)
