@@ -83,14 +83,15 @@ def api(tmp_path_factory):
         broker.down(services=("kafka",))
 
 
-def topic_values(settings, event_ids: set[str], timeout_s: float = 20) -> dict[str, dict]:
-    """The actions topic's records whose event_id is in `event_ids` (read from the beginning)."""
+def topic_values(settings, event_ids: set[str], timeout_s: float = 20, topic: str | None = None) -> dict[str, dict]:
+    """The records of a topic (default: actions) whose event_id is in `event_ids` (read from the
+    beginning)."""
     from kafka import KafkaConsumer, TopicPartition
 
+    topic = topic or settings.actions_topic
     consumer = KafkaConsumer(**settings.kafka_client_config(), enable_auto_commit=False)
     try:
-        parts = [TopicPartition(settings.actions_topic, p)
-                 for p in consumer.partitions_for_topic(settings.actions_topic)]
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         found: dict[str, dict] = {}
@@ -117,6 +118,19 @@ def test_one_event_is_202_after_the_broker_has_it(api):
     assert on_topic[ev["event_id"]]["pin_id"] == ev["pin_id"]
     assert on_topic[ev["event_id"]]["_key"] == str(USER).encode()  # keyed by user: one user, one partition
     assert on_topic[ev["event_id"]]["_partition"] == out["results"][0]["partition"]
+
+
+def test_impressions_have_their_own_kind_and_topic_checked_by_the_consumers_parser(api):
+    good = E.ImpressionEvent(f"imp-{now_ms()}", USER, 101, now_ms(), request_id=7)
+    bad = {**json.loads(good.to_json()), "event_id": f"imp-bad-{now_ms()}", "user_id": True}
+    resp = api["client"].post("/v1/impressions", json=[json.loads(good.to_json()), bad])
+    assert resp.status_code == 202, resp.text
+    out = resp.json()
+    assert out["accepted"] == 1 and out["rejected"] == 1
+    assert out["results"][1]["status"] == "rejected" and out["results"][1]["field"] == "user_id"
+    on_topic = topic_values(api["settings"], {good.event_id}, topic=api["settings"].impressions_topic)
+    assert on_topic[good.event_id]["request_id"] == 7 and on_topic[good.event_id]["_key"] == str(USER).encode()
+    assert not topic_values(api["settings"], {good.event_id}, timeout_s=2)  # not on the actions topic
 
 
 def test_each_bad_event_is_a_400_with_the_consumers_reason_and_field(api):

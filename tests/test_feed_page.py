@@ -93,6 +93,20 @@ def train_planted_model(tmp: Path, settings) -> tuple[str, pd.DataFrame]:
     ds.requests[F.SEQ_ACTION_TIMES] = [
         (rt - int(np.exp(rng.uniform(np.log(500), np.log(1_800_000)))) - 30_000 * np.arange(len(t))).astype(np.int64)
         for t, rt in zip(ds.requests[F.SEQ_ACTION_TIMES], ds.requests["request_time_ms"])]
+    # The page logs an impression per shown card, so the pins' and the user's engagement counters
+    # move while it runs: give the model counters that vary (planted rows have none), or serving
+    # feeds it values it never saw in training.
+    def counters(n: int, t_ms) -> tuple[list, np.ndarray]:
+        shown = np.exp(rng.uniform(0, np.log(300), size=(n, 1)))  # impressions, every half-life
+        share = {"impression": 1.0, "repin": 0.1, "click": 0.2, "hide": 0.02}
+        values = np.concatenate([shown * share[k] * rng.uniform(0.5, 1.5, size=(n, 1))
+                                 for k in F.ENGAGEMENT_KINDS], axis=1)
+        values = np.repeat(values, len(F.ENGAGEMENT_HALF_LIVES_MS), axis=1)
+        return [list(v) for v in values], np.asarray(t_ms, dtype=np.int64)
+
+    ds.requests[F.UE_DECAYED], ds.requests[F.UE_AS_OF_MS] = counters(len(ds.requests), ds.requests["request_time_ms"])
+    served = ds.requests.set_index(F.SNAPSHOT_ID)["request_time_ms"].loc[ds.impressions[F.SNAPSHOT_ID]].to_numpy()
+    ds.impressions[F.PE_DECAYED], ds.impressions[F.PE_AS_OF_MS] = counters(len(ds.impressions), served)
     save_dataset(ds)
     ds = load_dataset(tmp / "ds")
     spec = dense_feature_spec(dim)
@@ -228,6 +242,9 @@ def test_feed_page_reranks_after_saves_and_a_hide_in_a_real_browser(live_stack):
                 const res = performance.getEntriesByType('resource').filter(r => r.name.includes('/static/'));
                 return nav.decodedBodySize + res.reduce((s, r) => s + r.decodedBodySize, 0); }""")
             assert len({pin for pin, _ in before}) == 20
+            # what the first render showed went to the impressions topic, one per card
+            page.wait_for_function("window.feedImpressions.length >= 1", timeout=10_000)
+            assert page.evaluate("window.feedImpressions[0]") == 20
 
             # hide the best-ranked pin, then save three pins of the topic with the fewest cards in the
             # top 10 among those with >= 3 cards on the page (another topic than the hidden pin's)

@@ -6,8 +6,9 @@
 2. `check(kind, obj)` turns one JSON value of a request into either the bytes to produce or a
    `Rejection` (reason code, one-line detail, the field it names).
 
-Today the contract has actions only (`homefeed.events`). A second kind (impressions, when the
-contract has them) is one more `EventKind` entry: its parser and its key.
+Two kinds today, both from `homefeed.events`: `actions` (what a user did) and `impressions`
+(what a user was shown: the denominator of the engagement counters). Another kind is one more
+`EventKind` entry: its parser and its key.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class EventKind:
 KINDS: dict[str, EventKind] = {
     "actions": EventKind("actions", "actions_topic", E.parse_event, lambda ev: str(ev.user_id).encode(),
                          (*E.REQUIRED_FIELDS, "surface", "metadata")),
+    "impressions": EventKind("impressions", "impressions_topic", E.parse_impression,
+                             lambda ev: str(ev.user_id).encode(), E.IMPRESSION_COLUMNS),
 }
 
 

@@ -1,5 +1,7 @@
 // homefeed live feed: pick a user, rank a fixed candidate set with /rank, send save / click / hide
-// through the events API, then re-rank once the ranking service has seen the action.
+// through the events API, then re-rank once the ranking service has seen the action. Every render
+// also logs what it showed (one impression per card, POST /v1/impressions, fire and forget: it
+// never holds up an action); window.feedImpressions holds each batch's accepted count.
 // Timings: performance marks "click-N" / "ranked-N" and measure "click-to-rank-N" per action;
 // window.feedTimings holds the same numbers (ms) for tests and the page's own stats.
 "use strict";
@@ -12,6 +14,7 @@
   const state = { user: null, candidates: [], order: [], busy: false, n: 0,
                   lastEventTime: 0, acted: new Map() };
   window.feedTimings = [];
+  window.feedImpressions = [];
   window.feedState = state;
 
   const topicColour = (t) => (t === null || t === undefined) ? "#999" : `hsl(${(t * 47) % 360} 55% 42%)`;
@@ -36,7 +39,19 @@
     return call("POST", "/v1/feed/rank", { user_id: state.user, candidates: state.candidates });
   }
 
+  function logImpressions(result) {
+    const shownAt = Date.now();  // one render = one request: its id is the time it was shown
+    const events = result.items.map((it) => ({
+      schema_version: 1, event_id: `web-imp-${state.user}-${shownAt}-${it.pin_id}`, user_id: state.user,
+      pin_id: it.pin_id, event_time: shownAt, surface: "homefeed", request_id: shownAt }));
+    if (!events.length) return;
+    call("POST", "/v1/impressions", events)
+      .then((out) => window.feedImpressions.push(out.accepted))
+      .catch((e) => showError(`impressions not logged: ${e.message}`));
+  }
+
   function render(result, movedFrom) {
+    logImpressions(result);
     const feed = $("feed");
     const old = new Map(state.order.map((pin, i) => [pin, i]));
     state.order = result.items.map((it) => it.pin_id);
