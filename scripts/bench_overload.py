@@ -20,19 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from safetensors.torch import save_file
-
-from homefeed import features as F
-from homefeed.faults import _ready, private_stack, start_logged, stop_process, wait_for
-from homefeed.feature_store import open_store
-from homefeed.model import ModelConfig, build_model
+from homefeed.faults import _ready, private_stack, seeded_ranker, start_logged, stop_process, wait_for
 from homefeed.serving.bench_http import _post, overload_test, service_pids
 from homefeed.stack import free_port
-from homefeed.stream.online_writer import OnlineWriter
-from homefeed.training.data import dense_feature_spec
-from homefeed.training.export import current_fingerprint, export_run
 
 work = Path(sys.argv[1]); work.mkdir(parents=True, exist_ok=True)
 limits = [int(x) for x in sys.argv[2].split(",")]
@@ -42,27 +32,7 @@ seconds = float(sys.argv[5]) if len(sys.argv) > 5 else 20.0
 keepalive = len(sys.argv) > 6 and sys.argv[6] == "keepalive"  # else a new connection per request
 out = []
 with private_stack(work) as (settings, stack):
-    dim, L = settings.embedding_dim, settings.sequence_length
-    now = int(time.time() * 1000)
-    rng = np.random.default_rng(0)
-    pins = list(range(1, 2001))
-    emb = rng.normal(size=(len(pins), dim)); emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    w = OnlineWriter(open_store(settings.feature_repo))
-    w.write_pins([{F.PIN_ID: p, F.PIN_EMBEDDING: emb[p - 1].astype(np.float32).tolist(), F.PIN_TOPIC: p % 5,
-                   F.PIN_CREATED_MS: now - 86_400_000, F.EVENT_TIMESTAMP: now - 1000, F.CREATED: now - 1000} for p in pins])
-    users = list(range(1, 11))
-    w.write_sequences([{F.USER_ID: u, F.EVENT_TIMESTAMP: now - 60_000, F.CREATED: now - 1000,
-                        F.SEQ_PIN_IDS: rng.choice(pins, 100).tolist(), F.SEQ_ACTION_TYPES: rng.integers(1, 4, 100).tolist(),
-                        F.SEQ_ACTION_TIMES: [now - 60_000 * (i + 1) for i in range(100)], F.SEQ_LENGTH: 100} for u in users])
-    torch.manual_seed(0)
-    spec = dense_feature_spec(dim)
-    config = ModelConfig(encoder="transact_v11", seq_len=L, emb_dim=dim, dense_dim=spec["dim"])  # defaults: 2 layers
-    run = work / "run"; run.mkdir(exist_ok=True)
-    save_file({k: v.contiguous() for k, v in build_model(config).state_dict().items()}, str(run / "model.safetensors"))
-    (run / "config.json").write_text(json.dumps(config.to_dict()))
-    (run / "run.json").write_text(json.dumps({"schema_fingerprint": current_fingerprint(settings),
-                                              "dense_features": spec, "validation": {"success": True}}))
-    tag = export_run(run, bentoml_home=work / "bentoml")
+    tag, users = seeded_ranker(settings, work)  # steps 2-3
     os.environ["HOMEFEED_MODEL"] = tag
     for limit in limits:
         os.environ["HOMEFEED_SERVING_MAX_INFLIGHT"] = str(limit)

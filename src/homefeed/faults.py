@@ -94,6 +94,48 @@ def private_stack(workdir: Path):
         yield settings, stack
 
 
+def seeded_ranker(settings: Settings, work: Path, n_pins: int = 2000, n_users: int = 10) -> tuple[str, list[int]]:
+    """What the serving benchmarks rank with: `n_pins` pins and `n_users` users with 100-action
+    sequences in the online store, and an untrained TransAct v1.1 (ModelConfig defaults: 2
+    layers, the demo's shape; seeded) exported to `work`'s BentoML store. (model tag, user ids)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from homefeed import features as F
+    from homefeed.feature_store import open_store
+    from homefeed.model import ModelConfig, build_model
+    from homefeed.stream.online_writer import OnlineWriter
+    from homefeed.training.data import dense_feature_spec
+    from homefeed.training.export import current_fingerprint, export_run
+
+    dim, L = settings.embedding_dim, settings.sequence_length
+    now = now_ms()
+    rng = np.random.default_rng(0)
+    pins = list(range(1, n_pins + 1))
+    emb = rng.normal(size=(len(pins), dim))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    w = OnlineWriter(open_store(settings.feature_repo))
+    w.write_pins([{F.PIN_ID: p, F.PIN_EMBEDDING: emb[p - 1].astype(np.float32).tolist(), F.PIN_TOPIC: p % 5,
+                   F.PIN_CREATED_MS: now - 86_400_000, F.EVENT_TIMESTAMP: now - 1000, F.CREATED: now - 1000}
+                  for p in pins])
+    users = list(range(1, n_users + 1))
+    w.write_sequences([{F.USER_ID: u, F.EVENT_TIMESTAMP: now - 60_000, F.CREATED: now - 1000,
+                        F.SEQ_PIN_IDS: rng.choice(pins, 100).tolist(),
+                        F.SEQ_ACTION_TYPES: rng.integers(1, 4, 100).tolist(),
+                        F.SEQ_ACTION_TIMES: [now - 60_000 * (i + 1) for i in range(100)], F.SEQ_LENGTH: 100}
+                       for u in users])
+    torch.manual_seed(0)
+    spec = dense_feature_spec(dim)
+    config = ModelConfig(encoder="transact_v11", seq_len=L, emb_dim=dim, dense_dim=spec["dim"])
+    run = work / "run"
+    run.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in build_model(config).state_dict().items()}, str(run / "model.safetensors"))
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    (run / "run.json").write_text(json.dumps({"schema_fingerprint": current_fingerprint(settings),
+                                              "dense_features": spec, "validation": {"success": True}}))
+    return export_run(run, bentoml_home=work / "bentoml"), users
+
+
 def start_logged(argv: list[str], log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, cwd=SOURCE_ROOT, env=dict(os.environ))
