@@ -588,6 +588,13 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
     timings = {"setup": round(time.perf_counter() - started, 2), "point_in_time_and_assembly": 0.0,
                "audit": 0.0, "validation": 0.0, "write": 0.0}
     peak = {"setup": _peak_rss_mib()}
+
+    def done(stage: str, since: float) -> float:
+        """Adds a stage's seconds; its peak RSS is read after the first chunk's (peaks only grow)."""
+        timings[stage] += time.perf_counter() - since
+        peak.setdefault(stage, _peak_rss_mib())
+        return time.perf_counter()
+
     audits, reports, parts = [], [], []
     null_profiles = empty_sequences = 0
     with tqdm(total=n_chunks, desc="chunks of users", unit="chunk", disable=not progress) as bar:
@@ -598,8 +605,7 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
             mark = time.perf_counter()
             req, imp = _chunk_features(store, settings, requests[req_chunk == c], impressions[imp_chunk == c],
                                        versions, bar)
-            timings["point_in_time_and_assembly"] += time.perf_counter() - mark
-            mark = time.perf_counter()
+            mark = done("point_in_time_and_assembly", mark)
             if events is not None:
                 audits.append(audit_part(req, events[ev_chunk == c]))
                 if audits[-1]["leaked_actions"]:
@@ -607,23 +613,21 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
                         _reset(out / name)
                     raise RuntimeError(f"point-in-time violation: {audits[-1]['leaked_actions']} sequence "
                                        "actions arrived after their request; the dataset is not written")
-            timings["audit"] += time.perf_counter() - mark
-            mark = time.perf_counter()
+            mark = done("audit", mark)
             if validate:
                 report = run_checkpoint("training_set", flat_frame(req, imp), settings=settings,
                                         label_rate_bounds=bounds)
                 reports.append((c, report))
                 log.info("chunk %d: %s", c, report.to_text())
-            timings["validation"] += time.perf_counter() - mark
-            mark = time.perf_counter()
+            mark = done("validation", mark)
             null_profiles += int(req[F.PROFILE_ACTIONS_28D].isna().sum())
             empty_sequences += int((req[F.SEQ_LENGTH] == 0).sum())
             _write_parquet(req, out / REQUESTS_FILE / part_name(c))
             _write_parquet(imp, out / IMPRESSIONS_FILE / part_name(c))
             parts.append({"chunk": c, "snapshots": int(len(req)), "impressions": int(len(imp))})
-            timings["write"] += time.perf_counter() - mark
+            done("write", mark)
             del req, imp
-    peak["chunks"] = _peak_rss_mib()
+    peak["all_chunks"] = _peak_rss_mib()
 
     # 4. parts' schemas, pins, dataset.json
     mark = time.perf_counter()
