@@ -530,8 +530,8 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
         store = open_store(settings.feature_repo)
     check_sources(store, settings)
 
-    # 1. impressions, split by request day
-    impressions = world.requests.copy()
+    # 1. impressions, split by request day (the world's own frame: the build keeps one copy)
+    impressions, world.requests, world.events, world.pins = world.requests, None, None, None
     impressions["day"] = ((impressions["request_time"].astype(np.int64) - world.start_ms)
                           // DAY_MS).astype(np.int32)
     impressions["request_time_ms"] = impressions[F.SERVED_TIME].astype(np.int64)  # the serve time
