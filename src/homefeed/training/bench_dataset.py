@@ -8,11 +8,14 @@ home, own copy of the feature repo), so the build reads what a replay wrote:
    written as ratings.csv + movies.csv and imported with `homefeed world import-movielens`);
 2. replay it: producer -> broker -> consumer -> Redis + offline log; daily profiles; compaction;
 3. time `homefeed dataset build` in its own process and read its peak RSS (wait4), once per
-   offline store (`--stores`).
+   offline store (`--stores`); the build's own dataset.json adds the seconds of each stage and
+   the peak RSS at the end of each (`build_timings_s`), and its chunks of users (`--chunks`,
+   default the build's own: one per 200,000 impressions).
 
     homefeed bench dataset --json                                  # the default cases
     homefeed bench dataset --users 300,600 --long-span-events 0     # synthetic only
     homefeed bench dataset --stores duckdb,spark                    # both offline stores
+    homefeed bench dataset --users 9000 --long-span-events 0 --keep # 1M events, kept for reruns
 
 The report lists each case's events, requests, impressions, build seconds and peak RSS, and the
 time ratio between consecutive synthetic sizes against their event ratio.
@@ -125,7 +128,7 @@ def _replay(settings: Settings, world_dir: Path) -> dict:
 
 
 def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: int,
-             stores: tuple[str, ...] = ("duckdb",)) -> list[dict]:
+             stores: tuple[str, ...] = ("duckdb",), chunks: int | None = None) -> list[dict]:
     """Replay one world, then time `homefeed dataset build` on it once per offline store."""
     from homefeed.feature_store import apply_repo
     from homefeed.validation import init_context
@@ -154,7 +157,8 @@ def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: 
         out = home / f"dataset-{store}"
         seconds, peak_mib = _run_measured(
             [sys.executable, "-m", "homefeed.cli", "dataset", "build", "--world", str(world_dir),
-             "--out", str(out), "--test-days", str(test_days), "-q"],
+             "--out", str(out), "--test-days", str(test_days), "-q",
+             *(["--chunks", str(chunks)] if chunks else [])],
             dict(env, HOMEFEED_OFFLINE_STORE=store), home / f"build-{store}.log")
         meta = json.loads((out / "dataset.json").read_text())
         report = {**replayed, "store": store,
@@ -162,9 +166,11 @@ def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: 
                   "requests": sum(c["requests"] for c in meta["counts"].values()),
                   "impressions": sum(c["impressions"] for c in meta["counts"].values()),
                   "leaked_actions": meta["audit"]["leaked_actions"],
+                  "chunks": meta.get("layout", {}).get("chunks", 1),
                   "build_seconds": round(seconds, 1),  # the whole `homefeed dataset build` process
                   "build_seconds_inside": meta["build_seconds"],
-                  "build_timings_s": meta.get("build_timings_s"),  # setup, point_in_time, ..., validation
+                  # setup, point_in_time_and_assembly, audit, validation, write; peak_rss_mib by stage
+                  "build_timings_s": meta.get("build_timings_s"),
                   "peak_rss_mib": round(peak_mib, 1)}  # the build process; a Spark JVM is a process of its own
         log.info("dataset bench case %s", report)
         reports.append(report)
@@ -172,7 +178,8 @@ def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: 
 
 
 def run_dataset_bench(users: list[int], days: int, pins: int, long_span_events: int,
-                      seed: int = 0, keep: bool = False, stores: tuple[str, ...] = ("duckdb",)) -> dict:
+                      seed: int = 0, keep: bool = False, stores: tuple[str, ...] = ("duckdb",),
+                      chunks: int | None = None) -> dict:
     from homefeed.stack import LocalStack, free_port
     from homefeed.world import WorldParams, generate_world
     from homefeed.world.movielens import import_movielens
@@ -187,13 +194,15 @@ def run_dataset_bench(users: list[int], days: int, pins: int, long_span_events: 
         for n in users:
             world = root / f"world-{n}"
             generate_world(WorldParams(users=n, pins=pins, days=days, seed=seed), world, progress=False)
-            cases += run_case(base, root, f"synthetic-{n}u-{days}d", world, test_days=2, stores=stores)
+            cases += run_case(base, root, f"synthetic-{n}u-{days}d", world, test_days=2, stores=stores,
+                              chunks=chunks)
         if long_span_events:
             src = write_long_span_ratings(root / "long-span-src", long_span_events, seed=seed)
             world = root / "world-long-span"
             import_movielens(src, world)
             eval_days = json.loads((world / "world.json").read_text()).get("eval_days") or 2
-            cases += run_case(base, root, "long-span", world, test_days=int(eval_days), stores=stores)
+            cases += run_case(base, root, "long-span", world, test_days=int(eval_days), stores=stores,
+                              chunks=chunks)
     finally:
         stack.down()
     scaling = []
@@ -220,7 +229,7 @@ def cmd_bench_dataset(args) -> int:
 
         raise UserError(f"--stores {args.stores!r}: use one or more of {', '.join(OFFLINE_STORES)}")
     report = run_dataset_bench(users, args.days, args.pins, args.long_span_events, seed=args.seed,
-                               keep=args.keep, stores=stores)
+                               keep=args.keep, stores=stores, chunks=args.chunks)
     print(json.dumps(report, indent=None if args.json else 2))
     return 0
 
@@ -237,6 +246,8 @@ def add_bench_dataset_parser(bench_sub) -> None:
     p.add_argument("--stores", default="duckdb",
                    help="offline stores to build each world with, comma-separated: duckdb, spark "
                         "(default duckdb; each world is replayed once)")
+    p.add_argument("--chunks", type=int, default=None,
+                   help="chunks of users of each build (default: the build's, one per 200,000 impressions)")
     p.add_argument("--keep", action="store_true",
                    help="keep the worlds, logs and datasets (the report names the directory)")
     p.add_argument("--json", action="store_true", help="one-line JSON")

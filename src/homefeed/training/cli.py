@@ -23,7 +23,7 @@ def cmd_dataset_build(args) -> int:
 
     meta = build_dataset(args.world, args.out, load_settings(), warmup_days=args.warmup_days,
                          valid_days=args.valid_days, test_days=args.test_days,
-                         validate=not args.no_validate, progress=not args.quiet)
+                         validate=not args.no_validate, progress=not args.quiet, chunks=args.chunks)
     counts = ", ".join(f"{s}: {c['requests']:,} requests / {c['impressions']:,} rows"
                        for s, c in meta["counts"].items())
     audit = meta["audit"]
@@ -67,6 +67,8 @@ def register_dataset(parser) -> None:
     p.add_argument("--valid-days", type=int, default=1, help="validation days before the test days")
     p.add_argument("--test-days", type=int, default=2, help="last days, held out for evaluation")
     p.add_argument("--no-validate", action="store_true", help="skip the training_set checkpoint")
+    p.add_argument("--chunks", type=int, default=None,
+                   help="chunks of users built one at a time (default: one per 200,000 impressions)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_dataset_build)
 

@@ -23,23 +23,35 @@ Steps of `build_dataset`:
 2. user-side snapshots: one per distinct (request, serve time). A request served at one instant
    (the synthetic world) has one; a logged feed that serves each impression at its own time
    (KuaiRand) has one per impression, so a request's candidates may carry different histories.
-   Requests stay the unit of HIT@3; AUC and GAUC are per impression;
-3. point-in-time features from Feast: sequence, profile and user engagement per snapshot, pin
-   and pin engagement per impression;
-4. assembly and the leakage audit (every sequence action arrived before its serve time);
-5. the `training_set` Great Expectations checkpoint on the flat frame;
-6. the directory, dataset.json last.
+   Requests stay the unit of HIT@3; AUC and GAUC are per impression. Counts, splits and the
+   label-rate bounds of the `training_set` checkpoint come from these id-and-label columns of the
+   whole dataset;
+3. chunks of users by a stable hash of user_id (`user_chunk`; `chunks`, default one per
+   TARGET_CHUNK_IMPRESSIONS impressions). A chunk holds whole users, so every request, snapshot
+   and (request_id, pin_id) key, and everything the audit compares, lies in one chunk. Per chunk:
+   a. point-in-time features from Feast: sequence, profile and user engagement per snapshot, pin
+      and pin engagement per impression;
+   b. assembly and the leakage audit (every sequence action arrived before its serve time);
+   c. the `training_set` Great Expectations checkpoint on the chunk's flat frame, with the
+      dataset-wide label-rate bounds of step 2;
+   d. its part of each table, written; nothing holds the features of more than one chunk;
+4. the parts' schemas unified (a column all null in one chunk), pins, dataset.json last (the
+   audit and validation merged from the chunks' partials, each chunk's result kept).
 
 On disk a dataset is a directory (the user side is stored once per snapshot, not once per
-candidate, exactly the shape serving sees)::
+candidate, exactly the shape serving sees); the two big tables are directories of parts, one per
+chunk of users (``part-NNN.parquet``, same schema; pyarrow and Spark read such a directory as one
+table), and `load_dataset` puts the rows back in build order, so a dataset is the same whatever
+its chunk count::
 
-    requests.parquet     snapshot_id, request_id, user_id, event_timestamp (serve time),
+    requests.parquet/    snapshot_id, request_id, user_id, event_timestamp (serve time),
                          request_time_ms (serve time, epoch ms), day, split, segment, is_core,
                          seq_*, profile_* and ue_* features: one row per (request, serve time)
-    impressions.parquet  snapshot_id, request_id, user_id, pin_id, event_timestamp (serve time),
+    impressions.parquet/ snapshot_id, request_id, user_id, pin_id, event_timestamp (serve time),
                          label_*, pin features, pe_* features
     pins.parquet         newest logged features of every pin (engaged-pin embeddings)
-    dataset.json         splits, counts, schema fingerprint, leakage audit, validation result
+    dataset.json         splits, counts, layout (chunks, parts), schema fingerprint, leakage audit,
+                         validation result (per chunk too), stage times and peak memory
 
 `training_frame` joins the first two into the flat one-row-per-impression frame the
 `training_set` Great Expectations checkpoint validates.
@@ -50,6 +62,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -113,17 +127,33 @@ class Dataset:
 
 
 def load_dataset(path: Path | str) -> Dataset:
+    """Read a dataset directory: its tables as one frame each (parts in build order)."""
     path = Path(path)
     if not (path / META_FILE).is_file():
         raise UserError(f"{path} is not a dataset directory (no {META_FILE}); "
                         "create one with `homefeed dataset build`")
-    return Dataset(path, pd.read_parquet(path / REQUESTS_FILE), pd.read_parquet(path / IMPRESSIONS_FILE),
-                   pd.read_parquet(path / PINS_FILE), json.loads((path / META_FILE).read_text()))
+    meta = json.loads((path / META_FILE).read_text())
+    requests, impressions = pd.read_parquet(path / REQUESTS_FILE), pd.read_parquet(path / IMPRESSIONS_FILE)
+    if meta.get("layout", {}).get("chunks", 1) > 1:
+        requests, impressions = in_build_order(requests, impressions)
+    return Dataset(path, requests, impressions, pd.read_parquet(path / PINS_FILE), meta)
+
+
+def in_build_order(requests: pd.DataFrame, impressions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Snapshots by snapshot_id; impressions by request (its first snapshot), then position."""
+    requests = requests.sort_values(F.SNAPSHOT_ID, kind="stable").reset_index(drop=True)
+    first_snap = impressions.groupby(F.REQUEST_ID)[F.SNAPSHOT_ID].transform("min").to_numpy()
+    order = np.lexsort((impressions["position"].to_numpy(), first_snap))
+    return requests, impressions.iloc[order].reset_index(drop=True)
 
 
 def training_frame(ds: Dataset, splits: tuple[str, ...] = SPLITS) -> pd.DataFrame:
     """The flat frame: one row per impression with its snapshot's user-side features repeated."""
-    req, imp = ds.split(*splits)
+    return flat_frame(*ds.split(*splits))
+
+
+def flat_frame(req: pd.DataFrame, imp: pd.DataFrame) -> pd.DataFrame:
+    """`training_frame` of given (requests, impressions) rows."""
     # the split lets the training_set checkpoint bound later label rates by the training period's
     user_cols = [F.SNAPSHOT_ID, "split", *F.SEQUENCE_FEATURE_NAMES, *F.PROFILE_FEATURE_NAMES,
                  *(c for c in F.USER_ENGAGEMENT_FEATURE_NAMES if c in req)]
@@ -189,15 +219,27 @@ def sequence_audit(requests: pd.DataFrame, events: pd.DataFrame) -> dict:
     * ``stale_requests``: requests whose newest sequence action is older than the newest action
       that had arrived before the request (the sequence lags the stream; the replay's micro-batch
       granularity causes it), with the median lag of those.
+
+    The build audits chunk by chunk of users (`audit_events`, `audit_part`, `merge_audits`); the
+    merged answer is this one's.
     """
     if events.empty or requests.empty:
         return {"requests": int(len(requests)), "leaked_actions": 0}
+    return merge_audits([audit_part(requests, audit_events(events))])
+
+
+def audit_events(events: pd.DataFrame) -> pd.DataFrame:
+    """The logged events as the audit reads them: ids, action id, event and arrival times."""
     action_id = {a.wire_name: int(a) for a in ActionType}
-    ev = pd.DataFrame({
+    return pd.DataFrame({
         F.USER_ID: events[F.USER_ID].astype(np.int64), F.PIN_ID: events[F.PIN_ID].astype(np.int64),
         "action": events["action_type"].map(action_id).astype(np.int64),
         "time": events["event_time"].astype(np.int64), "arrival": events["arrival_time"].astype(np.int64)})
 
+
+def audit_part(requests: pd.DataFrame, ev: pd.DataFrame) -> dict:
+    """`sequence_audit`'s counts for some users' requests against those users' `audit_events`,
+    plus the stale requests' lags (``lags_s``) that `merge_audits` takes the median of."""
     lengths = requests[F.SEQ_LENGTH].to_numpy(dtype=np.int64)
     row = np.repeat(np.arange(len(requests)), lengths)
     flat = pd.DataFrame({
@@ -223,16 +265,20 @@ def sequence_audit(requests: pd.DataFrame, events: pd.DataFrame) -> dict:
     have = np.array([s[0] if len(s) else -1 for s in requests[F.SEQ_ACTION_TIMES]], dtype=np.int64)
     want = ideal["newest"].fillna(-1).to_numpy(np.int64)
     stale = want > have
-    lag_s = (want - np.maximum(have, 0))[stale & (have >= 0)] / 1000
-    return {
-        "requests": int(len(requests)),
-        "sequence_actions": int(len(flat)),
-        "leaked_actions": int(leaked.sum()),
-        "unmatched_actions": unknown,
-        "stale_requests": int(stale.sum()),
-        "stale_share": round(float(stale.mean()), 4),
-        "stale_median_lag_s": round(float(np.median(lag_s)), 1) if len(lag_s) else 0.0,
-    }
+    return {"requests": int(len(requests)), "sequence_actions": int(len(flat)),
+            "leaked_actions": int(leaked.sum()), "unmatched_actions": unknown,
+            "stale_requests": int(stale.sum()),
+            "lags_s": (want - np.maximum(have, 0))[stale & (have >= 0)] / 1000}
+
+
+def merge_audits(parts: list[dict]) -> dict:
+    """One audit from `audit_part`s of disjoint users: sums, the stale share and median lag."""
+    total = {k: sum(p[k] for p in parts) for k in ("requests", "sequence_actions", "leaked_actions",
+                                                   "unmatched_actions", "stale_requests")}
+    lag_s = np.concatenate([p["lags_s"] for p in parts]) if parts else np.zeros(0)
+    return {**total,
+            "stale_share": round(total["stale_requests"] / total["requests"], 4) if total["requests"] else 0.0,
+            "stale_median_lag_s": round(float(np.median(lag_s)), 1) if len(lag_s) else 0.0}
 
 
 def _concat(values: pd.Series, dtype) -> np.ndarray:
@@ -326,14 +372,21 @@ def share_equal_arrays(values: pd.Series) -> pd.Series:
     return pd.Series(out, index=values.index, dtype=object)
 
 
-def _pair_chunks(settings: Settings, table: str, rows: pd.DataFrame, key: str) -> list[np.ndarray]:
-    """`pair_chunks` of `rows` (key column + request_time_ms) against one log table's versions."""
+def _versions(settings: Settings, table: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, event times in epoch ms) of one log table's versions, read once per build."""
     versions = offline_log.read(settings.offline_dir, table, columns=[key, F.EVENT_TIMESTAMP])
-    times = (offline_log.to_utc_us(versions[F.EVENT_TIMESTAMP]).astype("int64").to_numpy() // 1000
-             if len(versions) else np.zeros(0, dtype=np.int64))
-    return pair_chunks(rows["request_time_ms"].to_numpy(), rows[key].to_numpy(),
-                       versions[key].to_numpy() if len(versions) else np.zeros(0, dtype=np.int64),
-                       times, MAX_CALL_PAIRS, MAX_CALL_ROWS)
+    if not len(versions):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return (versions[key].to_numpy(np.int64),
+            offline_log.to_utc_us(versions[F.EVENT_TIMESTAMP]).astype("int64").to_numpy() // 1000)
+
+
+def _pair_chunks(versions: tuple[np.ndarray, np.ndarray], rows: pd.DataFrame, key: str) -> list[np.ndarray]:
+    """`pair_chunks` of `rows` (key column + request_time_ms) against the versions of their keys."""
+    keys = rows[key].to_numpy(np.int64)
+    mine = np.isin(versions[0], np.unique(keys))
+    return pair_chunks(rows["request_time_ms"].to_numpy(), keys, versions[0][mine], versions[1][mine],
+                       MAX_CALL_PAIRS, MAX_CALL_ROWS)
 
 
 def _concat_parts(parts: list[pd.DataFrame], key: list[str], names: tuple[str, ...]) -> pd.DataFrame:
@@ -350,10 +403,122 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# -- chunks ---------------------------------------------------------------------------------------
+
+# Default chunk size: the chunk's flat frame (validated at once) and its sequences' flat arrays
+# stay a few hundred MB at 100-long sequences.
+TARGET_CHUNK_IMPRESSIONS = 200_000
+LAYOUT = "parts by user hash"
+
+
+def user_chunk(user_ids, chunks: int) -> np.ndarray:
+    """The chunk of each user id: splitmix64's finalizer of the id, modulo `chunks` (stable across
+    runs, machines and engines; consecutive ids spread over the chunks)."""
+    x = np.asarray(user_ids, dtype=np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x % np.uint64(max(int(chunks), 1))).astype(np.int64)
+
+
+def part_name(chunk: int) -> str:
+    return f"part-{chunk:03d}.parquet"
+
+
+def _reset(path: Path) -> None:
+    """Remove a table of an earlier dataset at `path`: a file (one-file layout) or a directory."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _unify_parts(directory: Path) -> None:
+    """Give every part the same schema: a column all null in one chunk is typed as in the others
+    (and integers in one chunk are floats where another chunk had nulls)."""
+    parts = sorted(directory.glob("part-*.parquet"))
+    schemas = [pq.read_schema(p) for p in parts]
+    if not parts or all(sc.equals(schemas[0]) for sc in schemas):
+        return
+    unified = pa.unify_schemas(schemas, promote_options="permissive")
+    for part, schema in zip(parts, schemas):
+        if not schema.equals(unified):
+            table = pq.read_table(part).select(unified.names).cast(unified)
+            tmp = part.with_name(f".{part.name}.tmp")
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, part)
+
+
+def _peak_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def _chunk_features(store, settings: Settings, requests: pd.DataFrame, impressions: pd.DataFrame,
+                    versions: dict, bar) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Steps 3a-b of one chunk: its requests and impressions with their point-in-time features."""
+    # Calls in time order, sized by join pairs (user side) and rows, one feature view per call
+    # (each view's join reads its own log table; a multi-view call would only carry one view's
+    # columns through the next).
+    user_parts, pin_parts, user_eng_parts, pin_eng_parts = [], [], [], []
+    user_key, pin_key = [F.SNAPSHOT_ID, F.USER_ID], [F.SNAPSHOT_ID, F.PIN_ID]
+    for rows in _pair_chunks(versions[F.USER_ACTION_SEQUENCE], requests, F.USER_ID):
+        part = requests.iloc[rows]
+        seq = historical(store, part, SEQUENCE_FEATURES, user_key)
+        profile = historical(store, part, PROFILE_FEATURES, user_key)
+        user_parts.append(seq.merge(profile, on=user_key, validate="one_to_one"))
+    for rows in row_chunks(impressions["request_time_ms"].to_numpy(), MAX_CALL_ROWS):
+        pin_parts.append(historical(store, impressions.iloc[rows], PIN_FEATURES, pin_key))
+    for parts, view, frame, refs, key in (
+            (user_eng_parts, F.USER_ENGAGEMENT, requests, USER_ENGAGEMENT_FEATURES, user_key),
+            (pin_eng_parts, F.PIN_ENGAGEMENT, impressions, PIN_ENGAGEMENT_FEATURES, pin_key)):
+        for rows in _pair_chunks(versions[view], frame, key[1]):
+            parts.append(historical(store, frame.iloc[rows], refs, key))
+    bar.set_postfix_str("assembling")
+
+    user_feats = _fill_empty_sequences(pd.concat(user_parts, ignore_index=True)).merge(
+        _concat_parts(user_eng_parts, user_key, F.USER_ENGAGEMENT_FEATURE_NAMES), on=user_key,
+        how="left", validate="one_to_one")
+    requests = requests.merge(user_feats.drop(columns=[F.USER_ID]), on=F.SNAPSHOT_ID, validate="one_to_one")
+    requests.insert(3, F.EVENT_TIMESTAMP, pd.to_datetime(requests["request_time_ms"], unit="ms", utc=True)
+                    .astype("datetime64[us, UTC]"))
+
+    labels = list(F.LABEL_COLUMNS)
+    impressions = impressions[[F.SNAPSHOT_ID, F.REQUEST_ID, F.USER_ID, F.PIN_ID, "request_time_ms",
+                               "position", *labels]]
+    impressions = impressions.merge(pd.concat(pin_parts, ignore_index=True), on=[F.SNAPSHOT_ID, F.PIN_ID],
+                                    validate="one_to_one")
+    impressions = impressions.merge(_concat_parts(pin_eng_parts, pin_key, F.PIN_ENGAGEMENT_FEATURE_NAMES),
+                                    on=pin_key, how="left", validate="one_to_one")
+    impressions[F.PIN_EMBEDDING] = share_equal_arrays(impressions[F.PIN_EMBEDDING])
+    impressions.insert(4, F.EVENT_TIMESTAMP, pd.to_datetime(impressions["request_time_ms"], unit="ms",
+                                                            utc=True).astype("datetime64[us, UTC]"))
+    impressions = impressions.drop(columns=["request_time_ms"])
+    return in_build_order(requests, impressions)
+
+
+def merge_validations(reports: list[tuple[int, object]]) -> dict:
+    """One `training_set` result from the chunks' (chunk, ValidationReport)s: it passes when every
+    chunk does; failures carry their chunk; `chunks` keeps each chunk's result."""
+    first = reports[0][1].to_dict()
+    return {**first, "success": all(r.success for _, r in reports),
+            "rows": sum(r.rows for _, r in reports),
+            "failures": [dict(f, chunk=c) for c, r in reports for f in r.to_dict()["failures"]],
+            "elapsed_ms": round(sum(r.elapsed_ms for _, r in reports), 1),
+            "notes": [f"run per chunk of users ({len(reports)}): (request_id, pin_id) keys never span "
+                      "chunks, and the label-rate bounds come from the whole dataset's training period",
+                      *first["notes"][1:]],
+            "chunks": [{"chunk": c, "rows": r.rows, "success": r.success, "failed_checks": r.failed_checks,
+                        "elapsed_ms": round(r.elapsed_ms, 1)} for c, r in reports]}
+
+
+# -- build ---------------------------------------------------------------------------------------
+
 def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings, *, store=None,
                   warmup_days: int = 1, valid_days: int = 1, test_days: int = 2,
-                  validate: bool = True, progress: bool = True) -> dict:
-    """Build the dataset of a replayed world; returns its metadata (also in dataset.json)."""
+                  validate: bool = True, progress: bool = True, chunks: int | None = None) -> dict:
+    """Build the dataset of a replayed world; returns its metadata (also in dataset.json).
+    `chunks`: how many chunks of users (default: one per TARGET_CHUNK_IMPRESSIONS impressions)."""
     from homefeed.world import load_world
 
     started = time.perf_counter()
@@ -365,8 +530,8 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
         store = open_store(settings.feature_repo)
     check_sources(store, settings)
 
-    # 1. impressions, split by request day
-    impressions = world.requests.copy()
+    # 1. impressions, split by request day (the world's own frame: the build keeps one copy)
+    impressions, world.requests, world.events, world.pins = world.requests, None, None, None
     impressions["day"] = ((impressions["request_time"].astype(np.int64) - world.start_ms)
                           // DAY_MS).astype(np.int32)
     impressions["request_time_ms"] = impressions[F.SERVED_TIME].astype(np.int64)  # the serve time
@@ -383,71 +548,6 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
     requests.insert(0, F.SNAPSHOT_ID, np.arange(1, len(requests) + 1, dtype=np.int64))
     impressions = impressions.merge(requests[[F.SNAPSHOT_ID, *snap_key]], on=snap_key,
                                     validate="many_to_one")
-
-    timings = {"setup": round(time.perf_counter() - started, 2)}
-    mark = time.perf_counter()
-    # 3. Calls in time order, sized by join pairs (user side) and rows, one feature view per call
-    # (each view's join reads its own log table; a multi-view call would only carry one view's
-    # columns through the next).
-    user_parts, pin_parts, user_eng_parts, pin_eng_parts = [], [], [], []
-    user_key, pin_key = [F.SNAPSHOT_ID, F.USER_ID], [F.SNAPSHOT_ID, F.PIN_ID]
-    user_chunks = _pair_chunks(settings, F.USER_ACTION_SEQUENCE, requests, F.USER_ID)
-    user_eng_chunks = _pair_chunks(settings, F.USER_ENGAGEMENT, requests, F.USER_ID)
-    pin_eng_chunks = _pair_chunks(settings, F.PIN_ENGAGEMENT, impressions, F.PIN_ID)
-    pin_chunks = row_chunks(impressions["request_time_ms"].to_numpy(), MAX_CALL_ROWS)
-    calls = 2 * len(user_chunks) + len(pin_chunks) + len(user_eng_chunks) + len(pin_eng_chunks)
-    with tqdm(total=calls, desc="point-in-time features", unit="call", disable=not progress) as bar:
-        for rows in user_chunks:
-            part = requests.iloc[rows]
-            seq = historical(store, part, SEQUENCE_FEATURES, user_key)
-            bar.update()
-            profile = historical(store, part, PROFILE_FEATURES, user_key)
-            bar.update()
-            user_parts.append(seq.merge(profile, on=user_key, validate="one_to_one"))
-        for rows in pin_chunks:
-            pin_parts.append(historical(store, impressions.iloc[rows], PIN_FEATURES, pin_key))
-            bar.update()
-        for parts, chunks, frame, refs, key in (
-                (user_eng_parts, user_eng_chunks, requests, USER_ENGAGEMENT_FEATURES, user_key),
-                (pin_eng_parts, pin_eng_chunks, impressions, PIN_ENGAGEMENT_FEATURES, pin_key)):
-            for rows in chunks:
-                parts.append(historical(store, frame.iloc[rows], refs, key))
-                bar.update()
-
-    timings["point_in_time"] = round(time.perf_counter() - mark, 2)
-    mark = time.perf_counter()
-    # 4. assembly and audit
-    user_feats = _fill_empty_sequences(pd.concat(user_parts, ignore_index=True)).merge(
-        _concat_parts(user_eng_parts, user_key, F.USER_ENGAGEMENT_FEATURE_NAMES), on=user_key,
-        how="left", validate="one_to_one")
-    requests = requests.merge(user_feats.drop(columns=[F.USER_ID]), on=F.SNAPSHOT_ID, validate="one_to_one")
-    requests.insert(3, F.EVENT_TIMESTAMP, pd.to_datetime(requests["request_time_ms"], unit="ms", utc=True)
-                    .astype("datetime64[us, UTC]"))
-    requests = requests.sort_values(F.SNAPSHOT_ID).reset_index(drop=True)
-
-    labels = list(F.LABEL_COLUMNS)
-    impressions = impressions[[F.SNAPSHOT_ID, F.REQUEST_ID, F.USER_ID, F.PIN_ID, "request_time_ms",
-                               "position", *labels]]
-    impressions = impressions.merge(pd.concat(pin_parts, ignore_index=True), on=[F.SNAPSHOT_ID, F.PIN_ID],
-                                    validate="one_to_one")
-    impressions = impressions.merge(_concat_parts(pin_eng_parts, pin_key, F.PIN_ENGAGEMENT_FEATURE_NAMES),
-                                    on=pin_key, how="left", validate="one_to_one")
-    impressions[F.PIN_EMBEDDING] = share_equal_arrays(impressions[F.PIN_EMBEDDING])
-    impressions.insert(4, F.EVENT_TIMESTAMP, pd.to_datetime(impressions["request_time_ms"], unit="ms",
-                                                            utc=True).astype("datetime64[us, UTC]"))
-    impressions = impressions.drop(columns=["request_time_ms"])
-    # in request order (the first snapshot of each request), then position
-    first_snap = impressions.groupby(F.REQUEST_ID)[F.SNAPSHOT_ID].transform("min").to_numpy()
-    impressions = impressions.iloc[np.lexsort((impressions["position"].to_numpy(), first_snap))]
-    impressions = impressions.reset_index(drop=True)
-    pins = latest_pins(settings)
-
-    audit = sequence_audit(requests, logged_events(settings))
-    timings["assemble_and_audit"] = round(time.perf_counter() - mark, 2)
-    mark = time.perf_counter()
-    if audit["leaked_actions"]:
-        raise RuntimeError(f"point-in-time violation: {audit['leaked_actions']} sequence actions "
-                           "arrived after their request; the dataset is not written")
     meta = {
         "world": str(Path(world_dir).resolve()),
         "world_params": world.params.to_dict(),
@@ -456,6 +556,88 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
         "splits": {s: sorted(int(d) for d in requests.loc[requests["split"] == s, "day"].unique())
                    for s in SPLITS},
         "counts": _counts(requests, impressions),
+    }
+    bounds = None
+    if validate:
+        from homefeed.validation import derive_label_rate_bounds, run_checkpoint
+
+        # what the checkpoint derives from the whole flat frame: its labels and splits are these
+        bounds, _ = derive_label_rate_bounds(impressions[[*F.LABEL_COLUMNS, "split"]])
+    one_per_request = len(requests) == requests[F.REQUEST_ID].nunique()
+    del world
+
+    # 3. chunks of users
+    n_chunks = int(chunks) if chunks else max(1, -(-len(impressions) // TARGET_CHUNK_IMPRESSIONS))
+    if n_chunks < 1:
+        raise UserError(f"chunks must be >= 1, got {chunks}")
+    req_chunk = user_chunk(requests[F.USER_ID], n_chunks)
+    imp_chunk = user_chunk(impressions[F.USER_ID], n_chunks)
+    versions = {F.USER_ACTION_SEQUENCE: _versions(settings, F.USER_ACTION_SEQUENCE, F.USER_ID),
+                F.USER_ENGAGEMENT: _versions(settings, F.USER_ENGAGEMENT, F.USER_ID),
+                F.PIN_ENGAGEMENT: _versions(settings, F.PIN_ENGAGEMENT, F.PIN_ID)}
+    events = logged_events(settings)
+    events = audit_events(events) if len(events) else None
+    ev_chunk = user_chunk(events[F.USER_ID], n_chunks) if events is not None else None
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META_FILE).unlink(missing_ok=True)
+    for name in (REQUESTS_FILE, IMPRESSIONS_FILE):
+        _reset(out / name)
+        (out / name).mkdir()
+    timings = {"setup": round(time.perf_counter() - started, 2), "point_in_time_and_assembly": 0.0,
+               "audit": 0.0, "validation": 0.0, "write": 0.0}
+    peak = {"setup": _peak_rss_mib()}
+
+    def done(stage: str, since: float) -> float:
+        """Adds a stage's seconds; its peak RSS is read after the first chunk's (peaks only grow)."""
+        timings[stage] += time.perf_counter() - since
+        peak.setdefault(stage, _peak_rss_mib())
+        return time.perf_counter()
+
+    audits, reports, parts = [], [], []
+    null_profiles = empty_sequences = 0
+    with tqdm(total=n_chunks, desc="chunks of users", unit="chunk", disable=not progress) as bar:
+        for c in range(n_chunks):
+            bar.update()
+            if not (req_chunk == c).any():
+                continue
+            mark = time.perf_counter()
+            req, imp = _chunk_features(store, settings, requests[req_chunk == c], impressions[imp_chunk == c],
+                                       versions, bar)
+            mark = done("point_in_time_and_assembly", mark)
+            if events is not None:
+                audits.append(audit_part(req, events[ev_chunk == c]))
+                if audits[-1]["leaked_actions"]:
+                    for name in (REQUESTS_FILE, IMPRESSIONS_FILE):
+                        _reset(out / name)
+                    raise RuntimeError(f"point-in-time violation: {audits[-1]['leaked_actions']} sequence "
+                                       "actions arrived after their request; the dataset is not written")
+            mark = done("audit", mark)
+            if validate:
+                report = run_checkpoint("training_set", flat_frame(req, imp), settings=settings,
+                                        label_rate_bounds=bounds)
+                reports.append((c, report))
+                log.info("chunk %d: %s", c, report.to_text())
+            mark = done("validation", mark)
+            null_profiles += int(req[F.PROFILE_ACTIONS_28D].isna().sum())
+            empty_sequences += int((req[F.SEQ_LENGTH] == 0).sum())
+            _write_parquet(req, out / REQUESTS_FILE / part_name(c))
+            _write_parquet(imp, out / IMPRESSIONS_FILE / part_name(c))
+            parts.append({"chunk": c, "snapshots": int(len(req)), "impressions": int(len(imp))})
+            done("write", mark)
+            del req, imp
+    peak["all_chunks"] = _peak_rss_mib()
+
+    # 4. parts' schemas, pins, dataset.json
+    mark = time.perf_counter()
+    for name in (REQUESTS_FILE, IMPRESSIONS_FILE):
+        _unify_parts(out / name)
+    _write_parquet(latest_pins(settings), out / PINS_FILE)
+    timings["write"] += time.perf_counter() - mark
+    audit = merge_audits(audits) if audits else {"requests": int(len(requests)), "leaked_actions": 0}
+    meta.update({
+        "layout": {"chunks": n_chunks, "by": LAYOUT, "parts": parts},
         "embedding_dim": settings.embedding_dim,
         "sequence_length": settings.sequence_length,
         "schema_fingerprint": F.schema_fingerprint(settings.embedding_dim, settings.sequence_length),
@@ -464,34 +646,33 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
         "feature_repo": str(settings.feature_repo),
         "offline_dir": str(settings.offline_dir),
         "snapshots": ("one user-side row per (request, serve time): "
-                      + ("one per request" if len(requests) == requests[F.REQUEST_ID].nunique()
-                         else "impressions served at their own times")),
-        "null_profile_share": round(float(requests[F.PROFILE_ACTIONS_28D].isna().mean()), 4),
-        "empty_sequence_share": round(float((requests[F.SEQ_LENGTH] == 0).mean()), 4),
+                      + ("one per request" if one_per_request else "impressions served at their own times")),
+        "null_profile_share": round(null_profiles / len(requests), 4) if len(requests) else 0.0,
+        "empty_sequence_share": round(empty_sequences / len(requests), 4) if len(requests) else 0.0,
         "audit": audit,
-    }
-    ds = Dataset(Path(out_dir), requests, impressions, pins, meta)
-    if validate:
-        from homefeed.validation import run_checkpoint
-
-        report = run_checkpoint("training_set", training_frame(ds), settings=settings)
-        meta["validation"] = report.to_dict()
-        log.info("%s", report.to_text())
-    timings["validation"] = round(time.perf_counter() - mark, 2)
+    })
+    if reports:
+        meta["validation"] = merge_validations(reports)
     meta["build_seconds"] = round(time.perf_counter() - started, 1)
-    meta["build_timings_s"] = timings
-    save_dataset(ds)
+    peak["end"] = _peak_rss_mib()
+    meta["build_timings_s"] = {**{k: round(v, 2) for k, v in timings.items()}, "peak_rss_mib": peak}
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
 def save_dataset(ds: Dataset) -> None:
-    """Write a dataset directory (parquet files first, dataset.json last: a directory with a
-    dataset.json is complete)."""
+    """Write a dataset directory in one chunk (parquet parts first, dataset.json last: a directory
+    with a dataset.json is complete)."""
     ds.path.mkdir(parents=True, exist_ok=True)
     (ds.path / META_FILE).unlink(missing_ok=True)
-    _write_parquet(ds.requests, ds.path / REQUESTS_FILE)
-    _write_parquet(ds.impressions, ds.path / IMPRESSIONS_FILE)
+    for name, frame in ((REQUESTS_FILE, ds.requests), (IMPRESSIONS_FILE, ds.impressions)):
+        _reset(ds.path / name)
+        (ds.path / name).mkdir()
+        _write_parquet(frame, ds.path / name / part_name(0))
     _write_parquet(ds.pins, ds.path / PINS_FILE)
+    ds.meta["layout"] = {**ds.meta.get("layout", {}), "chunks": 1, "by": LAYOUT,
+                         "parts": [{"chunk": 0, "snapshots": len(ds.requests),
+                                    "impressions": len(ds.impressions)}]}
     (ds.path / META_FILE).write_text(json.dumps(ds.meta, indent=2) + "\n")
 
 
