@@ -19,8 +19,8 @@ log counts and smoothed rates by `homefeed.engagement.dense_block`, the rule the
 defined by; an absent counter row (or column) is an entity with no engagement yet.
 
 Item metadata: the candidate's age (from pin_created_ms) and its media duration (pin_duration_ms:
-`log1p(seconds)` and a `has_duration` flag; a null, NaN, negative value or absent column is an
-unknown duration, both 0).
+`log_pin_duration_s` = log1p(seconds) and the flag `has_pin_duration`; a null, NaN or negative
+value, or no such column, is an unknown duration: both 0).
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def dense_features(user: Mapping[str, Any], cand: Mapping[str, Any], request_tim
 
     `user` holds U rows of seq_action_times (newest first) and the profile_* features (None =
     no profile), `cand` N rows of embedding, pin_created_ms and (optional) pin_duration_ms,
-    `request_time_ms` is one value per user row (or a scalar), `user_index` [N] the user row of each candidate (default: all 0).
+    `request_time_ms` is one value per user row (or a scalar), `user_index` [N] the user row of
+    each candidate (default: all 0).
     `embedding_dim` is only needed when no profile and no candidate embedding is known at all.
     """
     times = list(user[F.SEQ_ACTION_TIMES])
@@ -137,7 +138,7 @@ def dense_features(user: Mapping[str, Any], cand: Mapping[str, Any], request_tim
     cand_emb, _ = _matrix(emb_values, n, dim)
     created = _column(cand[F.PIN_CREATED_MS], n, np.nan)
     age_days = np.where(np.isnan(created), 0.0, (rt[idx] - np.nan_to_num(created)) / DAY_MS)
-    durations = cand.get(F.PIN_DURATION_MS)  # None: no such column (a world without durations)
+    durations = cand.get(F.PIN_DURATION_MS)  # None: no such column or key (all unknown)
     duration = np.full(n, np.nan) if durations is None else _column(durations, n, np.nan)
     has_duration = np.nan_to_num(duration, nan=-1.0) >= 0
     duration_s = np.where(has_duration, np.nan_to_num(duration), 0.0) / 1000.0
