@@ -82,6 +82,8 @@ pin_features = FeatureView(
         Field(name=F.PIN_EMBEDDING, dtype=Array(Float32), description=f"{DIM}-d content embedding"),
         Field(name=F.PIN_TOPIC, dtype=Int64),
         Field(name=F.PIN_CREATED_MS, dtype=Int64, description="pin creation time, epoch ms"),
+        Field(name=F.PIN_DURATION_MS, dtype=Int64,
+              description="how long the pin's media runs (video duration), ms; null = unknown"),
     ],
     source=pin_features_push,
     online=True,

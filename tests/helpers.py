@@ -71,6 +71,9 @@ def planted_dataset(path: Path, n_requests: int = 800, dim: int = 8, seq_len: in
     emb = emb + 0.25 * rng.standard_normal((n_pins, dim)) / np.sqrt(dim)
     emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
     pin_ids = np.arange(1, n_pins + 1)
+    # media durations (no signal, and no draw from rng: the planted data stays as it was); every
+    # seventh pin's is unknown (null)
+    duration = pd.array([None if p % 7 == 0 else 4_000 + 1_500 * (p % 40) for p in pin_ids], dtype="Int64")
     start = 1_767_571_200_000
     req_rows, imp_rows = [], []
     for r in range(n_requests):
@@ -102,15 +105,16 @@ def planted_dataset(path: Path, n_requests: int = 800, dim: int = 8, seq_len: in
                              "label_click": int(repin or rng.random() < 0.05),
                              "label_hide": int(not hit and rng.random() < 0.03),
                              F.PIN_EMBEDDING: emb[pin - 1], F.PIN_TOPIC: int(pin_topic[pin - 1]),
-                             F.PIN_CREATED_MS: start - 5 * DAY})
+                             F.PIN_CREATED_MS: start - 5 * DAY, F.PIN_DURATION_MS: duration[pin - 1]})
     requests = pd.DataFrame(req_rows)
     impressions = pd.DataFrame(imp_rows)
+    impressions[F.PIN_DURATION_MS] = impressions[F.PIN_DURATION_MS].astype("Int64")
     for frame in (requests, impressions):
         frame[F.EVENT_TIMESTAMP] = pd.to_datetime(
             requests.set_index(F.REQUEST_ID).loc[frame[F.REQUEST_ID], "request_time_ms"].to_numpy(),
             unit="ms", utc=True).astype("datetime64[us, UTC]")
     pins = pd.DataFrame({F.PIN_ID: pin_ids, F.PIN_EMBEDDING: list(emb), F.PIN_TOPIC: pin_topic,
-                         F.PIN_CREATED_MS: start - 5 * DAY})
+                         F.PIN_CREATED_MS: start - 5 * DAY, F.PIN_DURATION_MS: duration})
     meta = {"embedding_dim": dim, "sequence_length": seq_len, "start_ms": start, "days": 4,
             "splits": {"train": [1], "valid": [2], "test": [3]},
             "schema_fingerprint": F.schema_fingerprint(dim, seq_len),

@@ -61,3 +61,36 @@ def test_actions_keep_their_reasons_after_sharing_the_checks():
         with pytest.raises(E.InvalidEvent) as err:
             E.parse_event(json.dumps({**good, **changes}).encode(), now_ms=NOW)
         assert err.value.reason == reason
+
+
+def pin_upsert(**changes) -> bytes:
+    obj = {"schema_version": 1, "pin_id": 9, "topic_id": 2, "embedding": [0.5, -0.5],
+           "created_ms": NOW - 86_400_000, "event_time": NOW - 5, **changes}
+    return json.dumps({k: v for k, v in obj.items() if v is not ...}).encode()
+
+
+def test_a_pin_upsert_carries_an_optional_duration():
+    up = E.PinUpsert(9, 2, (0.5, -0.5), NOW - 86_400_000, NOW - 5, duration_ms=87_433)
+    assert json.loads(up.to_json())["duration_ms"] == 87_433
+    assert E.parse_pin_upsert(up.to_json(), embedding_dim=2, now_ms=NOW) == up
+    unknown = E.PinUpsert(9, 2, (0.5, -0.5), NOW - 86_400_000, NOW - 5)  # no duration: not sent
+    assert "duration_ms" not in json.loads(unknown.to_json())
+    # records written before the field existed, and an explicit null, parse as unknown
+    for raw in (unknown.to_json(), pin_upsert(), pin_upsert(duration_ms=None)):
+        assert E.parse_pin_upsert(raw, embedding_dim=2, now_ms=NOW).duration_ms is None
+    for ok in (0, E.MAX_DURATION_MS):
+        assert E.parse_pin_upsert(pin_upsert(duration_ms=ok), embedding_dim=2, now_ms=NOW).duration_ms == ok
+
+
+@pytest.mark.parametrize("duration, reason", [
+    ("87433", E.REASON_WRONG_TYPE),
+    (87.5, E.REASON_WRONG_TYPE),
+    (True, E.REASON_WRONG_TYPE),
+    (-1, E.REASON_BAD_DURATION),
+    (E.MAX_DURATION_MS + 1, E.REASON_BAD_DURATION),
+    (120_000_000_000, E.REASON_BAD_DURATION),  # a 2-minute video in microseconds
+])
+def test_a_bad_pin_duration_gets_its_reason(duration, reason):
+    with pytest.raises(E.InvalidEvent) as err:
+        E.parse_pin_upsert(pin_upsert(duration_ms=duration), embedding_dim=2, now_ms=NOW)
+    assert err.value.reason == reason and reason in E.DEAD_LETTER_REASONS

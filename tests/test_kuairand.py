@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from homefeed.cli import main
@@ -90,9 +91,21 @@ def write_features(path: Path, *, users=True, videos=True) -> None:
             + "".join(f'{u},{d},0,"[0,10)"\n' for u, d in enumerate(degrees)))
     if videos:
         tags = {0: "39", 1: "2", 2: '"20,43"', 3: "7", 4: '"62,7"', 5: "2", 6: "", 7: "39", 8: "43", 9: "7"}
+        # videos 10..19: listed with a duration only (no upload date, no tag); 20 and up: not listed
         (path / "video_features_basic_pure.csv").write_text(
-            "video_id,author_id,video_type,upload_dt,tag\n"
-            + "".join(f"{v},{100 + v},NORMAL,2022-04-1{v % 3},{t}\n" for v, t in tags.items()))
+            "video_id,author_id,video_type,upload_dt,video_duration,tag\n"
+            + "".join(f"{v},{100 + v},NORMAL,2022-04-1{v % 3},{VIDEO_DURATION[v]},{t}\n"
+                      for v, t in tags.items())
+            + "".join(f"{v},{100 + v},NORMAL,,{VIDEO_DURATION[v]},\n" for v in range(10, 20)))
+
+
+# video_duration as KuaiRand writes it ("87433.0"), once as a plain integer, once empty (unknown)
+VIDEO_DURATION = {v: f"{(v + 1) * 7_000}.0" for v in range(20)} | {6: "", 9: "12500"}
+
+
+def expected_duration_ms(video: int) -> int | None:
+    text = VIDEO_DURATION.get(video, "")
+    return int(float(text)) if text else None
 
 
 def labels_of(req, user, pin) -> list[int]:
@@ -218,12 +231,26 @@ def test_topics_from_first_tag_and_segments_from_activity_degree(world):
     assert unlisted.equals(day_start.loc[unlisted.index].rename("pin_created_ms"))
 
 
+def test_pin_durations_come_from_video_duration(world):
+    """Durations in ms where the file has one; empty or not listed: null (unknown)."""
+    pins = world.pins.set_index("pin_id")
+    assert str(pins["pin_duration_ms"].dtype) == "Int64"
+    for pin, got in pins["pin_duration_ms"].items():
+        want = expected_duration_ms(pin - 1)  # homefeed id = KuaiRand id + 1
+        assert (got is pd.NA) if want is None else got == want, (pin, got, want)
+    assert pins.loc[7, "pin_duration_ms"] is pd.NA  # video 6: empty
+    assert pins.loc[10, "pin_duration_ms"] == 12_500  # video 9: an integer in the file
+    assert pins.loc[21, "pin_duration_ms"] is pd.NA  # video 20: not in the file
+    assert world.meta["summary"]["pins_with_duration"] == int(pins["pin_duration_ms"].notna().sum()) > 0
+
+
 def test_defaults_without_feature_files(tmp_path):
     src = write_log(tmp_path / "src", make_rows())
     meta = import_kuairand(src, tmp_path / "w", KuaiRandParams(embedding_dim=8, eval_days=2,
                                                                 core_min_events=5))
     w = load_world(tmp_path / "w")
     assert meta["topics"] == ["all"] and (w.pins.topic_id == 0).all()
+    assert w.pins.pin_duration_ms.isna().all() and meta["summary"]["pins_with_duration"] == 0
     assert set(w.users.segment) <= {"core", "casual", "new"}
     assert (w.users.is_core == (w.users.segment == "core")).all()
     assert meta["kuairand"]["segment_rule"].startswith("no user feature file")
@@ -282,6 +309,12 @@ def test_bad_feature_rows_and_layouts(tmp_path):
     (src / "video_features_basic_pure.csv").write_text("video_id,tag\n0,39\n1,2;3\n")
     with pytest.raises(UserError, match=r"video_features_basic_pure.csv line 3: bad tag"):
         import_kuairand(src, tmp_path / "out", PARAMS)
+    for bad in ("-5.0", "1.5", "5e3", "abc", "90000000000.0"):  # negative, fraction, not digits, > 24 h
+        (src / "video_features_basic_pure.csv").write_text(f"video_id,video_duration\n0,87433.0\n1,\n2,{bad}\n")
+        with pytest.raises(UserError, match=rf"video_features_basic_pure.csv line 4: bad video_duration "
+                                            rf"'{re.escape(bad)}' \(expected a duration in ms") as info:
+            import_kuairand(src, tmp_path / "out", PARAMS)
+        assert "\n" not in str(info.value)
     (src / "video_features_basic_pure.csv").unlink()
     (src / "user_features_pure.csv").write_text("user_id,user_active_degree\n0,full active\n")
     with pytest.raises(UserError, match=r"user_features_pure.csv line 2: bad user_active_degree"):

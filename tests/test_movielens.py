@@ -295,6 +295,7 @@ def test_pins_topics_and_creation(layout_world, ratings):
     assert (created == w.start_ms + (first - w.start_ms) // DAY_MS * DAY_MS).all()
     shown = w.requests.merge(pins, on="pin_id")
     assert (shown.pin_created_ms < shown.request_time).all()
+    assert pins.pin_duration_ms.isna().all()  # a rating log has no running time: all unknown
 
 
 def test_primary_genre_is_the_most_specific_one(world):

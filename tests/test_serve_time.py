@@ -13,7 +13,8 @@ the phases, and `dataset build` then gives each impression its own snapshot:
 * the four impressions stay one request (HIT@3's unit) with four snapshots;
 * the engagement counters too: the 10:30 impression's user and pin counter rows are what the
   online reader returned then, and the model's engagement features from the training set equal
-  those serving builds from the reader at that instant (the same decay, the same numbers).
+  those serving builds from the reader at that instant (the same decay, the same numbers);
+* and the pin's metadata: its video duration reaches the model the same way on both sides.
 """
 
 from __future__ import annotations
@@ -138,3 +139,10 @@ def test_each_impression_sees_the_history_serving_read_when_it_was_served(pipeli
     assert req.loc[0, "request_time_ms"] == at
     np.testing.assert_array_equal(trained[:, cols], serving[:, cols])
     assert np.abs(serving[:, cols]).sum() > 0
+
+    # Pin metadata parity: the video's duration (video_duration in the feature file) through the
+    # pin upsert, the online store and the training set, the same dense inputs on both sides.
+    assert online_pin.duration_ms[0] == cand.loc[0, F.PIN_DURATION_MS] == 105_000  # video 14
+    meta_cols = [names.index(n) for n in ("log_pin_age_days", "log_pin_duration_s", "has_pin_duration")]
+    np.testing.assert_array_equal(trained[:, meta_cols], serving[:, meta_cols])
+    assert serving[0, meta_cols[2]] == 1 and serving[0, meta_cols[1]] == np.float32(np.log1p(105.0))

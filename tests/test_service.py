@@ -39,6 +39,7 @@ PINS = list(range(1, 41))
 rng = np.random.default_rng(0)
 EMB = {p: (v / np.linalg.norm(v)).astype(np.float32).tolist() for p, v in
        zip(PINS, rng.normal(size=(len(PINS), DIM)))}
+DURATION = {p: None if p % 3 == 0 else 4_000 * p for p in PINS}  # media duration, ms; None: unknown
 SEQ = {  # newest first
     F.SEQ_PIN_IDS: [3, 7, 7, 12, 30],
     F.SEQ_ACTION_TYPES: [1, 2, 1, 3, 1],
@@ -65,7 +66,8 @@ def tiny_model(tmp: Path) -> tuple[str, object]:
 def write_features(store) -> None:
     writer = OnlineWriter(store)
     writer.write_pins([{F.PIN_ID: p, F.PIN_EMBEDDING: EMB[p], F.PIN_TOPIC: p % 5,
-                        F.PIN_CREATED_MS: NOW - 86_400_000 * p, F.EVENT_TIMESTAMP: NOW - 1000,
+                        F.PIN_CREATED_MS: NOW - 86_400_000 * p, F.PIN_DURATION_MS: DURATION[p],
+                        F.EVENT_TIMESTAMP: NOW - 1000,
                         F.CREATED: NOW - 1000} for p in PINS])
     writer.write_sequences([{F.USER_ID: USER, F.EVENT_TIMESTAMP: SEQ[F.SEQ_ACTION_TIMES][0],
                              F.CREATED: NOW - 1000, **SEQ, F.SEQ_LENGTH: len(SEQ[F.SEQ_PIN_IDS])}])
@@ -133,6 +135,7 @@ def offline_scores(model, candidates: list[int], request_ms: int) -> np.ndarray:
     impressions = pd.DataFrame({F.SNAPSHOT_ID: 1, F.REQUEST_ID: 1, F.USER_ID: USER, F.PIN_ID: candidates,
                                 F.PIN_EMBEDDING: [EMB[p] for p in candidates],
                                 F.PIN_CREATED_MS: [NOW - 86_400_000 * p for p in candidates],
+                                F.PIN_DURATION_MS: pd.array([DURATION[p] for p in candidates], dtype="Int64"),
                                 "label_repin": 0, "label_click": 0, "label_hide": 0})
     pins = pd.DataFrame({F.PIN_ID: PINS, F.PIN_EMBEDDING: [EMB[p] for p in PINS], F.PIN_TOPIC: 0})
     data = RankingData(requests, impressions, PinTable(pins, DIM), 100, model.heads)

@@ -36,6 +36,10 @@ def pin_frame(ids, dim, ts, seed=0):
         F.PIN_EMBEDDING: [rng.normal(size=dim).astype(np.float32) for _ in range(n)],
         F.PIN_TOPIC: rng.integers(0, 50, n).astype(np.int64),
         F.PIN_CREATED_MS: (T0.value // 1_000_000 - rng.integers(0, 10**9, n)).astype(np.int64),
+        # every third pin has no known duration (null), one in 50 a zero one
+        F.PIN_DURATION_MS: pd.array([None if i % 3 == 0 else int(d) for i, d in
+                                     enumerate(rng.integers(0, 600_000, n) * (np.arange(n) % 50 != 1))],
+                                    dtype="Int64"),
         F.EVENT_TIMESTAMP: [ts] * n,
         F.CREATED: [ts] * n,
     })
@@ -88,12 +92,14 @@ def assert_pins_equal_feast(got, want):
         if emb is None:
             assert not got.known[i]
             assert not got.embedding[i].any()
-            assert got.topic[i] == -1 and got.created_ms[i] == 0
+            assert got.topic[i] == -1 and got.created_ms[i] == 0 and got.duration_ms[i] == -1
         else:
             assert got.known[i]
             assert got.embedding[i].tolist() == emb  # bit-exact float32
             assert got.topic[i] == want[F.PIN_TOPIC][i]
             assert got.created_ms[i] == want[F.PIN_CREATED_MS][i]
+            duration = want[F.PIN_DURATION_MS][i]  # None: unknown, which the reader returns as -1
+            assert got.duration_ms[i] == (-1 if duration is None else duration)
 
 
 def assert_user_equal_feast(u, want, i):
@@ -190,6 +196,38 @@ def test_pin_features_equal_feast_including_unknown_and_duplicates(store):
     warm = reader.pin_features(ids)  # all from the cache, unknown pins included
     assert_pins_equal_feast(warm, want)
     assert reader.stats.hits == ids.size and reader.stats.redis_reads == np.unique(ids).size
+
+
+def test_pin_durations_written_by_the_stream_read_back_as_feast_reads_them(store):
+    """The stream's writer (OnlineWriter, not Feast's push): a known, a zero, a null and an
+    absent duration; Feast's SDK and the reader agree, and the candidates' dense duration
+    inputs follow (unknown: log 0, has 0)."""
+    from homefeed.model.dense import dense_feature_names, dense_features
+    from homefeed.serving.ranking import candidate_feature_dict
+    from homefeed.stream.online_writer import OnlineWriter
+
+    dim = load_settings().embedding_dim
+    ids = [BASE + 600, BASE + 601, BASE + 602, BASE + 603]
+    t = T0.value // 1_000_000
+    base = {F.PIN_EMBEDDING: [0.5] * dim, F.PIN_TOPIC: 3, F.PIN_CREATED_MS: t - 86_400_000,
+            F.EVENT_TIMESTAMP: t, F.CREATED: t}
+    OnlineWriter(store).write_pins([
+        {**base, F.PIN_ID: ids[0], F.PIN_DURATION_MS: 87_433},
+        {**base, F.PIN_ID: ids[1], F.PIN_DURATION_MS: 0},
+        {**base, F.PIN_ID: ids[2], F.PIN_DURATION_MS: None},
+        {**base, F.PIN_ID: ids[3]},  # a writer that predates durations
+    ])
+    want = feast_pins(store, ids)
+    assert want[F.PIN_DURATION_MS] == [87_433, 0, None, None]
+    got = make_reader(store).pin_features(np.asarray(ids + [BASE + 99_999]))  # and an unknown pin
+    assert_pins_equal_feast(got, {k: v + [None] for k, v in want.items()})
+    assert got.duration_ms.tolist() == [87_433, 0, -1, -1, -1]
+    user = {F.SEQ_ACTION_TIMES: [[]], **{k: [None] for k in F.PROFILE_FEATURE_NAMES}}
+    dense = dense_features(user, candidate_feature_dict(got), t + 1000, embedding_dim=dim)
+    names = list(dense_feature_names(dim))
+    log_s, has = dense[:, names.index("log_pin_duration_s")], dense[:, names.index("has_pin_duration")]
+    assert has.tolist() == [1, 1, 0, 0, 0]
+    assert np.allclose(log_s, [np.log1p(87.433), 0, 0, 0, 0])
 
 
 def test_user_features_equal_feast_for_every_kind_of_user(store):

@@ -16,6 +16,8 @@ import time
 import uuid
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaConsumer
 
@@ -172,6 +174,65 @@ def test_reconciliation_every_event_accounted_for_and_bad_events_dead_lettered(p
         assert headers["detail"] and headers["source"].startswith(pipeline.actions_topic)
         if value in by_reason_bytes:  # byte-identical originals (time-dependent ones differ)
             assert by_reason_bytes[value] == headers["reason"]
+
+
+def test_pin_durations_go_through_the_stream_into_the_log_and_the_online_store_and_back(pipeline):
+    """A pin upsert's optional duration_ms: known, zero, absent (a producer from before the
+    field), null, and out of range (dead-lettered `bad_duration`). The log keeps an int64 column
+    with nulls, Feast reads what was sent, and restoring pins from the log (Redis lost them)
+    brings the same values back."""
+    from homefeed.serving.online_features import _Int64KeyTemplate
+    from homefeed.stream.online_writer import OnlineWriter
+    from homefeed.stream.ops import restore_pins
+
+    block = user_block(1)[0]
+    pins = [block + 1, block + 2, block + 3, block + 4]
+    t = now_ms() - 60_000
+    emb = tuple([0.25] * pipeline.embedding_dim)
+
+    def upsert(pin, duration=None):
+        return E.PinUpsert(pin, 2, emb, t - 86_400_000, t, duration_ms=duration).to_json()
+
+    null = json.loads(upsert(pins[3]))
+    null["duration_ms"] = None
+    records = [upsert(pins[0], 87_433), upsert(pins[1], 0), upsert(pins[2]), json.dumps(null).encode(),
+               upsert(block + 5, 120_000_000_000)]  # microseconds: refused
+    producer = Producer(pipeline)
+    producer.send_all(pipeline.pins_topic, ((str(i).encode(), r, None) for i, r in enumerate(records)),
+                      total=len(records))
+    producer.close()
+    stats = consume(pipeline)
+    assert stats.pin_upserts == 4 and stats.dead_lettered == 1
+    assert [h["reason"] for _, h in dead_letters(pipeline)] == [E.REASON_BAD_DURATION]
+
+    want = [87_433, 0, None, None]
+    files = offline_log.partition_files(offline_log.table_dir(pipeline.offline_dir, F.PIN_FEATURES))
+    assert files and all(pq.read_schema(f).field(F.PIN_DURATION_MS).type == pa.int64() for f in files)
+    logged = offline_log.read(pipeline.offline_dir, F.PIN_FEATURES).set_index(F.PIN_ID)
+    assert [None if pd.isna(v) else int(v) for v in logged.loc[pins, F.PIN_DURATION_MS]] == want
+    store = open_store()
+
+    def online() -> list:
+        return store.get_online_features(features=[f"{F.PIN_FEATURES}:{F.PIN_DURATION_MS}"],
+                                         entity_rows=[{F.PIN_ID: p} for p in pins]).to_dict()[F.PIN_DURATION_MS]
+
+    assert online() == want
+
+    # Redis loses these pins; the restore from the log writes them back as they were
+    from homefeed.redis_client import pipeline_client
+
+    client = pipeline_client(pipeline)
+    version = int(getattr(store.config, "entity_key_serialization_version", 3) or 3)
+    keys = _Int64KeyTemplate(store.config.project, F.PIN_ID, version).keys(pd.Series(pins).to_numpy())
+    assert client.delete(*keys) == len(pins)
+    client.close()
+    assert online() == [None] * 4
+
+    class Builder:  # what restore_pins uses of the consumer: its online writer
+        online = OnlineWriter(store)
+
+    assert restore_pins(pipeline, Builder()) == len(pins)
+    assert online() == want
 
 
 def test_duplicates_and_replays_change_nothing(pipeline):

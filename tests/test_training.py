@@ -136,6 +136,9 @@ def planted_runs(pipeline, tmp_path_factory):
 
 
 def test_dense_features_are_the_same_for_one_user_serving_and_batch_training(tmp_path):
+    from homefeed.serving.online_features import PinFeatures
+    from homefeed.serving.ranking import candidate_feature_dict
+
     ds = planted_dataset(tmp_path / "ds", n_requests=20)
     data = RankingData(ds.requests, ds.impressions, PinTable(ds.pins, 8), 16, HEADS)
     assert data.dense.shape == (len(ds.impressions), dense_feature_spec(8)["dim"])
@@ -143,9 +146,22 @@ def test_dense_features_are_the_same_for_one_user_serving_and_batch_training(tmp
     row = ds.requests.iloc[3]
     cands = ds.impressions[ds.impressions[F.REQUEST_ID] == row[F.REQUEST_ID]]
     user = {k: [row[k]] for k in (F.SEQ_ACTION_TIMES, *F.PROFILE_FEATURE_NAMES)}
-    cand = {F.PIN_EMBEDDING: list(cands[F.PIN_EMBEDDING]), F.PIN_CREATED_MS: list(cands[F.PIN_CREATED_MS])}
+    # the candidates as the online reader returns them (an unknown duration is -1 there, null in
+    # the training set), turned into dense_features' input by serving's own helper
+    duration = cands[F.PIN_DURATION_MS]
+    assert duration.isna().any() and duration.notna().any()  # both kinds of candidate
+    pins = PinFeatures(cands[F.PIN_ID].to_numpy(np.int64), np.stack(cands[F.PIN_EMBEDDING]),
+                       cands[F.PIN_TOPIC].to_numpy(np.int64), cands[F.PIN_CREATED_MS].to_numpy(np.int64),
+                       np.ones(len(cands), dtype=bool),
+                       duration_ms=duration.fillna(-1).to_numpy(np.int64))
+    cand = candidate_feature_dict(pins)
     served = dense_features(user, cand, int(row["request_time_ms"]))
     np.testing.assert_allclose(served, data.dense[cands.index.to_numpy()], rtol=1e-6)
+    names = list(dense_feature_spec(8)["names"])
+    has = data.dense[cands.index.to_numpy(), names.index("has_pin_duration")]
+    assert has.tolist() == duration.notna().astype(float).tolist()
+    assert np.allclose(data.dense[cands.index.to_numpy(), names.index("log_pin_duration_s")],
+                       np.log1p(duration.fillna(0).to_numpy(np.float64) / 1000))
     # a user without a profile or sequence still gets finite features
     empty = dense_features({F.SEQ_ACTION_TIMES: [[]], **{k: [None] for k in F.PROFILE_FEATURE_NAMES}},
                            cand, int(row["request_time_ms"]))

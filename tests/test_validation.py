@@ -108,6 +108,7 @@ def pin_rows(n: int = 20) -> pd.DataFrame:
         F.PIN_EMBEDDING: [rng.standard_normal(DIM).astype(np.float32) for _ in range(n)],
         F.PIN_TOPIC: rng.integers(0, 50, n, dtype=np.int64),
         F.PIN_CREATED_MS: NOW - rng.integers(10**6, 10**9, n, dtype=np.int64),
+        F.PIN_DURATION_MS: pd.array([None if i % 4 == 0 else 1_000 * i for i in range(n)], dtype="Int64"),
         F.EVENT_TIMESTAMP: [NOW_TS] * n,
     })
 
@@ -345,6 +346,26 @@ def test_duplicate_pin_id(project):
     df = pin_rows()
     df.loc[3, F.PIN_ID] = df.loc[4, F.PIN_ID]
     assert checks(validate("pin_features", df, project)) == {"duplicate_pin_id"}
+
+
+def test_pin_duration_may_be_null_but_not_bad(project):
+    df = pin_rows()
+    # as read back from parquet without pandas metadata: float64 with NaN for the nulls
+    floats = df.astype({F.PIN_DURATION_MS: "float64"})
+    assert validate("pin_features", floats, project).success
+    unknown = df.assign(**{F.PIN_DURATION_MS: pd.array([None] * len(df), dtype="Int64")})
+    assert validate("pin_features", unknown, project).success  # every duration unknown
+    bad = df.astype({F.PIN_DURATION_MS: object})
+    bad.at[1, F.PIN_DURATION_MS] = "87433"
+    bad.at[2, F.PIN_DURATION_MS] = 1.5
+    bad.at[3, F.PIN_DURATION_MS] = -1
+    bad.at[5, F.PIN_DURATION_MS] = 10**11  # microseconds
+    report = validate("pin_features", bad, project)
+    assert checks(report) == {"wrong_type", "bad_duration"}
+    assert failure(report, "wrong_type").unexpected_count == 2
+    assert failure(report, "bad_duration").unexpected_count == 2
+    missing = validate("pin_features", df.drop(columns=[F.PIN_DURATION_MS]), project)
+    assert not missing.success and "missing_column" in checks(missing)
 
 
 def test_embedding_not_a_list(project):

@@ -131,6 +131,7 @@ def test_parquet_schemas(tiny_dir):
     assert schema["pins.parquet"] == pa.schema([
         ("pin_id", pa.int64()), ("topic_id", pa.int64()),
         ("embedding", pa.list_(pa.float32())), ("pin_created_ms", pa.int64()),
+        ("pin_duration_ms", pa.int64()),
     ])
     assert schema["users.parquet"] == pa.schema([
         ("user_id", pa.int64()), ("segment", pa.string()), ("is_core", pa.bool_()),
@@ -146,6 +147,28 @@ def test_parquet_schemas(tiny_dir):
         ("action_type", pa.string()), ("event_time", pa.int64()), ("arrival_time", pa.int64()),
         ("surface", pa.string()), ("request_id", pa.int64()),
     ])
+
+
+def test_pin_durations_are_drawn_per_topic_and_leave_the_rest_of_the_world_alone(tiny, tiny_dir, tmp_path):
+    from homefeed.world.generate import DURATION_MAX_S, DURATION_MIN_S
+
+    pins = tiny.pins
+    assert str(pins.pin_duration_ms.dtype) == "Int64" and pins.pin_duration_ms.notna().all()
+    assert pins.pin_duration_ms.between(DURATION_MIN_S * 1000, DURATION_MAX_S * 1000).all()
+    # topics differ in their typical length: the spread of topic medians is well above what
+    # pins drawn around one median would show
+    medians = np.log(pins.groupby("topic_id").pin_duration_ms.median().astype(float))
+    assert medians.std() > 0.5
+    # a world written before durations existed (no column) still loads: every duration unknown
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in WORLD_FILES:
+        (old / name).write_bytes((tiny_dir / name).read_bytes())
+    pq.write_table(pq.read_table(tiny_dir / "pins.parquet").drop_columns(["pin_duration_ms"]),
+                   old / "pins.parquet")
+    loaded = load_world(old)
+    assert str(loaded.pins.pin_duration_ms.dtype) == "Int64" and loaded.pins.pin_duration_ms.isna().all()
+    assert loaded.pins.drop(columns="pin_duration_ms").equals(tiny.pins.drop(columns="pin_duration_ms"))
 
 
 def test_world_json_records_params_and_summary(tiny, tiny_dir):

@@ -128,11 +128,13 @@ REASON_BATCH_SUITE = "batch_suite"  # caught by the micro-batch GX suite, not th
 
 REASON_APPLY_FAILED = "apply_failed"  # passed every check but could not be applied (see detail)
 REASON_WRONG_TOPIC = "wrong_topic"  # a valid record of another kind (an action on the impressions topic)
+REASON_BAD_DURATION = "bad_duration"  # a pin upsert's duration_ms outside 0..MAX_DURATION_MS
 
 DEAD_LETTER_REASONS = (
     REASON_EMPTY, REASON_NOT_JSON, REASON_NOT_OBJECT, REASON_TOO_LARGE, REASON_MISSING_FIELD,
     REASON_WRONG_TYPE, REASON_SCHEMA_VERSION, REASON_UNKNOWN_ACTION, REASON_BAD_ID,
     REASON_FUTURE_TIME, REASON_ANCIENT_TIME, REASON_BATCH_SUITE, REASON_APPLY_FAILED, REASON_WRONG_TOPIC,
+    REASON_BAD_DURATION,
 )
 
 
@@ -330,21 +332,30 @@ class PinUpsert:
     embedding: tuple[float, ...]
     created_ms: int  # when the pin was created
     event_time: int  # when this version of the pin's features was computed (epoch ms)
+    # How long the pin's media runs (a video's duration), ms; None = unknown. Optional on the
+    # wire: a record without it (or with null) parses, and the pin's duration is unknown.
+    duration_ms: int | None = None
 
     def to_json(self) -> bytes:
-        return json.dumps({
+        obj = {
             "schema_version": SCHEMA_VERSION, "pin_id": self.pin_id, "topic_id": self.topic_id,
             "embedding": list(self.embedding), "created_ms": self.created_ms,
             "event_time": self.event_time,
-        }, separators=(",", ":")).encode()
+        }
+        if self.duration_ms is not None:
+            obj["duration_ms"] = self.duration_ms
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 MAX_PIN_UPSERT_BYTES = 64 * 1024
+# A pin's media runs at most a day: a longer value is a unit bug (microseconds for ms) or garbage.
+MAX_DURATION_MS = 86_400_000
 
 
 def parse_pin_upsert(raw: bytes | None, *, embedding_dim: int, now_ms: int,
                      max_future_skew_ms: int = MAX_FUTURE_SKEW_MS) -> PinUpsert:
-    """Checks for the pin topic: the same envelope and time rules as actions."""
+    """Checks for the pin topic: the same envelope and time rules as actions; `duration_ms` is
+    optional (absent or null: unknown), else an int in 0..MAX_DURATION_MS."""
     obj = _load_json_object(raw, MAX_PIN_UPSERT_BYTES)
     for name in ("schema_version", "pin_id", "topic_id", "created_ms", "event_time"):
         if name not in obj:
@@ -364,5 +375,12 @@ def parse_pin_upsert(raw: bytes | None, *, embedding_dim: int, now_ms: int,
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             and abs(v) <= MAX_FLOAT32 for v in emb):
         raise InvalidEvent(REASON_WRONG_TYPE, f"embedding must be {embedding_dim} finite float32 numbers")
+    duration = obj.get("duration_ms")
+    if duration is not None:
+        if not _is_int(duration):
+            raise InvalidEvent(REASON_WRONG_TYPE, f"field 'duration_ms' must be int or null, got "
+                               f"{type(duration).__name__}")
+        if not 0 <= duration <= MAX_DURATION_MS:
+            raise InvalidEvent(REASON_BAD_DURATION, f"duration_ms {duration} outside 0..{MAX_DURATION_MS}")
     return PinUpsert(obj["pin_id"], obj["topic_id"], tuple(float(v) for v in emb),
-                     obj["created_ms"], obj["event_time"])
+                     obj["created_ms"], obj["event_time"], duration)

@@ -299,6 +299,8 @@ def poison_cases(settings: Settings) -> list[tuple[str, str, bytes | None, str]]
         ("pin upsert dated 2100", p, pin(event_time=4_102_444_800_000), E.REASON_FUTURE_TIME),
         ("pin upsert created_ms in seconds", p, pin(created_ms=1_700_000_000), E.REASON_ANCIENT_TIME),
         ("pin topic_id 2^64", p, pin(topic_id=2**64), E.REASON_BAD_ID),
+        ("pin duration_ms in microseconds (a 2-minute video)", p, pin(duration_ms=120_000_000_000),
+         E.REASON_BAD_DURATION),
         ("pin embedding value 1e39 (float32 overflow)", p, pin(embedding=[1e39] + emb[1:]),
          E.REASON_WRONG_TYPE),
         ("action event_time 2^63", a, json.dumps({**good, "event_time": 2**63}).encode(), E.REASON_FUTURE_TIME),

@@ -36,6 +36,10 @@ CREATED = "created"  # when it became servable (ingestion time; point-in-time us
 PIN_EMBEDDING = "embedding"  # Array(Float32) of embedding_dim
 PIN_TOPIC = "topic_id"  # Int64
 PIN_CREATED_MS = "pin_created_ms"  # Int64 epoch ms
+# Int64 ms the pin's media runs (a video's duration); null = unknown (no duration in the source,
+# an image, an upsert without it). Null everywhere it is stored: the world's pins.parquet, the
+# offline log, the online store (an unset Value); never a sentinel number.
+PIN_DURATION_MS = "pin_duration_ms"
 
 # user_action_sequence: aligned arrays, newest action first, at most sequence_length long.
 SEQ_PIN_IDS = "seq_pin_ids"  # Array(Int64)
@@ -50,7 +54,7 @@ PROFILE_REPIN_RATE_28D = "profile_repin_rate_28d"  # Float32, repins / actions
 PROFILE_HIDE_RATE_28D = "profile_hide_rate_28d"  # Float32, hides / actions
 PROFILE_DAYS_ACTIVE_28D = "profile_days_active_28d"  # Int64
 
-PIN_FEATURE_NAMES = (PIN_EMBEDDING, PIN_TOPIC, PIN_CREATED_MS)
+PIN_FEATURE_NAMES = (PIN_EMBEDDING, PIN_TOPIC, PIN_CREATED_MS, PIN_DURATION_MS)
 SEQUENCE_FEATURE_NAMES = (SEQ_PIN_IDS, SEQ_ACTION_TYPES, SEQ_ACTION_TIMES, SEQ_LENGTH)
 PROFILE_FEATURE_NAMES = (
     PROFILE_EMBEDDING,

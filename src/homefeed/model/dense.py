@@ -5,7 +5,8 @@
 
     user = {"seq_action_times": [...U sequences], "profile_embedding": [...U], "profile_*": [...U],
             "ue_decayed": [...U], "ue_as_of_ms": [...U]}           # engagement: optional
-    cand = {"embedding": [...N], "pin_created_ms": [...N], "pe_decayed": [...N], "pe_as_of_ms": [...N]}
+    cand = {"embedding": [...N], "pin_created_ms": [...N], "pin_duration_ms": [...N],   # duration: optional
+            "pe_decayed": [...N], "pe_as_of_ms": [...N]}
     dense = dense_features(user, cand, request_time_ms, user_index)   # [N, F] float32
 
 Serving ranks one user's candidates: U = 1 and `user_index` defaults to all zeros. Training passes
@@ -16,6 +17,10 @@ dense input means something else.
 The engagement counters (user and candidate pin) are decayed to the request time and turned into
 log counts and smoothed rates by `homefeed.engagement.dense_block`, the rule the counters are
 defined by; an absent counter row (or column) is an entity with no engagement yet.
+
+Item metadata: the candidate's age (from pin_created_ms) and its media duration (pin_duration_ms:
+`log_pin_duration_s` = log1p(seconds) and the flag `has_pin_duration`; a null, NaN or negative
+value, or no such column, is an unknown duration: both 0).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from homefeed import features as F
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
-DENSE_VERSION = 2  # 2: engagement counters
+DENSE_VERSION = 3  # 2: engagement counters; 3: pin duration
 # Recency when there is no visible action at all: 28 days (the profile window), in minutes.
 NO_ACTION_MINUTES = 28 * 24 * 60
 
@@ -48,6 +53,8 @@ _SCALAR_NAMES = (
     "log_seq_length",  # actions visible at request time
     "log_minutes_since_last_action",
     "log_pin_age_days",  # candidate age at request time
+    "log_pin_duration_s",  # log1p(candidate media duration in seconds); 0 when unknown
+    "has_pin_duration",  # 1 when the candidate's duration is known
 )
 
 
@@ -66,7 +73,7 @@ def dense_feature_spec(embedding_dim: int) -> dict:
 def _column(values: Any, n: int, fill: float) -> np.ndarray:
     """float64 [n] from a list/array/Series with None/NaN -> `fill`."""
     arr = pd.to_numeric(pd.Series(list(values) if not isinstance(values, pd.Series) else values),
-                        errors="coerce").to_numpy(np.float64)
+                        errors="coerce").to_numpy(np.float64, na_value=np.nan)
     if arr.size != n:
         raise ValueError(f"expected {n} values, got {arr.size}")
     return np.where(np.isnan(arr), fill, arr)
@@ -89,8 +96,9 @@ def dense_features(user: Mapping[str, Any], cand: Mapping[str, Any], request_tim
     """[N, F] float32 dense features, F = len(dense_feature_names(D)). See the module docstring.
 
     `user` holds U rows of seq_action_times (newest first) and the profile_* features (None =
-    no profile), `cand` N rows of embedding and pin_created_ms, `request_time_ms` is one value
-    per user row (or a scalar), `user_index` [N] the user row of each candidate (default: all 0).
+    no profile), `cand` N rows of embedding, pin_created_ms and (optional) pin_duration_ms,
+    `request_time_ms` is one value per user row (or a scalar), `user_index` [N] the user row of
+    each candidate (default: all 0).
     `embedding_dim` is only needed when no profile and no candidate embedding is known at all.
     """
     times = list(user[F.SEQ_ACTION_TIMES])
@@ -130,6 +138,10 @@ def dense_features(user: Mapping[str, Any], cand: Mapping[str, Any], request_tim
     cand_emb, _ = _matrix(emb_values, n, dim)
     created = _column(cand[F.PIN_CREATED_MS], n, np.nan)
     age_days = np.where(np.isnan(created), 0.0, (rt[idx] - np.nan_to_num(created)) / DAY_MS)
+    durations = cand.get(F.PIN_DURATION_MS)  # None: no such column or key (all unknown)
+    duration = np.full(n, np.nan) if durations is None else _column(durations, n, np.nan)
+    has_duration = np.nan_to_num(duration, nan=-1.0) >= 0
+    duration_s = np.where(has_duration, np.nan_to_num(duration), 0.0) / 1000.0
     norm = np.linalg.norm(profile_emb, axis=1)[idx] * np.linalg.norm(cand_emb, axis=1)
     match = np.einsum("nd,nd->n", profile_emb[idx], cand_emb) / np.maximum(norm, 1e-9)
     # engagement: the user's counters at its request time, the candidate's at its row's
@@ -139,6 +151,8 @@ def dense_features(user: Mapping[str, Any], cand: Mapping[str, Any], request_tim
         match[:, None],
         user_scalars[idx],
         np.log1p(np.clip(age_days, 0, None))[:, None],
+        np.log1p(duration_s)[:, None],
+        has_duration.astype(np.float64)[:, None],
         user_engagement[idx],
         pin_engagement,
         profile_emb[idx],

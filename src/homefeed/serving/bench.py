@@ -271,6 +271,7 @@ def _features_setup(home, redis_url: str | None, n_pins: int, dim_seed: int = 0)
                 F.PIN_EMBEDDING: list(rng.normal(size=(ids.size, dim)).astype(np.float32)),
                 F.PIN_TOPIC: rng.integers(0, 100, ids.size).astype(np.int64),
                 F.PIN_CREATED_MS: np.full(ids.size, ts.value // 1_000_000, dtype=np.int64),
+                F.PIN_DURATION_MS: np.full(ids.size, 30_000, dtype=np.int64),
                 F.EVENT_TIMESTAMP: ts, F.CREATED: ts}))
         L = settings.sequence_length
         store.push("user_action_sequence_push", pd.DataFrame([{

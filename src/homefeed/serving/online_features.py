@@ -179,6 +179,7 @@ class PinFeatures:
     known: np.ndarray  # bool [N]: the pin has an embedding in the online store
     engagement: np.ndarray | None = None  # float64 [N, kinds x half-lives]; zeros: no counters
     engagement_as_of_ms: np.ndarray | None = None  # int64 [N]
+    duration_ms: np.ndarray | None = None  # int64 [N]; -1 where unknown (null) or missing
 
     def __len__(self) -> int:
         return int(self.pin_ids.size)
@@ -417,6 +418,7 @@ class OnlineFeatureReader:
         self._c_emb = np.zeros((cap, self.dim), dtype=np.float32)
         self._c_topic = np.full(cap, -1, dtype=np.int64)
         self._c_created = np.zeros(cap, dtype=np.int64)
+        self._c_duration = np.full(cap, -1, dtype=np.int64)
         self._c_known = np.zeros(cap, dtype=bool)
         self._c_eng = np.zeros((cap, EN.N_VALUES), dtype=np.float64)
         self._c_eng_as_of = np.zeros(cap, dtype=np.int64)
@@ -524,6 +526,7 @@ class OnlineFeatureReader:
             emb = self._c_emb[s]
             topic = self._c_topic[s]
             created = self._c_created[s]
+            duration = self._c_duration[s]
             known = self._c_known[s] & use
             eng, eng_as_of = self._c_eng[s], self._c_eng_as_of[s]
             n_fresh = int(fresh.sum())
@@ -537,17 +540,18 @@ class OnlineFeatureReader:
             emb[~use] = 0.0
             topic[~use] = -1
             created[~use] = 0
+            duration[~use] = -1
             eng[~use] = 0.0
             eng_as_of[~use] = 0
         if not cache_only and n_fresh < n:
             rows = np.flatnonzero(~fresh)
             need, inverse = np.unique(ids[rows], return_inverse=True)
             fetched = self._fetch_pins(need)
-            for out, got in zip((emb, topic, created, known, eng, eng_as_of), fetched):
+            for out, got in zip((emb, topic, created, known, eng, eng_as_of, duration), fetched):
                 out[rows] = got[inverse]
             with self._lock:
                 self._store(need, *fetched, now=self.clock())
-        return PinFeatures(ids, emb, topic, created, known, eng, eng_as_of)
+        return PinFeatures(ids, emb, topic, created, known, eng, eng_as_of, duration)
 
     def warm(self, pin_ids: Any, batch_size: int = 10_000) -> int:
         """Load `pin_ids` into the cache (in pipelines of `batch_size`); returns how many are known."""
@@ -601,20 +605,22 @@ class OnlineFeatureReader:
     # -- internals --------------------------------------------------------------------------------
     def _fetch_pins(self, ids: np.ndarray) -> tuple[np.ndarray, ...]:
         """Read unique `ids` from Redis -> (emb [n, D], topic [n], created [n], known [n],
-        engagement [n, kinds x half-lives], engagement as of [n])."""
+        engagement [n, kinds x half-lives], engagement as of [n], duration [n], -1 = unknown)."""
         if not ids.size:
             return (np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                    np.zeros(0, bool), np.zeros((0, EN.N_VALUES)), np.zeros(0, np.int64))
+                    np.zeros(0, bool), np.zeros((0, EN.N_VALUES)), np.zeros(0, np.int64),
+                    np.zeros(0, np.int64))
         rows = self._hmget_many(self._pin_keys.keys(ids), self._pin_fields)
         self.stats.redis_reads += int(ids.size)
         emb, known, bad = self._emb.decode([r[0] for r in rows])
         self.stats.bad_rows += bad
         topic = _decode_int64_many([r[1] for r in rows], -1)
         created = _decode_int64_many([r[2] for r in rows], 0)
-        # r[3] is pin_features' timestamp field; then pin_engagement's counters and as-of
-        eng, _, _ = self._counts.decode([r[4] for r in rows])
-        eng_as_of = _decode_int64_many([r[5] for r in rows], 0)
-        return emb, topic, created, known, eng, eng_as_of
+        duration = _decode_int64_many([r[3] for r in rows], -1)  # null (unknown) -> -1
+        # r[4] is pin_features' timestamp field; then pin_engagement's counters and as-of
+        eng, _, _ = self._counts.decode([r[5] for r in rows])
+        eng_as_of = _decode_int64_many([r[6] for r in rows], 0)
+        return emb, topic, created, known, eng, eng_as_of, duration
 
     def _lookup(self, ids: np.ndarray) -> np.ndarray:
         return np.fromiter(map(self._slot_of.get, ids.tolist(), itertools.repeat(-1)),
@@ -629,6 +635,7 @@ class OnlineFeatureReader:
         self._c_emb = np.concatenate([self._c_emb, np.zeros((extra, self.dim), np.float32)])
         self._c_topic = np.concatenate([self._c_topic, np.full(extra, -1, np.int64)])
         self._c_created = np.concatenate([self._c_created, np.zeros(extra, np.int64)])
+        self._c_duration = np.concatenate([self._c_duration, np.full(extra, -1, np.int64)])
         self._c_known = np.concatenate([self._c_known, np.zeros(extra, bool)])
         self._c_eng = np.concatenate([self._c_eng, np.zeros((extra, EN.N_VALUES))])
         self._c_eng_as_of = np.concatenate([self._c_eng_as_of, np.zeros(extra, np.int64)])
@@ -650,13 +657,14 @@ class OnlineFeatureReader:
         self.stats.evictions += int(drop.size)
 
     def _store(self, ids: np.ndarray, emb: np.ndarray, topic: np.ndarray, created: np.ndarray,
-               known: np.ndarray, eng: np.ndarray, eng_as_of: np.ndarray, now: float) -> None:
+               known: np.ndarray, eng: np.ndarray, eng_as_of: np.ndarray, duration: np.ndarray,
+               now: float) -> None:
         """Insert or overwrite unique `ids` (lock held)."""
         if not ids.size or self.max_staleness_s <= 0:
             return
         if ids.size > self.max_entries:  # cannot all fit: cache the first max_entries
-            ids, emb, topic, created, known, eng, eng_as_of = (
-                a[: self.max_entries] for a in (ids, emb, topic, created, known, eng, eng_as_of))
+            ids, emb, topic, created, known, eng, eng_as_of, duration = (
+                a[: self.max_entries] for a in (ids, emb, topic, created, known, eng, eng_as_of, duration))
         slots = self._lookup(ids)
         new = slots < 0
         n_new = int(new.sum())
@@ -672,6 +680,7 @@ class OnlineFeatureReader:
         self._c_emb[slots] = emb
         self._c_topic[slots] = topic
         self._c_created[slots] = created
+        self._c_duration[slots] = duration
         self._c_known[slots] = known
         self._c_eng[slots] = eng
         self._c_eng_as_of[slots] = eng_as_of

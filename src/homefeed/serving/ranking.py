@@ -83,6 +83,8 @@ def candidate_feature_dict(pins, start: int = 0) -> dict:
     return {
         F.PIN_EMBEDDING: [e if ok else None for e, ok in zip(pins.embedding[start:], known)],
         F.PIN_CREATED_MS: np.where(known, pins.created_ms[start:], np.nan),
+        F.PIN_DURATION_MS: (None if pins.duration_ms is None else  # -1: unknown -> NaN, as training's null
+                            np.where(known & (pins.duration_ms[start:] >= 0), pins.duration_ms[start:], np.nan)),
         F.PE_DECAYED: None if pins.engagement is None else pins.engagement[start:],
         F.PE_AS_OF_MS: None if pins.engagement_as_of_ms is None else pins.engagement_as_of_ms[start:],
     }

@@ -501,7 +501,7 @@ class SequenceBuilder:
             return
         rows = [{
             F.PIN_ID: p.pin_id, F.PIN_EMBEDDING: list(p.embedding), F.PIN_TOPIC: p.topic_id,
-            F.PIN_CREATED_MS: p.created_ms, F.EVENT_TIMESTAMP: p.event_time,
+            F.PIN_CREATED_MS: p.created_ms, F.PIN_DURATION_MS: p.duration_ms, F.EVENT_TIMESTAMP: p.event_time,
             F.CREATED: max(r.timestamp, p.event_time),
         } for r, p in pins]
         with result.timed("log_write"):
@@ -655,7 +655,11 @@ def sequence_table(rows: list[dict]) -> pa.Table:
 
 
 def pin_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Pin rows as logged: epoch-ms times as UTC timestamps, the optional duration as a nullable
+    int64 (a batch of unknown durations is an int64 column of nulls, not an untyped one)."""
     frame = frame.copy()
+    if F.PIN_DURATION_MS in frame:
+        frame[F.PIN_DURATION_MS] = frame[F.PIN_DURATION_MS].astype("Int64")
     for col in (F.EVENT_TIMESTAMP, F.CREATED):
         frame[col] = offline_log.to_utc_us(frame[col].astype("int64"))
     return frame

@@ -10,7 +10,10 @@ that makes replays no-ops. `get_online_features` reads the rows back exactly as 
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
+
+import pandas as pd
 
 from feast.infra.provider import get_provider
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -21,6 +24,18 @@ from homefeed import features as F
 
 def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def optional_int(value) -> int | None:
+    """An optional integer column's value: None for None, NaN or pandas' NA, else an int."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return int(value)
+
+
+def _optional_int64(value) -> Value:
+    v = optional_int(value)
+    return Value() if v is None else Value(int64_val=v)
 
 
 class OnlineWriter:
@@ -52,13 +67,16 @@ class OnlineWriter:
         ) for r in rows])
 
     def write_pins(self, rows: list[dict]) -> None:
-        """rows: {pin_id, embedding, topic_id, pin_created_ms, event_timestamp (ms), created (ms)}."""
+        """rows: {pin_id, embedding, topic_id, pin_created_ms, event_timestamp (ms), created (ms)}
+        and optionally pin_duration_ms (missing, None or NaN: unknown, stored as an unset Value,
+        which Feast reads back as None, like a null pushed through `store.push`)."""
         self._write(F.PIN_FEATURES, [(
             EntityKey(join_keys=[F.PIN_ID], entity_values=[Value(int64_val=r[F.PIN_ID])]),
             {
                 F.PIN_EMBEDDING: Value(float_list_val=FloatList(val=r[F.PIN_EMBEDDING])),
                 F.PIN_TOPIC: Value(int64_val=r[F.PIN_TOPIC]),
                 F.PIN_CREATED_MS: Value(int64_val=r[F.PIN_CREATED_MS]),
+                F.PIN_DURATION_MS: _optional_int64(r.get(F.PIN_DURATION_MS)),
             },
             _utc(r[F.EVENT_TIMESTAMP]), _utc(r[F.CREATED]),
         ) for r in rows])

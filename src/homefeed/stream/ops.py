@@ -228,11 +228,16 @@ def restore_pins(settings: Settings, builder) -> int:
     if logged.empty:
         return 0
     latest, ms = _latest(logged, F.PIN_ID)
+    from homefeed.stream.online_writer import optional_int
+
+    # a log written before the field existed has no durations: unknown
+    durations = latest[F.PIN_DURATION_MS] if F.PIN_DURATION_MS in latest else [None] * len(latest)
     rows = [{F.PIN_ID: int(pid), F.PIN_EMBEDDING: [float(v) for v in emb], F.PIN_TOPIC: int(topic),
-             F.PIN_CREATED_MS: int(created), F.EVENT_TIMESTAMP: int(ts), F.CREATED: int(cr)}
-            for pid, emb, topic, created, ts, cr in zip(
+             F.PIN_CREATED_MS: int(created), F.PIN_DURATION_MS: optional_int(duration),
+             F.EVENT_TIMESTAMP: int(ts), F.CREATED: int(cr)}
+            for pid, emb, topic, created, duration, ts, cr in zip(
                 latest[F.PIN_ID], latest[F.PIN_EMBEDDING], latest[F.PIN_TOPIC],
-                latest[F.PIN_CREATED_MS], ms[F.EVENT_TIMESTAMP], ms[F.CREATED])]
+                latest[F.PIN_CREATED_MS], durations, ms[F.EVENT_TIMESTAMP], ms[F.CREATED])]
     for start in range(0, len(rows), 5000):
         builder.online.write_pins(rows[start: start + 5000])
     return len(rows)

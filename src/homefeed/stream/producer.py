@@ -99,11 +99,16 @@ def impression_records(impressions: pd.DataFrame, use_arrival_time: bool, id_pre
 
 
 def pin_records(pins: pd.DataFrame, start_ms: int):
-    for pin, topic, emb, created in zip(pins[F.PIN_ID], pins[F.PIN_TOPIC], pins[F.PIN_EMBEDDING],
-                                        pins[F.PIN_CREATED_MS]):
+    """(key, value, timestamp_ms) of one upsert per pin of a world's pins.parquet; a pin's
+    `pin_duration_ms` (null, or a world without the column: unknown) is sent when known."""
+    durations = (pins[F.PIN_DURATION_MS].astype("Int64").tolist() if F.PIN_DURATION_MS in pins
+                 else [None] * len(pins))
+    for pin, topic, emb, created, duration in zip(pins[F.PIN_ID], pins[F.PIN_TOPIC], pins[F.PIN_EMBEDDING],
+                                                  pins[F.PIN_CREATED_MS], durations):
         # A pin's features exist from its creation (or the world's start, for older pins).
         version = max(int(created), start_ms)
-        up = E.PinUpsert(int(pin), int(topic), tuple(float(v) for v in emb), int(created), version)
+        up = E.PinUpsert(int(pin), int(topic), tuple(float(v) for v in emb), int(created), version,
+                         duration_ms=None if duration is pd.NA else int(duration))
         yield str(int(pin)).encode(), up.to_json(), version
 
 

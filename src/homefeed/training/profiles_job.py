@@ -39,7 +39,7 @@ def logged_events(settings: Settings) -> pd.DataFrame:
 
 
 def latest_pins(settings: Settings) -> pd.DataFrame:
-    """The newest logged version of every pin: pin_id, embedding, topic_id, pin_created_ms."""
+    """The newest logged version of every pin: pin_id and the pin_features columns."""
     pins = offline_log.read(settings.offline_dir, F.PIN_FEATURES)
     if pins.empty:
         return pd.DataFrame(columns=[F.PIN_ID, *F.PIN_FEATURE_NAMES])

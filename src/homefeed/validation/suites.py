@@ -115,6 +115,8 @@ D_TIMES_VALID = "_times_valid"
 D_NO_LEAKAGE = "_no_leakage"
 D_EMBEDDING_DIM = "_embedding_dim"
 D_EMBEDDING_FINITE = "_embedding_finite"
+D_DURATION_WHOLE_MS = "_duration_whole_ms"
+D_DURATION_IN_RANGE = "_duration_in_range"
 
 
 def checked_label_column(label: str) -> str:
@@ -138,6 +140,9 @@ DERIVED_COLUMNS: dict[str, str] = {
                   "(event_timestamp): the label leakage guard",
     D_EMBEDDING_DIM: "len(embedding); -1 when the value is not a list of numbers",
     D_EMBEDDING_FINITE: "every embedding value is finite (no NaN/inf)",
+    D_DURATION_WHOLE_MS: "pin_duration_ms is a whole number of ms where known (null = unknown; a "
+                         "float column is fine: nulls make pandas read integers as floats)",
+    D_DURATION_IN_RANGE: "0 <= pin_duration_ms <= MAX_DURATION_MS (24 h) where it is a whole number",
     **{checked_label_column(label): f"{label} on the rows whose positive rate is checked: those "
        "after the training period (`later_rows`), every row when the frame holds one period; "
        "null elsewhere" for label in F.LABEL_COLUMNS},
@@ -149,7 +154,7 @@ SUITE_DERIVED: dict[str, tuple[str, ...]] = {
     IMPRESSION_EVENTS: (),
     SEQUENCE_FEATURES: (D_ALIGNED, D_SORTED_DESC, D_MAX_TIME_OK, D_ACTIONS_VALID,
                         D_PIN_IDS_VALID, D_TIMES_VALID),
-    PIN_FEATURES: (D_EMBEDDING_DIM, D_EMBEDDING_FINITE),
+    PIN_FEATURES: (D_EMBEDDING_DIM, D_EMBEDDING_FINITE, D_DURATION_WHOLE_MS, D_DURATION_IN_RANGE),
     TRAINING_SET: (D_ALIGNED, D_NO_LEAKAGE, D_EMBEDDING_DIM, *D_CHECKED_LABELS),
 }
 
@@ -375,11 +380,12 @@ def _sequence_features() -> SuiteSpec:
 def _pin_features() -> SuiteSpec:
     cols = (F.PIN_ID, *F.PIN_FEATURE_NAMES, F.EVENT_TIMESTAMP)
     checks = [_exists(c) for c in cols]
-    checks += [_not_null(c) for c in cols]
+    checks += [_not_null(c) for c in cols if c != F.PIN_DURATION_MS]  # duration: null = unknown
     checks += [
         _types(F.PIN_ID, INT_TYPES),
         _types(F.PIN_TOPIC, INT_TYPES),
         _types(F.PIN_CREATED_MS, INT_TYPES),
+        _true(D_DURATION_WHOLE_MS, E.REASON_WRONG_TYPE),  # optional: null = unknown
         _utc_datetime(F.EVENT_TIMESTAMP),
         _id_range(F.PIN_ID),
         Check("expect_column_values_to_be_unique", {"column": F.PIN_ID}, "duplicate_pin_id",
@@ -389,6 +395,7 @@ def _pin_features() -> SuiteSpec:
         Check("expect_column_values_to_be_between",
               {"column": F.PIN_CREATED_MS, "min_value": E.MIN_EVENT_TIME_MS},
               E.REASON_ANCIENT_TIME, "pin_created_ms >= MIN_EVENT_TIME_MS: epoch ms, not seconds"),
+        _true(D_DURATION_IN_RANGE, E.REASON_BAD_DURATION),
         _embedding_dim(),
         _true(D_EMBEDDING_FINITE, "non_finite_embedding"),
     ]
@@ -593,6 +600,27 @@ def _tri(ok: np.ndarray, known: np.ndarray) -> pd.Series:
     return pd.Series(out, dtype=object)
 
 
+def _duration_checks(values: pd.Series | None, n: int) -> tuple[pd.Series, pd.Series]:
+    """(whole number of ms, in 0..MAX_DURATION_MS) per row of the optional pin_duration_ms:
+    None where the value is null (unknown) or the column is absent (an old log: all unknown)."""
+    if values is None:
+        none = pd.Series([None] * n, dtype=object)
+        return none, none.copy()
+    known = values.notna().to_numpy(dtype=bool)
+    if values.dtype.kind in "iu" or str(values.dtype) in ("Int64", "Int32", "UInt64", "UInt32"):
+        number = values.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        whole = known.copy()
+    else:  # floats (nulls read back as NaN) or objects: each value must be an integral number
+        number = np.array([float(v) if isinstance(v, (int, float, np.integer, np.floating))
+                           and not isinstance(v, (bool, np.bool_)) else np.nan
+                           for v in values.tolist()], dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            whole = known & np.isfinite(number) & (np.floor(number) == number)
+    with np.errstate(invalid="ignore"):
+        in_range = (number >= 0) & (number <= E.MAX_DURATION_MS)
+    return _tri(whole, known), _tri(in_range, whole)
+
+
 def later_rows(df: pd.DataFrame, periods: Any = None) -> np.ndarray | None:
     """Which rows of a training frame come after its training period (bool per row), or None
     when the frame holds one period (nothing to compare a rate with).
@@ -728,6 +756,12 @@ def derive_columns(suite_name: str, df: pd.DataFrame, periods: Any = None) -> pd
                 out[D_EMBEDDING_DIM] = pd.Series(dim)
             if D_EMBEDDING_FINITE in wanted:
                 out[D_EMBEDDING_FINITE] = _tri(emb.all_ok(~np.isfinite(emb.flat)), emb.state != 0)
+
+    if D_DURATION_WHOLE_MS in wanted or D_DURATION_IN_RANGE in wanted:
+        whole, in_range = _duration_checks(col(F.PIN_DURATION_MS), n)
+        for name, values in ((D_DURATION_WHOLE_MS, whole), (D_DURATION_IN_RANGE, in_range)):
+            if name in wanted:
+                out[name] = values
 
     if set(D_CHECKED_LABELS) & set(wanted):
         later = later_rows(df, periods)

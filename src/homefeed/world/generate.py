@@ -35,6 +35,7 @@ from homefeed.errors import UserError
 from homefeed.events import IMPRESSION_LAG_MS, MAX_ID, MIN_EVENT_TIME_MS, ActionType
 from homefeed.features import (
     PIN_CREATED_MS,
+    PIN_DURATION_MS,
     PIN_EMBEDDING,
     PIN_ID,
     PIN_TOPIC,
@@ -364,9 +365,28 @@ class _Pins:
     sorted_index: np.ndarray
     sorted_key: np.ndarray
     topic_offset: np.ndarray  # [K + 1]
+    duration_ms: np.ndarray | None = None  # [M] int64, media duration (see _pin_durations)
 
 
 _TOPIC_KEY = np.int64(1 << 42)  # > any created-time span in ms, so (topic, time) keys never mix
+
+
+# Pin media durations: each topic has a typical length (log-uniform between these, in seconds),
+# each pin a log-normal spread around it, clipped to [DURATION_MIN_S, DURATION_MAX_S].
+DURATION_TOPIC_MEDIAN_S = (8.0, 180.0)
+DURATION_SIGMA = 0.6
+DURATION_MIN_S, DURATION_MAX_S = 1.0, 1_800.0
+
+
+def _pin_durations(topic: np.ndarray, n_topics: int, rng: np.random.Generator) -> np.ndarray:
+    """int64 [M] ms: the synthetic counterpart of a video's duration, drawn per pin from its
+    topic. Behaviour does not depend on it (the simulation never reads it), so it tells a model
+    about a pin's topic and nothing more; it is there so that every world has the same pin
+    features (KuaiRand's come from the log, MovieLens has none)."""
+    lo, hi = np.log(DURATION_TOPIC_MEDIAN_S)
+    median_s = np.exp(rng.uniform(lo, hi, size=n_topics))
+    seconds = median_s[topic] * np.exp(rng.standard_normal(topic.size) * DURATION_SIGMA)
+    return np.round(np.clip(seconds, DURATION_MIN_S, DURATION_MAX_S) * SECOND_MS).astype(np.int64)
 
 
 def _make_pins(p: WorldParams, b: Behaviour, rng: np.random.Generator) -> _Pins:
@@ -811,6 +831,7 @@ def _write(p, b, out, pins, users, first_active_ms, imp, ev, summary) -> None:
         PIN_TOPIC: pa.array(pins.topic.astype(np.int64)),
         PIN_EMBEDDING: _list_array(pins.embedding),
         PIN_CREATED_MS: pa.array(pins.created_ms.astype(np.int64)),
+        PIN_DURATION_MS: pa.array(pins.duration_ms.astype(np.int64)),
     }), out / PINS_FILE)
     _write_parquet(pa.table({
         USER_ID: pa.array(np.arange(1, N + 1, dtype=np.int64)),
@@ -879,8 +900,12 @@ def generate_world(params: WorldParams, out: Path, *, progress: bool = True) -> 
     out = _prepare_out(out)
     b = BEHAVIOUR
     # Independent streams per part: changing the user count does not reshuffle the pins.
-    pin_ss, user_ss, sim_ss, event_ss = np.random.SeedSequence(params.seed).spawn(4)
+    # (A fifth stream, spawned after the first four, leaves them and so every other file as they
+    # were before pins had durations.)
+    pin_ss, user_ss, sim_ss, event_ss, duration_ss = np.random.SeedSequence(params.seed).spawn(5)
     pins = _make_pins(params, b, np.random.Generator(np.random.PCG64(pin_ss)))
+    pins.duration_ms = _pin_durations(pins.topic, params.n_topics,
+                                      np.random.Generator(np.random.PCG64(duration_ss)))
     users_rng = np.random.Generator(np.random.PCG64(user_ss))
     users = _make_users(params, b, users_rng)
     pop = _popularity(params, b, users_rng)
@@ -915,9 +940,13 @@ def load_world(directory: Path | str) -> World:
     requests = pd.read_parquet(path / REQUESTS_FILE)
     if SERVED_TIME not in requests:  # written before serve times: served at the request time
         requests[SERVED_TIME] = requests["request_time"]
+    pins = pd.read_parquet(path / PINS_FILE)
+    # nullable int64 (null = unknown); a world written before durations: every one unknown
+    pins[PIN_DURATION_MS] = (pins[PIN_DURATION_MS] if PIN_DURATION_MS in pins
+                             else pd.Series([None] * len(pins), dtype=object)).astype("Int64")
     return World(
         params=WorldParams.from_dict(meta),
-        pins=pd.read_parquet(path / PINS_FILE),
+        pins=pins,
         users=pd.read_parquet(path / USERS_FILE),
         requests=requests,
         events=pd.read_parquet(path / EVENTS_FILE),

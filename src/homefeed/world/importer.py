@@ -39,6 +39,7 @@ from homefeed.errors import UserError
 from homefeed.events import MIN_EVENT_TIME_MS, ActionType
 from homefeed.features import (
     PIN_CREATED_MS,
+    PIN_DURATION_MS,
     PIN_EMBEDDING,
     PIN_ID,
     PIN_TOPIC,
@@ -473,6 +474,9 @@ class WorldArrays:
     # impressions: when each was served (its features are what serving read then); None = at its
     # request's time (one instant per request)
     imp_served: np.ndarray | None = None
+    # pins: media duration in ms, < 0 = unknown (written as null); None = the source has no
+    # durations at all (every pin's is null: every world has the same pins.parquet columns)
+    duration_ms: np.ndarray | None = None
 
 
 def world_tables(w: WorldArrays, start_ms: int, surface: str) -> dict[str, pa.Table]:
@@ -482,13 +486,17 @@ def world_tables(w: WorldArrays, start_ms: int, surface: str) -> dict[str, pa.Ta
     labels = {a: (w.imp_action[imp] == int(a)).astype(np.int8) for a in ActionType}
     imp_time = w.imp_time[imp]
     served = imp_time if w.imp_served is None else w.imp_served[imp]
+    pins = {
+        PIN_ID: pa.array(w.item_ids.astype(np.int64)),
+        PIN_TOPIC: pa.array(w.topic.astype(np.int64)),
+        PIN_EMBEDDING: _list_array(w.embedding),
+        PIN_CREATED_MS: pa.array(w.created_ms.astype(np.int64)),
+    }
+    duration = (np.full(len(w.item_ids), -1, dtype=np.int64) if w.duration_ms is None
+                else np.asarray(w.duration_ms, dtype=np.int64))
+    pins[PIN_DURATION_MS] = pa.array(duration, type=pa.int64(), mask=duration < 0)
     return {
-        PINS_FILE: pa.table({
-            PIN_ID: pa.array(w.item_ids.astype(np.int64)),
-            PIN_TOPIC: pa.array(w.topic.astype(np.int64)),
-            PIN_EMBEDDING: _list_array(w.embedding),
-            PIN_CREATED_MS: pa.array(w.created_ms.astype(np.int64)),
-        }),
+        PINS_FILE: pa.table(pins),
         USERS_FILE: pa.table({
             USER_ID: pa.array(w.user_ids.astype(np.int64)),
             "segment": pa.array(w.segment, type=pa.string()),

@@ -22,7 +22,8 @@ docs/kuairand.md documents every choice; in short:
    consecutive impressions are more than `--max-gap` apart, and cut where a video is shown
    again (a request holds a video once); shown 1 ms before the first.
 6. Pins: topic = the video's first tag (no tags -> one topic), embedding = PPMI/SVD of the
-   training period's co-clicks blended with the tag multi-hot. Users: segment = the official
+   training period's co-clicks blended with the tag multi-hot, duration = `video_duration` (ms;
+   empty -> unknown). Users: segment = the official
    `user_active_degree`, core = full/high active (no user file -> segments from history length).
 """
 
@@ -36,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from homefeed.errors import UserError
-from homefeed.events import MAX_ID, ActionType
+from homefeed.events import MAX_DURATION_MS, MAX_ID, ActionType
 from homefeed.world.generate import DAY_MS, _iso
 from homefeed.world.importer import (
     HISTORY_SEGMENTS,
@@ -290,6 +291,25 @@ def _integers(frame: pd.DataFrame, path: Path, col: str, low: int, high: int, wh
     return values
 
 
+def _optional_ms(frame: pd.DataFrame, path: Path, col: str, high: int, what: str) -> np.ndarray:
+    """int64 values of a text column of whole numbers in 0..high, written as integers or as
+    integral floats (KuaiRand writes "87433.0"); empty = unknown (-1). A bad value is a
+    UserError naming the line."""
+    text = frame[col].str.strip()
+    empty = (text == "").to_numpy(dtype=bool)
+    floats = pd.to_numeric(text.where(~empty, "0"), errors="coerce").to_numpy(dtype=np.float64,
+                                                                             na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(floats) | (np.floor(floats) != floats) | (floats < 0) | (floats > high)
+    bad |= ~text.str.fullmatch(r"\d+(\.0*)?|").to_numpy(dtype=bool)
+    bad &= ~empty
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{path} line {int(frame.index[i]) + 2}: bad {col} {str(frame[col].iloc[i])!r} "
+                        f"(expected {what}; {int(bad.sum())} bad row(s) in all)")
+    return np.where(empty, -1, floats).astype(np.int64)
+
+
 def _read_log(path: Path, mapping: LabelMapping, is_random: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(validated numeric frame, the source frame for duplicate detection)."""
     raw = _read_csv(path, text=False)
@@ -362,7 +382,12 @@ def _read_videos(path: Path) -> pd.DataFrame:
         known = ~parsed.isna().to_numpy()
         if known.any():
             upload[known] = parsed[known].astype("int64").to_numpy() // 10**6
-    frame = pd.DataFrame({"video_id": ids, "tags": tags, "upload_day_ms": upload})
+    duration = np.full(len(raw), -1, dtype=np.int64)  # -1: unknown (empty, or no such column)
+    if "video_duration" in raw.columns:
+        duration = _optional_ms(raw, path, "video_duration", MAX_DURATION_MS,
+                                "a duration in ms, 0..24 h, or empty")
+    frame = pd.DataFrame({"video_id": ids, "tags": tags, "upload_day_ms": upload,
+                          "duration_ms": duration})
     dup = frame["video_id"].duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
@@ -513,6 +538,10 @@ def build_world(data: KuaiRandData, params: KuaiRandParams) -> dict:
         up = upload.reindex(item_ids - ID_OFFSET).fillna(-1).to_numpy(np.int64)
         known = up >= 0
         created_ms[known] = np.minimum(created_ms[known], up[known] + shift - TZ_OFFSET_MS)
+    duration_ms = np.full(len(item_ids), -1, dtype=np.int64)  # no video feature file: all unknown
+    if data.videos is not None:  # videos missing from the file, or with an empty duration: unknown
+        duration_ms = (data.videos.set_index("video_id")["duration_ms"]
+                       .reindex(item_ids - ID_OFFSET).fillna(-1).to_numpy(np.int64))
     topic, multi_hot, topic_names, topic_rule = _topics(data, item_ids - ID_OFFSET)
     engaged = in_train & ((action > 0) & (action != int(ActionType.HIDE)) | clicked)
     D = params.embedding_dim
@@ -555,6 +584,7 @@ def build_world(data: KuaiRandData, params: KuaiRandParams) -> dict:
         # every impression is served at its own time (1 ms before it was shown and acted on):
         # its history holds the same day's earlier actions that had arrived by then
         imp_served=event_ms - REQUEST_LEAD_MS,
+        duration_ms=duration_ms,
     )
     tables = world_tables(w, start_ms, SURFACE)
 
@@ -607,6 +637,7 @@ def build_world(data: KuaiRandData, params: KuaiRandParams) -> dict:
         "eval_items_without_train_impression": int(
             len(np.setdiff1d(np.unique(item[~in_train]), np.unique(item[in_train])))),
         "embedding": emb_info,
+        "pins_with_duration": int((duration_ms >= 0).sum()),
     })
     meta = world_meta(w, source=f"kuairand-{data.release}", days=days, seed=params.seed,
                       start_ms=start_ms, embedding_dim=params.embedding_dim,
@@ -647,6 +678,8 @@ def build_world(data: KuaiRandData, params: KuaiRandParams) -> dict:
             "segment_rule": segment_rule,
             "core_degrees": list(params.core_degrees),
             "pin_created_rule": "UTC day start of the upload date or of the first impression, the earlier",
+            "pin_duration_rule": ("video_duration (ms) of the video feature file; empty or not in "
+                                  "the file (or no file): null, unknown"),
         },
         "behaviour": embedding_behaviour(params, emb_info),
     })
