@@ -182,7 +182,7 @@ def test_bodies_and_batches_are_bounded(api):
     for body, reason in ((b"", "not_json"), (b"[]", "not_object"), (b"17", "not_object")):
         resp = client.post("/v1/actions", content=body)
         assert resp.status_code == 400 and resp.json()["reason"] == reason, resp.text
-    assert client.post("/v1/impressions", json=action(0)).status_code == 404  # not in the contract yet
+    assert client.post("/v1/likes", json=action(0)).status_code == 404  # not a kind of the contract
 
     metrics = client.get("/metrics").text
     assert 'homefeed_events_rejected_total{kind="actions",reason="body_too_large"} 1.0' in metrics
