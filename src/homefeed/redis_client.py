@@ -11,6 +11,8 @@ right topology (standalone, cluster or sentinel: `Settings.redis_mode`).
    retry (redis-py 7's default is 3 retries with backoff up to 10 s, which turns one dead Redis
    into multi-second requests); the service answers from its cache instead of waiting.
 4. `healthy`: PING with a short timeout, for `homefeed stack`.
+5. `KeyScript`: a one-key Lua script run for many keys in one round trip per Redis node (the
+   consumer's state compare-and-set, the engagement counters).
 
 Feast's own Redis client gets the same topology and the pipeline timeouts through its online store
 config (`homefeed.feature_store`: `redis_type` and `Settings.feast_redis_connection_string`).
@@ -19,6 +21,7 @@ Keys that must be read or written together live in one hash slot: every per-user
 
 from __future__ import annotations
 
+from collections import defaultdict
 from urllib.parse import unquote, urlparse
 
 from homefeed.settings import Settings
@@ -70,6 +73,40 @@ def serving_kwargs(settings: Settings) -> dict:
 
 def serving_client(settings: Settings):
     return make_client(settings, settings.serving_redis_timeout_ms / 1000, **serving_kwargs(settings))
+
+
+class KeyScript:
+    """A Lua script that touches one key, run for many (key, args) calls, pipelined per Redis
+    node: a cluster client's own pipeline refuses scripts, and each key lives on one node. The
+    script is registered once per node connection."""
+
+    def __init__(self, redis_client, source: str):
+        self.redis = redis_client
+        self.source = source
+        self._registered: dict = {}
+
+    def run(self, calls: list[tuple[str, list]]) -> list:
+        """The script's reply for each (key, args), in order."""
+        groups: dict = defaultdict(list)
+        if hasattr(self.redis, "get_node_from_key"):  # RedisCluster
+            for i, (key, _) in enumerate(calls):
+                groups[self.redis.get_node_from_key(key).name].append(i)
+            clients = {name: self.redis.get_node(node_name=name).redis_connection for name in groups}
+        else:
+            groups["single"] = list(range(len(calls)))
+            clients = {"single": self.redis}
+        out: list = [None] * len(calls)
+        for name, idx in groups.items():
+            client = clients[name]
+            script = self._registered.get(name)
+            if script is None or script.registered_client is not client:
+                script = self._registered[name] = client.register_script(self.source)
+            pipe = client.pipeline(transaction=False)
+            for i in idx:
+                script(keys=[calls[i][0]], args=calls[i][1], client=pipe)
+            for i, reply in zip(idx, pipe.execute()):
+                out[i] = reply
+        return out
 
 
 def healthy(settings: Settings, timeout_s: float = 0.5) -> bool:

@@ -56,6 +56,7 @@ import pyarrow as pa
 from homefeed import events as E
 from homefeed import features as F
 from homefeed import offline_log
+from homefeed.redis_client import KeyScript
 from homefeed.sequence import Action, SequenceState, merge, next_snapshot_ms
 from homefeed.settings import Settings
 from homefeed.stream import metrics as M
@@ -230,7 +231,7 @@ class SequenceBuilder:
         self.impression_validator = impression_validator  # the `impression_events` suite
         self.project = store.project
         self.generation = Generation(settings, redis_client, self.project)  # Redis data loss
-        self._cas: dict = {}  # the compare-and-set script, registered per Redis node
+        self._cas = KeyScript(redis_client, _CAS_STATE)  # the state compare-and-set
         self.counters = EngagementCounters(redis_client, self.project, SNAPSHOT_GRANULARITY_MS)
 
     def warm_up(self) -> None:
@@ -279,30 +280,8 @@ class SequenceBuilder:
             raise StateFenced(fenced)
 
     def _compare_and_set(self, items: list[tuple[str, str, bytes]]) -> list[bool]:
-        """Run the CAS script for each (key, sha1 seen, new value), pipelined per Redis node
-        (a cluster client's own pipeline refuses scripts; each key lives on one node)."""
-        groups: dict = defaultdict(list)
-        if hasattr(self.redis, "get_node_from_key"):  # RedisCluster
-            for i, (key, _, _) in enumerate(items):
-                node = self.redis.get_node_from_key(key)
-                groups[node.name].append(i)
-            clients = {name: self.redis.get_node(node_name=name).redis_connection for name in groups}
-        else:
-            groups["single"] = list(range(len(items)))
-            clients = {"single": self.redis}
-        out = [False] * len(items)
-        for name, idx in groups.items():
-            client = clients[name]
-            script = self._cas.get(name)
-            if script is None or script.registered_client is not client:
-                script = self._cas[name] = client.register_script(_CAS_STATE)
-            pipe = client.pipeline(transaction=False)
-            for i in idx:
-                key, seen, value = items[i]
-                script(keys=[key], args=[seen, value], client=pipe)
-            for i, done in zip(idx, pipe.execute()):
-                out[i] = bool(done)
-        return out
+        """Run the CAS script for each (key, sha1 seen, new value), one round trip per node."""
+        return [bool(done) for done in self._cas.run([(key, [seen, value]) for key, seen, value in items])]
 
     def counters_key(self) -> str:
         return COUNTERS_KEY.format(project=self.project, group=self.settings.consumer_group)

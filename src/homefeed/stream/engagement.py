@@ -58,6 +58,7 @@ import numpy as np
 import pyarrow as pa
 
 from homefeed import features as F
+from homefeed.redis_client import KeyScript
 
 KINDS = F.ENGAGEMENT_KINDS
 HALF_LIVES_MS = F.ENGAGEMENT_HALF_LIVES_MS
@@ -161,7 +162,7 @@ class EngagementCounters:
         self.redis = redis_client
         self.project = project
         self.granularity_ms = int(granularity_ms)
-        self._scripts: dict = {}  # registered per Redis node
+        self._apply = KeyScript(redis_client, _APPLY)
 
     def key(self, view: str, entity: int) -> str:
         return KEY.format(project=self.project, view=view, entity=int(entity))
@@ -185,7 +186,7 @@ class EngagementCounters:
                 for e in group:
                     argv += [f"{e.topic}:{e.partition}", e.offset, KINDS.index(e.kind), e.event_time_ms]
             calls.append((self.key(view, entity), argv))
-        replies = self._run(calls)
+        replies = self._apply.run(calls)
         out: dict[str, list[dict]] = {view: [] for view in VIEW_KEY}
         for (view, entity), reply in zip(per_entity, replies):
             decayed, totals, as_of = COLUMNS[view]
@@ -220,31 +221,6 @@ class EngagementCounters:
                 out[int(entity)] = {"decayed": [float(x) for x in _text(d).split(",")],
                                     "totals": [int(x) for x in _text(n).split(",")], "as_of": int(_text(a))}
         return out
-
-    def _run(self, calls: list[tuple[str, list]]) -> list:
-        """The script once per (key, argv), pipelined per Redis node (a cluster client's own
-        pipeline refuses scripts; each key lives on one node)."""
-        groups: dict = defaultdict(list)
-        if hasattr(self.redis, "get_node_from_key"):  # RedisCluster
-            for i, (key, _) in enumerate(calls):
-                groups[self.redis.get_node_from_key(key).name].append(i)
-            clients = {name: self.redis.get_node(node_name=name).redis_connection for name in groups}
-        else:
-            groups["single"] = list(range(len(calls)))
-            clients = {"single": self.redis}
-        out: list = [None] * len(calls)
-        for name, idx in groups.items():
-            client = clients[name]
-            script = self._scripts.get(name)
-            if script is None or script.registered_client is not client:
-                script = self._scripts[name] = client.register_script(_APPLY)
-            pipe = client.pipeline(transaction=False)
-            for i in idx:
-                script(keys=[calls[i][0]], args=calls[i][1], client=pipe)
-            for i, reply in zip(idx, pipe.execute()):
-                out[i] = reply
-        return out
-
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
