@@ -130,12 +130,13 @@ class RankingData(torch.utils.data.Dataset):
 
     @property
     def user_ids(self) -> np.ndarray | None:
-        """The user of every impression (GAUC's groups); None when neither frame has one."""
-        if F.USER_ID in self.impressions:
-            return self.impressions[F.USER_ID].to_numpy()
-        if F.USER_ID in self.requests:
-            return self.requests[F.USER_ID].to_numpy()[self.req_index]
-        return None
+        """The user of every impression (GAUC's groups, the pairwise loss's); None when neither
+        frame has one. Looked up once (collate reads it for every batch)."""
+        if not hasattr(self, "_user_ids"):
+            self._user_ids = (self.impressions[F.USER_ID].to_numpy() if F.USER_ID in self.impressions
+                              else self.requests[F.USER_ID].to_numpy()[self.req_index]
+                              if F.USER_ID in self.requests else None)
+        return self._user_ids
 
     def dense_stats(self) -> tuple[np.ndarray, np.ndarray]:
         return self.dense.mean(axis=0), self.dense.std(axis=0)
