@@ -77,6 +77,35 @@ def write_features(store) -> None:
     store.write_to_online_store(F.USER_PROFILE, profile)
 
 
+def start_service(port: int, env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`bentoml serve bento.service:Ranking` on loopback `port` with `env`, once /readyz is 200."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "bento.service:Ranking", "--port", str(port),
+         "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(log_path.read_text(errors="replace")[-4000:])
+        try:
+            if http("GET", url + "/readyz")[0] == 200:
+                return proc, url
+        except OSError:
+            pass
+        time.sleep(0.5)
+    stop_service(proc)
+    raise AssertionError("service did not become ready")
+
+
+def stop_service(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.fixture(scope="module")
 def service(feature_repo, stack, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("service")
@@ -95,30 +124,10 @@ def service(feature_repo, stack, tmp_path_factory):
         # worker has its own; the default is one worker per CPU, see homefeed.serving.resources).
         env = dict(os.environ, BENTOML_HOME=str(tmp / "bentoml"), HOMEFEED_MODEL=tag,
                    BENTOML_DO_NOT_TRACK="true", HOMEFEED_SERVING_WORKERS="1")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "bento.service:Ranking", "--port", str(port),
-             "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(log_path.read_text(errors="replace")[-4000:])
-            try:
-                if http("GET", url + "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError("service did not become ready")
+        proc, url = start_service(port, env, log_path)
         yield {"url": url, "model": model, "redis": redis_stack, "tag": tag, "log": log_path}
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_service(proc)
         os.environ["HOMEFEED_REDIS_PORT"] = saved
         redis_stack.down()
 

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +20,7 @@ import pytest
 
 from homefeed.feature_store import open_store
 from homefeed.stack import LocalStack, free_port
-from test_service import PINS, USER, http, tiny_model, write_features
+from test_service import PINS, USER, http, start_service, stop_service, tiny_model, write_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,30 +45,10 @@ def limited_service(feature_repo, stack, tmp_path_factory):
         env = dict(os.environ, BENTOML_HOME=str(tmp / "bentoml"), HOMEFEED_MODEL=tag,
                    BENTOML_DO_NOT_TRACK="true", HOMEFEED_SERVING_WORKERS="1",
                    HOMEFEED_SERVING_MAX_INFLIGHT="1", HOMEFEED_SERVING_RETRY_AFTER_S="2")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "bento.service:Ranking", "--port", str(port),
-             "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(log_path.read_text(errors="replace")[-4000:])
-            try:
-                if http("GET", url + "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError("service did not become ready")
+        proc, url = start_service(port, env, log_path)
         yield {"url": url, "port": port, "log": log_path}
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_service(proc)
         os.environ["HOMEFEED_REDIS_PORT"] = saved
         redis_stack.down()
 
