@@ -541,7 +541,12 @@ class Run:
                     if line.startswith('homefeed_stream_consumer_lag{') and 'topic="user-actions"' in line]
             return polled >= records and len(lags) > 0 and sum(lags) == 0
 
-        wait_for(f"the consumer to take {records} actions and reach lag 0", done, 300, 1)
+        try:
+            wait_for(f"the consumer to take {records} actions and reach lag 0", done, 300, 1)
+        except Failed as exc:  # say why: the consumer's own last lines
+            logs = self.compose("logs", "--no-color", "--tail", "40", "consumer", check=False, capture=True,
+                                quiet=True)
+            raise Failed(f"{exc}\nconsumer logs:\n{logs.stdout[-4000:]}{logs.stderr[-1000:]}") from None
 
     def lag(self) -> int:
         status = json.loads(self.compose("exec", "-T", "consumer", "homefeed", "stream", "status", "--json",
