@@ -83,7 +83,7 @@ def test_images_and_compose_stack_end_to_end():
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "containers" / "run.py")],
                             capture_output=True, text=True, timeout=3600)
     lines = result.stdout.strip().splitlines()
-    assert result.returncode == 0 and lines, result.stdout[-8000:] + result.stderr[-2000:]
+    assert result.returncode == 0 and lines, result.stdout[-16000:] + result.stderr[-2000:]
     assert lines[-1].startswith("containers verified"), lines[-1]
     print("\n".join(lines[-3:]))  # the figures and what was verified (pytest -rP shows them)
 

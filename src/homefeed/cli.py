@@ -8,9 +8,11 @@ lazy so `homefeed stack status` does not pay for torch or Great Expectations.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
 import re
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(groups={first} & known if first else set())
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if hasattr(faulthandler, "register"):  # `kill -USR1 PID`: every thread's stack to stderr (a hung process)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

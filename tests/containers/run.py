@@ -543,10 +543,17 @@ class Run:
 
         try:
             wait_for(f"the consumer to take {records} actions and reach lag 0", done, 300, 1)
-        except Failed as exc:  # say why: the consumer's own last lines
-            logs = self.compose("logs", "--no-color", "--tail", "40", "consumer", check=False, capture=True,
+        except Failed as exc:  # say why: the consumer's own last lines, with every thread's stack
+            inside = self.compose("exec", "-T", "consumer", "python", "-c",
+                                  "import urllib.request; print(len(urllib.request.urlopen("
+                                  "'http://127.0.0.1:9108/metrics', timeout=5).read()), 'bytes of metrics inside')",
+                                  check=False, capture=True, quiet=True, timeout=60)
+            self.compose("kill", "-s", "SIGUSR1", "consumer", check=False, capture=True, quiet=True)
+            time.sleep(3)
+            logs = self.compose("logs", "--no-color", "--tail", "150", "consumer", check=False, capture=True,
                                 quiet=True)
-            raise Failed(f"{exc}\nconsumer logs:\n{logs.stdout[-4000:]}{logs.stderr[-1000:]}") from None
+            say(f"metrics probed inside the consumer container: {(inside.stdout + inside.stderr)[-600:]}")
+            raise Failed(f"{exc}\nconsumer logs:\n{logs.stdout[-12000:]}{logs.stderr[-1000:]}") from None
 
     def lag(self) -> int:
         status = json.loads(self.compose("exec", "-T", "consumer", "homefeed", "stream", "status", "--json",
