@@ -4,11 +4,11 @@ shedding"; issue 24): per in-flight limit, the sustainable rate, then 4x it, ope
     PYTHONPATH=src python scripts/bench_overload.py WORKDIR LIMITS SIZES [FACTOR] [SECONDS] [keepalive]
     PYTHONPATH=src python scripts/bench_overload.py /tmp/ovl 0,8 100 4 20
 
-1. A private stack (redis + broker on free ports, private feature repo: homefeed.faults).
+1. A private stack (redis + broker on free ports, private feature repo: homefeed.bench.faults).
 2. 2,000 pins and 10 users with 100-action sequences written to the online store.
 3. An untrained TransAct v1.1 with ModelConfig defaults (2 layers, the demo's shape), seeded.
 4. Per limit (HOMEFEED_SERVING_MAX_INFLIGHT; 0 = no shedding, as before issue 24): `bentoml serve`
-   with the default workers x threads, then per size `homefeed.serving.bench_http.overload_test`:
+   with the default workers x threads, then per size `homefeed.bench.serve_http.overload_test`:
    8 closed-loop clients (320 calls at < 1,000 candidates, 48 at 1,000 and more) give the
    sustainable rate and the baseline p99; FACTOR x that rate open-loop for SECONDS; worker RSS
    before, right after and 10 s after. `keepalive`: each client thread keeps its connection
@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from homefeed.faults import _ready, private_stack, seeded_ranker, start_logged, stop_process, wait_for
-from homefeed.serving.bench_http import _post, overload_test, service_pids
+from homefeed.bench.faults import _ready, private_stack, seeded_ranker, start_logged, stop_process, wait_for
+from homefeed.bench.serve_http import _post, overload_test, service_pids
 from homefeed.stack import free_port
 
 work = Path(sys.argv[1]); work.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,12 @@ concurrency 1, 2 and 4 (docs/benchmarks.md, "Serving over HTTP: CPUs").
 
     PYTHONPATH=src python scripts/bench_serve_cpus.py WORKDIR '[[1,1],[1,2],[2,1]]' 100,1000 12
 
-1. A private stack (redis + broker on free ports, private feature repo: homefeed.faults).
+1. A private stack (redis + broker on free ports, private feature repo: homefeed.bench.faults).
 2. 2,000 pins and 10 users with 100-action sequences written to the online store.
 3. An untrained TransAct v1.1 with ModelConfig defaults (2 layers, the demo's shape), seeded,
    exported to a private BentoML store.
 4. Per [workers, threads]: `bentoml serve` with HOMEFEED_SERVING_WORKERS/THREADS, then
-   `homefeed.serving.bench_http.load_test` per size and concurrency (REQUESTS at >= 1,000
+   `homefeed.bench.serve_http.load_test` per size and concurrency (REQUESTS at >= 1,000
    candidates, 3x that below). One JSON line per row; all rows in WORKDIR/results.json.
 """
 import json
@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from homefeed.faults import _ready, private_stack, seeded_ranker, start_logged, stop_process, wait_for
-from homefeed.serving.bench_http import _post, load_test
+from homefeed.bench.faults import _ready, private_stack, seeded_ranker, start_logged, stop_process, wait_for
+from homefeed.bench.serve_http import _post, load_test
 from homefeed.stack import free_port
 
 work = Path(sys.argv[1]); work.mkdir(parents=True, exist_ok=True)

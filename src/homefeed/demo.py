@@ -346,7 +346,7 @@ def live_traffic(settings: Settings, world, metrics_url: str, n: int, rate: floa
 def serving_burst(world, url: str, requests: int, n_candidates: int) -> dict:
     """Sequential /rank requests (one at a time: the service has one CPU worker) with the
     service's own per-stage timings; `homefeed bench serve`'s load test."""
-    from homefeed.serving.bench_http import load_test
+    from homefeed.bench.serve_http import load_test
 
     users = world.events["user_id"].value_counts().index[:10].astype(int).tolist()
     max_pin = int(world.pins["pin_id"].max())

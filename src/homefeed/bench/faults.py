@@ -598,7 +598,7 @@ def _overload_case(url: str, server_pid: int, timed: bool, seconds: float) -> Ca
     the service sheds (503 + Retry-After) instead of queueing; nothing else fails. `timed`: also
     the latency and memory targets (answered p99 <= 2x the baseline's, worker RSS back within
     10% after 10 s idle), which only the benchmark run checks."""
-    from homefeed.serving.bench_http import overload_test, service_pids
+    from homefeed.bench.serve_http import overload_test, service_pids
 
     r = overload_test(url, 100, clients=8, baseline_requests=160, factor=4.0, seconds=seconds,
                       settle_s=10.0 if timed else 0.0, user_ids=[SERVICE_USER], max_pin_id=len(PIN_IDS),

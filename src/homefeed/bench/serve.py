@@ -5,7 +5,7 @@
   per-candidate copied batch) for one user with 100 actions and N = 100, 1000, 5000 candidates,
   both measured in the same run (interleaved), with the max abs difference of the probabilities.
   Untrained model, ModelConfig defaults (transact_v11, seq_len 100, emb_dim 32), seeded init.
-  Needs only torch and numpy: ``PYTHONPATH=src python -m homefeed.serving.bench model --json``
+  Needs only torch and numpy: ``PYTHONPATH=src python -m homefeed.bench.serve model --json``
   runs it on a machine without feast/bentoml/redis.
 * ``features``: p50/p95/p99 of the features of one 1,000-candidate request (user sequence +
   profile + 1,000 pins) through the Feast SDK and through `OnlineFeatureReader` (cold: every
@@ -404,7 +404,7 @@ def add_bench_features_parser(bench_subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m homefeed.serving.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m homefeed.bench.serve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="BENCHMARK", required=True)
     add_bench_model_parser(sub)
     add_bench_features_parser(sub)
