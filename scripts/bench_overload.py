@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from homefeed.bench.faults import _ready, private_stack, seeded_ranker, start_logged, stop_process, wait_for
-from homefeed.bench.serve_http import _post, overload_test, service_pids
-from homefeed.stack import free_port
+from homefeed.bench.faults import private_stack, seeded_ranker, serve_ranking
+from homefeed.bench.serve_http import overload_test, service_pids
+from homefeed.http_client import post_json
 
 work = Path(sys.argv[1]); work.mkdir(parents=True, exist_ok=True)
 limits = [int(x) for x in sys.argv[2].split(",")]
@@ -33,15 +33,10 @@ keepalive = len(sys.argv) > 6 and sys.argv[6] == "keepalive"  # else a new conne
 out = []
 with private_stack(work) as (settings, stack):
     tag, users = seeded_ranker(settings, work)  # steps 2-3
-    os.environ["HOMEFEED_MODEL"] = tag
     for limit in limits:
-        os.environ["HOMEFEED_SERVING_MAX_INFLIGHT"] = str(limit)
-        port = free_port(); url = f"http://127.0.0.1:{port}"
-        proc = start_logged([sys.executable, "-m", "bentoml", "serve", "bento.service:Ranking", "--port", str(port),
-                             "--host", "127.0.0.1"], work / f"service-limit{limit}.log")
-        try:
-            assert wait_for(lambda p=proc, u=url: p.poll() is not None or _ready(u), 240, 0.5) and proc.poll() is None
-            info = _post(url + "/info", {})
+        env = {"HOMEFEED_MODEL": tag, "HOMEFEED_SERVING_MAX_INFLIGHT": str(limit)}
+        with serve_ranking(work / f"service-limit{limit}.log", env, timeout_s=240) as (url, proc):
+            info = post_json(url + "/info", {}, timeout_s=60)
             for n in sizes:
                 row = overload_test(url, n, clients=8, baseline_requests=320 if n < 1000 else 48, factor=factor,
                                     seconds=seconds, workers=info["workers"], user_ids=users, max_pin_id=2000,
@@ -50,6 +45,4 @@ with private_stack(work) as (settings, stack):
                            date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
                 print(json.dumps(row), flush=True)
                 out.append(row)
-        finally:
-            stop_process(proc)
 (work / "overload.json").write_text(json.dumps(out, indent=1))

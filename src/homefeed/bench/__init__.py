@@ -13,11 +13,15 @@ another component's benchmark (tests/test_layering.py checks it). Nothing is imp
 4. `serve`: `homefeed bench model` (ServedRanker against the plain ranker's forward) and
    `homefeed bench features` (online feature reads through Feast and OnlineFeatureReader).
 5. `serve_http`: `homefeed bench serve`: latency and throughput of a running ranking service
-   under concurrent HTTP load, its overload test, and `serve_ranking` (start `bentoml serve`
-   and wait for it), which scripts/bench_*.py use too.
+   under concurrent HTTP load (`load_test`), and its overload test (`overload_test`).
 6. `train`: `homefeed bench train`: training and inference throughput of a ranker.
 7. `dataset`: `homefeed bench dataset`: seconds and peak memory of `homefeed dataset build`.
 8. `events`: `homefeed bench events`: events/s through the events API and the restart check.
 9. `faults`: `homefeed bench faults`: the fault matrix against a real private stack
-   (docs/reliability.md).
+   (docs/reliability.md); also the harness scripts/bench_overload.py and
+   scripts/bench_serve_cpus.py share with it: `private_stack`, `seeded_ranker` and
+   `serve_ranking` (`bentoml serve` on a free port, waited for until /readyz, stopped after).
+
+Shared below this package: `homefeed.envscope.scoped_env` (set/unset environment variables
+for a block and restore them) and `homefeed.http_client` (the JSON-over-HTTP client).
 """
