@@ -1,6 +1,6 @@
 """`scoped_env`: set and unset environment variables for a block, then put them back.
 
-The private stacks of the benchmarks, the fault matrix and the test session, and the bento
+The private stacks of the benchmarks, the fault matrix and the tests, and the bento
 build's registry snapshot, all point this process (and the subprocesses it starts) somewhere
 else for a while through HOMEFEED_* variables; this is the one place that restores them.
 """
