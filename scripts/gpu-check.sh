@@ -28,7 +28,7 @@ fi
 
 bench() {  # name, extra args
   local name=$1; shift
-  timeout 170 $PY -m homefeed.serving.bench model --json --repeats 50 "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"
+  timeout 170 $PY -m homefeed.bench.serve model --json --repeats 50 "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"
   echo "$name rc=$?"
 }
 bench bench_model_bf16

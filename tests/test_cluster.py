@@ -6,7 +6,6 @@ counters as one-key scripts), Feast's Redis store as `redis_cluster`, the servin
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
@@ -14,6 +13,7 @@ import pytest
 
 from homefeed import events as E
 from homefeed import features as F
+from homefeed.envscope import scoped_env
 from homefeed.settings import load_settings
 from homefeed.stack import LocalStack, ensure_topics, free_port_block
 
@@ -27,19 +27,13 @@ def cluster(feature_repo, stack, tmp_path_factory):
     first = free_port_block(3)
     env = {"HOMEFEED_REDIS_MODE": "cluster", "HOMEFEED_REDIS_CLUSTER_SIZE": "3",
            "HOMEFEED_REDIS_PORT": str(first)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    local = LocalStack(load_settings().replace(home=tmp_path_factory.mktemp("cluster-home")))
-    try:
-        local._up_redis()
-        yield local.settings
-    finally:
-        local.down(services=("redis",))
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with scoped_env(env):
+        local = LocalStack(load_settings().replace(home=tmp_path_factory.mktemp("cluster-home")))
+        try:
+            local._up_redis()
+            yield local.settings
+        finally:
+            local.down(services=("redis",))
 
 
 def test_stack_starts_a_cluster_that_spreads_keys(cluster):

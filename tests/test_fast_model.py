@@ -233,7 +233,7 @@ def test_bucket_sizes():
 def test_bench_model_runs_and_imports_nothing_heavy():
     code = (
         "import sys, json, io, contextlib\n"
-        "from homefeed.serving import bench\n"
+        "from homefeed.bench import serve as bench\n"
         "buf = io.StringIO()\n"
         "with contextlib.redirect_stdout(buf):\n"
         "    bench.main(['model', '--sizes', '8,24', '--repeats', '1', '--threads', '1', '--device', 'cpu', '--dtype', 'auto', '--json'])\n"

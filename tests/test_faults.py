@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from homefeed.faults import run_matrix
+from homefeed.bench.faults import run_matrix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -314,7 +314,7 @@ def test_unbounded_numbers_are_refused_naming_the_field(service, raw, field):
 
 def test_chunked_body_over_the_limit_is_refused(service):
     """The limit counts bytes received: a chunked body (no Content-Length) cannot get past it."""
-    from homefeed.faults import post_chunked_rank
+    from homefeed.bench.faults import post_chunked_rank
 
     status = post_chunked_rank(service["url"], megabytes=2)
     assert status == 413

@@ -357,7 +357,9 @@ def test_dataset_build_refuses_a_feature_repo_that_reads_another_log(pipeline, t
 def test_cli_groups_register_their_commands():
     import argparse
 
-    from homefeed.training import bench, bench_dataset, cli
+    from homefeed.bench import dataset as bench_dataset
+    from homefeed.bench import train as bench
+    from homefeed.training import cli
 
     parser = argparse.ArgumentParser(prog="homefeed")
     groups = parser.add_subparsers(dest="group")
@@ -409,7 +411,7 @@ def test_user_side_calls_are_cut_by_their_join_pairs():
 
 
 def test_long_span_bench_world_has_the_movielens_shape(tmp_path):
-    from homefeed.training.bench_dataset import write_long_span_ratings
+    from homefeed.bench.dataset import write_long_span_ratings
     from homefeed.world.movielens import read_movielens
 
     data = read_movielens(write_long_span_ratings(tmp_path, 5_000, users=40, movies=600))

@@ -845,7 +845,7 @@ def test_cli_docs(project, cli_env, capsys):
 
 
 def test_bench_validate_json(project, capsys):
-    from homefeed.validation import bench
+    from homefeed.bench import validation as bench
 
     parser = argparse.ArgumentParser(prog="homefeed bench")
     bench.add_bench_validate_parser(parser.add_subparsers())

@@ -34,7 +34,7 @@ STAGES = [
     ("events", "homefeed.events_api.cli", "HTTP events API into Kafka, and the live feed page"),
     ("experiment", "homefeed.training.experiment", "offline experiments: retraining decay under drift"),
     ("demo", "homefeed.demo", "run the main job end to end (what `make demo` runs)"),
-    ("bench", "homefeed.bench", "benchmarks (JSON output; results go in docs/benchmarks.md)"),
+    ("bench", "homefeed.bench.cli", "benchmarks (JSON output; results go in docs/benchmarks.md)"),
 ]
 
 

@@ -14,13 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from homefeed.errors import UserError
+from homefeed.http_client import get_text, post_json, ready
 from homefeed.settings import SOURCE_ROOT, Settings, load_settings
 from homefeed.stack import read_pid_file, write_pid_file
 
@@ -185,26 +185,11 @@ def reset_if_other_world(settings: Settings, demo_dir: Path) -> None:
     marker.write_text(f"{demo_dir}\n")
 
 
-def post_json(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-def get_text(url: str, timeout_s: float = 10) -> str:
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-        return resp.read().decode()
-
-
 def wait_ready(url: str, timeout_s: float = 180, what: str = "the ranking service") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
+        if ready(url):
+            return
         time.sleep(0.5)
     raise UserError(f"{what} at {url} did not become ready; see its log in the run dir")
 
@@ -346,7 +331,7 @@ def live_traffic(settings: Settings, world, metrics_url: str, n: int, rate: floa
 def serving_burst(world, url: str, requests: int, n_candidates: int) -> dict:
     """Sequential /rank requests (one at a time: the service has one CPU worker) with the
     service's own per-stage timings; `homefeed bench serve`'s load test."""
-    from homefeed.serving.bench_http import load_test
+    from homefeed.bench.serve_http import load_test
 
     users = world.events["user_id"].value_counts().index[:10].astype(int).tolist()
     max_pin = int(world.pins["pin_id"].max())

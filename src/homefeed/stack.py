@@ -412,6 +412,7 @@ def private_stack(home: Path, env: dict[str, str] | None = None, redis_cluster: 
     2. start `services` (LocalStack) and yield (settings, stack);
     3. stop them and restore the environment, whatever happened inside.
     """
+    from homefeed.envscope import scoped_env
     from homefeed.settings import KAFKA_ENV
 
     topology = ({"HOMEFEED_REDIS_MODE": "cluster", "HOMEFEED_REDIS_CLUSTER_SIZE": str(redis_cluster),
@@ -419,26 +420,18 @@ def private_stack(home: Path, env: dict[str, str] | None = None, redis_cluster: 
                 else {"HOMEFEED_REDIS_PORT": str(free_port())})
     exported = {"HOMEFEED_HOME": str(home), "HOMEFEED_KAFKA_PORT": str(free_port()), **topology,
                 **(env or {})}
-    saved = {k: os.environ.get(k) for k in (*exported, *_EXTERNAL_ENV, *KAFKA_ENV)}
-    for name in (*_EXTERNAL_ENV, *KAFKA_ENV):
-        os.environ.pop(name, None)
-    os.environ.update(exported)
-    stack = None
-    try:
-        stack = LocalStack(load_settings().local_kafka(redis_url="", redis_nodes=""))
-        if "redis" in services:
-            stack._up_redis()
-        if "kafka" in services:
-            stack._up_kafka()
-        yield stack.settings, stack
-    finally:
-        if stack is not None:
-            stack.down(services=services)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with scoped_env(exported, unset=(*_EXTERNAL_ENV, *KAFKA_ENV)):
+        stack = None
+        try:
+            stack = LocalStack(load_settings().local_kafka(redis_url="", redis_nodes=""))
+            if "redis" in services:
+                stack._up_redis()
+            if "kafka" in services:
+                stack._up_kafka()
+            yield stack.settings, stack
+        finally:
+            if stack is not None:
+                stack.down(services=services)
 
 
 def ensure_topics(settings: Settings) -> None:

@@ -45,7 +45,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from homefeed.faults import request  # the project's venv runs this script
+from homefeed.http_client import request  # the project's venv runs this script
 from homefeed.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,8 @@
 3. `app`: the ASGI app (`POST /v1/<kind>`, /metrics, /livez, /readyz, the feed page and its
    helpers).
 4. `candidates`: the feed page's stand-in candidate source.
-5. `cli`: `homefeed events serve`; `bench`: `homefeed bench events` (events/s, restart check).
+5. `cli`: `homefeed events serve`. Its benchmark, `homefeed bench events` (events/s, restart
+   check), is `homefeed.bench.events`.
 
 See docs/events-api.md.
 """

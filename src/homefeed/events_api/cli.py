@@ -4,7 +4,7 @@
    default (settings `host`); `--world DIR` gives the feed page its candidate source and
    `--ranking-url` the ranking service it forwards /rank to. It starts even while the broker is
    down (its calls answer 503 until the broker is back).
-2. Throughput and the restart check are `homefeed bench events` (`homefeed.events_api.bench`).
+2. Throughput and the restart check are `homefeed bench events` (`homefeed.bench.events`).
 """
 
 from __future__ import annotations

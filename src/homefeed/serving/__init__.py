@@ -4,7 +4,8 @@
   pin cache with a staleness bound), `FeatureStoreUnavailable`. Imports feast and redis.
 * `homefeed.serving.fast_model`: `ServedRanker`, `UserTensors`. Imports only torch, numpy and
   `homefeed.model` (runs on a GPU machine without feast/bentoml/redis).
-* `homefeed.serving.bench`: `homefeed bench model|features` (also ``python -m homefeed.serving.bench``).
+* Their benchmarks, `homefeed bench model|features`, are `homefeed.bench.serve` (also
+  ``python -m homefeed.bench.serve``).
 
 Nothing is imported here eagerly; the names below load their module on first access.
 """

@@ -58,21 +58,13 @@ def snapshot_registry(root: Path) -> Path:
     Kafka needed: a first apply deletes nothing online)."""
     import shutil
 
+    from homefeed.envscope import scoped_env
     from homefeed.feature_store import apply_repo
 
     state = root / STATE
     shutil.rmtree(state, ignore_errors=True)
-    saved = {k: os.environ.get(k) for k in ("HOMEFEED_HOME", "HOMEFEED_FEAST_REGISTRY")}
-    os.environ["HOMEFEED_HOME"] = str(state)
-    os.environ.pop("HOMEFEED_FEAST_REGISTRY", None)
-    try:
+    with scoped_env({"HOMEFEED_HOME": str(state)}, unset=("HOMEFEED_FEAST_REGISTRY",)):
         apply_repo(root / "feature_repo")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     shutil.rmtree(state / "offline", ignore_errors=True)  # schema files of the apply's empty log
     return state / "feast" / "registry.db"
 

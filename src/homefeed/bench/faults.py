@@ -23,6 +23,7 @@ docs/reliability.md; the result is a table of case / expected / observed / pass.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,8 +34,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from homefeed import events as E
+from homefeed.envscope import scoped_env
+from homefeed.http_client import ready, request
 from homefeed.settings import SOURCE_ROOT, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,28 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.1) -> bool:
             return True
         time.sleep(interval_s)
     return bool(predicate())
+
+
+@contextlib.contextmanager
+def serve_ranking(log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 180):
+    """`bentoml serve bento.service:Ranking` on a free loopback port, with this process's
+    environment and `env` (for the block only), its output in `log_path`; yields (url, process)
+    once /readyz answers 200 (RuntimeError if it exits first or is not ready within
+    `timeout_s`); stopped on exit."""
+    from homefeed.stack import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with scoped_env(env):
+        proc = start_logged([sys.executable, "-m", "bentoml", "serve", "bento.service:Ranking", "--port",
+                             str(port), "--host", "127.0.0.1"], log_path)
+        try:
+            started = wait_for(lambda: proc.poll() is not None or ready(url), timeout_s, 0.5)
+            if not started or proc.poll() is not None:
+                raise RuntimeError(f"service did not start; see {log_path}")
+            yield url, proc
+        finally:
+            stop_process(proc)
 
 
 @contextlib.contextmanager
@@ -469,19 +492,10 @@ def _pid(settings: Settings, name: str) -> int:
 
 # -- 3. service cases ----------------------------------------------------------------------------
 
-def request(method: str, url: str, body: dict | None = None, raw: bytes | None = None,
-         timeout_s: float = 30) -> tuple[int, str]:
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
 def load(url: str, clients: int = 8, per_client: int = 40, candidates: int = 100) -> dict:
     """`clients` threads, each sending `per_client` /rank calls back to back."""
+    from homefeed.bench.serve_http import run_threads
+
     results: list[tuple[int, bool, float, float]] = []
     lock = threading.Lock()
 
@@ -502,13 +516,7 @@ def load(url: str, clients: int = 8, per_client: int = 40, candidates: int = 100
             with lock:
                 results.append((status, degraded, (time.perf_counter() - start) * 1000, server_ms))
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
+    elapsed = run_threads([functools.partial(client, i) for i in range(clients)])
     ms = np.array([r[2] for r in results])
     engine_ms = np.array([r[3] for r in results])
     return {"calls": len(results), "ok": sum(r[0] == 200 for r in results),
@@ -528,22 +536,12 @@ def service_matrix(settings: Settings, stack, workdir: Path, p99_bound_ms: float
     """`p99_bound_ms` is the latency target of a degraded answer under load (the test suite
     passes inf: no timed bound on a shared machine, and the benchmark figure is the one to
     compare; inf also leaves out the overload case's latency and memory bounds)."""
-    from homefeed.stack import free_port
     from homefeed.training.export import export_untrained
 
     cases: list[Case] = []
     tag, _ = export_untrained(workdir / "model", bentoml_home=workdir / "bentoml")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log_path = workdir / "service.log"
-    env_saved = {k: os.environ.get(k) for k in ("HOMEFEED_MODEL", "HOMEFEED_PIN_CACHE_S")}
-    os.environ.update(HOMEFEED_MODEL=tag, HOMEFEED_PIN_CACHE_S="2")
-    proc = start_logged([sys.executable, "-m", "bentoml", "serve", "bento.service:Ranking", "--port",
-                         str(port), "--host", "127.0.0.1"], log_path)
-    try:
-        ready = wait_for(lambda: proc.poll() is not None or _ready(url), 180, 0.5)
-        if not ready or proc.poll() is not None:
-            raise RuntimeError(f"service did not start; see {log_path}")
+    with serve_ranking(log_path, {"HOMEFEED_MODEL": tag, "HOMEFEED_PIN_CACHE_S": "2"}) as (url, proc):
         load(url, clients=2, per_client=10)  # warm the pin cache
         for fault in ("stopped", "paused"):
             pid = _pid(settings, "redis")
@@ -582,13 +580,6 @@ def service_matrix(settings: Settings, stack, workdir: Path, p99_bound_ms: float
         cases.append(Case("service: 4xx logging", "one INFO line each, no traceback",
                           f"{len(rejected)} rejected lines, all INFO: {quiet}; tracebacks: "
                           f"{text.count('Traceback')}", quiet and "Traceback" not in text))
-    finally:
-        stop_process(proc)
-        for k, v in env_saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return cases
 
 
@@ -598,7 +589,7 @@ def _overload_case(url: str, server_pid: int, timed: bool, seconds: float) -> Ca
     the service sheds (503 + Retry-After) instead of queueing; nothing else fails. `timed`: also
     the latency and memory targets (answered p99 <= 2x the baseline's, worker RSS back within
     10% after 10 s idle), which only the benchmark run checks."""
-    from homefeed.serving.bench_http import overload_test, service_pids
+    from homefeed.bench.serve_http import overload_test, service_pids
 
     r = overload_test(url, 100, clients=8, baseline_requests=160, factor=4.0, seconds=seconds,
                       settle_s=10.0 if timed else 0.0, user_ids=[SERVICE_USER], max_pin_id=len(PIN_IDS),
@@ -615,13 +606,6 @@ def _overload_case(url: str, server_pid: int, timed: bool, seconds: float) -> Ca
         f"{o['other']} other; answered p99 {o['answered_p99_ms']} ms ({r['p99_ratio']}x), goodput "
         f"{o['goodput_rps']}/s; RSS MiB {sum(rss['before'].values()):.0f} -> {sum(rss['after'].values()):.0f}"
         f" -> {sum(rss['settled'].values()):.0f}", passed)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return request("GET", url + "/readyz", timeout_s=2)[0] == 200
-    except OSError:
-        return False
 
 
 def _request_cases(url: str) -> list[Case]:

@@ -5,7 +5,7 @@
   per-candidate copied batch) for one user with 100 actions and N = 100, 1000, 5000 candidates,
   both measured in the same run (interleaved), with the max abs difference of the probabilities.
   Untrained model, ModelConfig defaults (transact_v11, seq_len 100, emb_dim 32), seeded init.
-  Needs only torch and numpy: ``PYTHONPATH=src python -m homefeed.serving.bench model --json``
+  Needs only torch and numpy: ``PYTHONPATH=src python -m homefeed.bench.serve model --json``
   runs it on a machine without feast/bentoml/redis.
 * ``features``: p50/p95/p99 of the features of one 1,000-candidate request (user sequence +
   profile + 1,000 pins) through the Feast SDK and through `OnlineFeatureReader` (cold: every
@@ -18,6 +18,7 @@ Nothing heavy is imported at module level.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -227,33 +228,28 @@ def _features_setup(home, redis_url: str | None, n_pins: int, dim_seed: int = 0)
     import pandas as pd
 
     from homefeed import features as F
+    from homefeed.envscope import scoped_env
     from homefeed.settings import SOURCE_ROOT, load_settings
     from homefeed.stack import LocalStack, free_port
 
-    env = {"HOMEFEED_HOME": str(home)}
-    saved = {k: os.environ.get(k) for k in ("HOMEFEED_HOME", "HOMEFEED_REDIS_PORT", "REDIS_URL",
-                                           "HOMEFEED_FEATURE_REPO")}
-    if redis_url:
-        env["REDIS_URL"] = redis_url
-    else:
-        os.environ.pop("REDIS_URL", None)
+    # REDIS_URL: the given one, else unset so the private redis-server's port counts
+    env = {"HOMEFEED_HOME": str(home), "REDIS_URL": redis_url or None}
+    if not redis_url:
         env["HOMEFEED_REDIS_PORT"] = str(free_port())
-    os.environ.update(env)
-    settings = load_settings()
-    local = None if redis_url else LocalStack(settings)
-    if local:
-        local._up_redis()
+    scope = contextlib.ExitStack()
+    scope.enter_context(scoped_env(env, restore=("HOMEFEED_REDIS_PORT", "HOMEFEED_FEATURE_REPO")))
+    local = None
 
     def stop():
-        if local:
-            local.down()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        with scope:  # the environment comes back even if stopping redis fails
+            if local:
+                local.down()
 
     try:
+        settings = load_settings()
+        local = None if redis_url else LocalStack(settings)
+        if local:
+            local._up_redis()
         from homefeed.feature_store import apply_repo, open_store
 
         repo = home / "feature_repo"
@@ -404,7 +400,7 @@ def add_bench_features_parser(bench_subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m homefeed.serving.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m homefeed.bench.serve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="BENCHMARK", required=True)
     add_bench_model_parser(sub)
     add_bench_features_parser(sub)

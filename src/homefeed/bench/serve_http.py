@@ -15,15 +15,21 @@ import json
 import os
 import threading
 import time
-import urllib.request
 
 import numpy as np
 
+from homefeed.http_client import post_json, post_status
 
-def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
+
+def run_threads(targets) -> float:
+    """Start one thread per callable of `targets` at once, wait for all -> wall seconds."""
+    threads = [threading.Thread(target=target) for target in targets]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - began
 
 
 def load_test(url: str, n_candidates: int, requests: int, concurrency: int, user_ids: list[int],
@@ -48,7 +54,7 @@ def load_test(url: str, n_candidates: int, requests: int, concurrency: int, user
                 return
             start = time.perf_counter()
             try:
-                out = _post(url + "/rank", bodies[i])
+                out = post_json(url + "/rank", bodies[i], timeout_s=60)
             except OSError:
                 with lock:
                     errors += 1
@@ -59,14 +65,8 @@ def load_test(url: str, n_candidates: int, requests: int, concurrency: int, user
                 for stage, ms in out.get("timings_ms", {}).items():
                     stages.setdefault(stage, []).append(ms)
 
-    _post(url + "/rank", bodies[0])  # warm-up
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    post_json(url + "/rank", bodies[0], timeout_s=60)  # warm-up
+    wall = run_threads([worker] * concurrency)
     lat = np.asarray(latencies)
     pct = lambda a, q: round(float(np.percentile(a, q)), 2) if len(a) else None  # noqa: E731
     return {
@@ -78,22 +78,6 @@ def load_test(url: str, n_candidates: int, requests: int, concurrency: int, user
 
 
 # -- overload -------------------------------------------------------------------------------------
-
-def _status_post(url: str, body: bytes, timeout_s: float = 30) -> int:
-    """POST a JSON body -> HTTP status (0: no answer: refused, reset, timed out)."""
-    import urllib.error
-
-    req = urllib.request.Request(url, body, {"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            resp.read()
-            return resp.status
-    except urllib.error.HTTPError as err:
-        err.read()
-        return err.code
-    except OSError:
-        return 0
-
 
 _local = threading.local()
 
@@ -130,7 +114,7 @@ def worker_pids(url: str, expected: int, tries: int = 60) -> list[int]:
     which one answers is up to the kernel, so ask until `expected` distinct pids came back)."""
     pids: set[int] = set()
     for _ in range(tries):
-        pid = _post(url + "/info", {}).get("pid")
+        pid = post_json(url + "/info", {}, timeout_s=60).get("pid")
         if pid:
             pids.add(int(pid))
         if len(pids) >= expected:
@@ -200,7 +184,7 @@ def _summary(rows: list[tuple[float, int, float]], wall_s: float) -> dict:
 def closed_loop(url: str, bodies: list[bytes], clients: int, keepalive: bool = False) -> dict:
     """`clients` threads sending `bodies` back to back: the sustainable rate and its latency.
     `keepalive`: each thread keeps its connection, else one connection per request."""
-    post = _keepalive_post if keepalive else _status_post
+    post = _keepalive_post if keepalive else post_status
     rows: list[tuple[float, int, float]] = []
     lock = threading.Lock()
     it = iter(bodies)
@@ -216,13 +200,7 @@ def closed_loop(url: str, bodies: list[bytes], clients: int, keepalive: bool = F
             with lock:
                 rows.append(((time.perf_counter() - start) * 1000, status, 0.0))
 
-    began = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return _summary(rows, time.perf_counter() - began)
+    return _summary(rows, run_threads([client] * clients))
 
 
 def open_loop(url: str, bodies: list[bytes], rate: float, max_threads: int = 96, keepalive: bool = False) -> dict:
@@ -232,7 +210,7 @@ def open_loop(url: str, bodies: list[bytes], rate: float, max_threads: int = 96,
     `max_send_lag_ms` says by how much the sender itself was late."""
     from concurrent.futures import ThreadPoolExecutor
 
-    post = _keepalive_post if keepalive else _status_post
+    post = _keepalive_post if keepalive else post_status
     rows: list[tuple[float, int, float]] = []
     lock = threading.Lock()
 
@@ -266,7 +244,7 @@ def overload_test(url: str, n_candidates: int = 100, clients: int = 8, baseline_
     baseline's, RSS after within 10% of before. `keepalive`: every client thread keeps its
     connection (as a load balancer does), else a new connection per request."""
     users = user_ids or [1]
-    info = _post(url + "/info", {})
+    info = post_json(url + "/info", {}, timeout_s=60)
     pids = pids or worker_pids(url, workers or int(info.get("workers") or 1))
     closed_loop(url, _bodies(2 * clients, n_candidates, users, max_pin_id, seed + 1), clients, keepalive)  # warm-up
     base = closed_loop(url, _bodies(baseline_requests, n_candidates, users, max_pin_id, seed), clients, keepalive)
@@ -312,7 +290,7 @@ def cmd_bench_serve(args) -> int:
         print(json.dumps(report, indent=None if args.json else 2))
         return 0 if all(report["targets"].values()) else 1
     try:  # what serves: model, dtype, kernels, workers x threads (a service without /info: None)
-        served = _post(url + "/info", {})
+        served = post_json(url + "/info", {}, timeout_s=60)
     except OSError:
         served = None
     rows = [load_test(url, n, args.requests, args.concurrency, users, args.max_pin_id)

@@ -130,6 +130,7 @@ def _replay(settings: Settings, world_dir: Path) -> dict:
 def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: int,
              stores: tuple[str, ...] = ("duckdb",), chunks: int | None = None) -> list[dict]:
     """Replay one world, then time `homefeed dataset build` on it once per offline store."""
+    from homefeed.envscope import scoped_env
     from homefeed.feature_store import apply_repo
     from homefeed.validation import init_context
 
@@ -142,16 +143,13 @@ def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: 
                             consumer_group=f"bench-ds-{name}")
     env = _env(settings)
     env["HOMEFEED_VALIDATION_DIR"] = str(home / "validation")
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)  # in-process Feast clients read settings from the environment
-    try:
+    # in-process Feast clients read settings from the environment: this process takes `env`
+    changes: dict[str, str | None] = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    changes.update((k, None) for k in os.environ.keys() - env.keys())
+    with scoped_env(changes):
         init_context(home / "validation")
         apply_repo(repo)
         report = {"case": name, **_replay(settings, world_dir)}
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     replayed, reports = report, []
     for store in stores:
         out = home / f"dataset-{store}"
