@@ -141,7 +141,8 @@ def consumer_records(settings: Settings, records, partition: int):
 
 def bulk_load(settings: Settings, world_dir: Path, *, batch: int = DEFAULT_BATCH, validate: bool = True,
               inject_bad: bool = False, dead_letters: Path | None = None, progress: bool = True) -> dict:
-    """Steps 1-5; returns the counts, the builder's totals and the seconds."""
+    """Steps 1-5; returns the counts, the builder's totals, the seconds per stage of its batches
+    (consumer.STAGES) and the seconds in all."""
     from homefeed.stream.consumer import ConsumeStats, build_builder
     from homefeed.stream.producer import bad_event_samples
     from homefeed.world import load_world
@@ -169,4 +170,6 @@ def bulk_load(settings: Settings, world_dir: Path, *, batch: int = DEFAULT_BATCH
     return {"events": n_events, "impressions": n_shown, "pins": n_pins, "bad_events": n_bad,
             "applied": stats.applied, "duplicates": stats.duplicates, "dead_lettered": stats.dead_lettered,
             "dead_letters": str(dlq.path) if dlq.count else None, "partition": partition,
-            "batches": stats.batches, "seconds": round(time.perf_counter() - started, 1)}
+            "batches": stats.batches,
+            "stage_s": {stage: round(sum(v), 1) for stage, v in stats.stage_s.items() if any(v)},
+            "seconds": round(time.perf_counter() - started, 1)}
