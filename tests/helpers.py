@@ -57,6 +57,21 @@ def replay(settings: Settings, events: list[tuple[ActionEvent, int]], pins: pd.D
     consumer.run(idle_exit_s=3)
 
 
+def dead_letters(settings: Settings) -> list[tuple[bytes, dict[str, str]]]:
+    """(value, headers as text) of every record on the dead-letter topic of `settings`."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.effective_kafka_bootstrap,
+                             consumer_timeout_ms=2000)
+    parts = [TopicPartition(settings.dead_letter_topic, p)
+             for p in consumer.partitions_for_topic(settings.dead_letter_topic)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    out = [(r.value, {k: v.decode() for k, v in r.headers}) for r in consumer]
+    consumer.close()
+    return out
+
+
 # -- a planted dataset --------------------------------------------------------------------------------
 
 def planted_dataset(path: Path, n_requests: int = 800, dim: int = 8, seq_len: int = 16, seed: int = 0,

@@ -69,6 +69,7 @@ def _homefeed(env, *argv):
     (["stream", "status"], "Kafka", "HOMEFEED_KAFKA_PORT"),
     (["stream", "produce", "--world", "nowhere"], "Kafka", "HOMEFEED_KAFKA_PORT"),
     (["stream", "consume"], "Kafka", "HOMEFEED_KAFKA_PORT"),
+    (["stream", "load", "--world", "nowhere"], "Redis", "HOMEFEED_REDIS_PORT"),
     (["stream", "backfill", "--since", "0"], "Redis", "HOMEFEED_REDIS_PORT"),
     (["feast", "user", "17"], "Redis", "HOMEFEED_REDIS_PORT"),
 ])

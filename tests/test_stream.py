@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from kafka import KafkaConsumer
+from helpers import dead_letters
 
 from homefeed import events as E
 from homefeed import features as F
@@ -130,20 +130,6 @@ def assert_counters_match_the_event_log(settings, evs: list[E.ActionEvent], imps
             assert got["decayed"] == pytest.approx(decayed, rel=1e-12), (view, entity)
             assert [online[n][row] for n in names] == [got["decayed"], got["totals"], got["as_of"]]
     client.close()
-
-
-def dead_letters(settings) -> list[tuple[bytes, dict[str, str]]]:
-    from kafka import TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=settings.effective_kafka_bootstrap,
-                             consumer_timeout_ms=2000)
-    parts = [TopicPartition(settings.dead_letter_topic, p)
-             for p in consumer.partitions_for_topic(settings.dead_letter_topic)]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    out = [(r.value, {k: v.decode() for k, v in r.headers}) for r in consumer]
-    consumer.close()
-    return out
 
 
 def test_reconciliation_every_event_accounted_for_and_bad_events_dead_lettered(pipeline):

@@ -1,4 +1,4 @@
-"""`homefeed stream produce|consume|status|backfill`."""
+"""`homefeed stream produce|load|consume|status|backfill`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,21 @@ def cmd_produce(args) -> int:
         producer.close()
     print(json.dumps({"events": n, "impressions": n_shown, "pins": 0 if args.skip_pins else len(pins),
                       "bad_events": len(bad), "failed": 0}))
+    return 0
+
+
+def cmd_load(args) -> int:
+    from homefeed.stream.bulk import bulk_load
+
+    if not (Path(args.world) / "events.parquet").is_file():
+        raise UserError(f"{args.world} is not a world directory (no events.parquet); "
+                        "create one with `homefeed world generate`")
+    if args.batch < 1:
+        raise UserError(f"--batch must be at least 1 (got {args.batch})")
+    summary = bulk_load(load_settings(), Path(args.world), batch=args.batch, validate=not args.no_validate,
+                        inject_bad=args.inject_bad,
+                        dead_letters=Path(args.dead_letters) if args.dead_letters else None)
+    print(json.dumps(summary))
     return 0
 
 
@@ -125,6 +140,8 @@ def cmd_backfill(args) -> int:
 
 
 def register(parser) -> None:
+    from homefeed.stream.bulk import DEFAULT_BATCH
+
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("produce", help="replay a world's events (and pins) onto Kafka")
@@ -138,6 +155,18 @@ def register(parser) -> None:
                    help="do not send the world's impressions (worlds without them send none)")
     p.add_argument("--inject-bad", action="store_true", help="also send one bad event of every kind")
     p.set_defaults(func=cmd_produce, needs=(KAFKA,))
+
+    p = sub.add_parser("load", help="bulk-load a world's history into Feast/Redis and the log, "
+                                    "without Kafka (what produce + consume give)")
+    p.add_argument("--world", required=True, help="directory written by `homefeed world generate`")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="records per micro-batch")
+    p.add_argument("--no-validate", action="store_true",
+                   help="skip the per-batch Great Expectations suites (cheap checks still run)")
+    p.add_argument("--inject-bad", action="store_true", help="also load one bad event of every kind")
+    p.add_argument("--dead-letters", metavar="FILE",
+                   help="JSON-lines file for records that fail a check "
+                        "(default: dead-letters/bulk-<UTC time>.jsonl under HOMEFEED_HOME)")
+    p.set_defaults(func=cmd_load, needs=(REDIS,))
 
     p = sub.add_parser("consume", help="build sequences from Kafka into Feast/Redis and the log")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")

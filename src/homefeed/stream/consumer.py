@@ -1001,20 +1001,22 @@ def build_consumer(settings: Settings, validate: bool = True, impressions_only: 
                    **consumer_overrides) -> StreamConsumer:
     """The consumer of actions, pins (and impressions unless their own process reads them), or
     with `impressions_only` that process (its group: `impressions_consumer_group`)."""
+    if impressions_only:
+        settings = impressions_settings(settings)
+    builder = build_builder(settings, validate, make_producer(settings), lambda: make_producer(settings))
+    return StreamConsumer(settings, builder, make_consumer(settings, impressions_only, **consumer_overrides))
+
+
+def build_builder(settings: Settings, validate: bool, dlq_producer, dlq_factory=None) -> SequenceBuilder:
+    """The sequence builder of `settings` (its Feast store and Redis, the batch suites when
+    `validate`), dead-lettering to `dlq_producer`: the consumer's, and the bulk loader's."""
     from homefeed.feature_store import open_store
     from homefeed.redis_client import pipeline_client
 
-    if impressions_only:
-        settings = impressions_settings(settings)
-
-    store = open_store(settings.feature_repo)
-    client = pipeline_client(settings)
-    builder = SequenceBuilder(settings, store, client, make_producer(settings),
-                              gx_validator(settings) if validate else None,
-                              dlq_factory=lambda: make_producer(settings),
-                              impression_validator=gx_validator(settings, "impression_events")
-                              if validate else None)
-    return StreamConsumer(settings, builder, make_consumer(settings, impressions_only, **consumer_overrides))
+    return SequenceBuilder(settings, open_store(settings.feature_repo), pipeline_client(settings), dlq_producer,
+                           gx_validator(settings) if validate else None, dlq_factory=dlq_factory,
+                           impression_validator=gx_validator(settings, "impression_events")
+                           if validate else None)
 
 
 def write_stats(path, stats: ConsumeStats) -> None:
