@@ -6,7 +6,9 @@ home, own copy of the feature repo), so the build reads what a replay wrote:
 1. make the world: a synthetic one (`--users` sizes over `--days`), and a long-span one in the
    MovieLens `ratings.csv` shape (`--long-span-events` ratings by 610 users over ~20 years,
    written as ratings.csv + movies.csv and imported with `homefeed world import-movielens`);
-2. replay it: producer -> broker -> consumer -> Redis + offline log; daily profiles; compaction;
+2. load it into Redis + the offline log: `homefeed stream load`'s bulk path by default (the
+   consumer's own apply, no broker), or `--load kafka`: producer -> broker -> consumer; then
+   daily profiles; compaction;
 3. time `homefeed dataset build` in its own process and read its peak RSS (wait4), once per
    offline store (`--stores`); the build's own dataset.json adds the seconds of each stage and
    the peak RSS at the end of each (`build_timings_s`), and its chunks of users (`--chunks`,
@@ -110,25 +112,31 @@ def _run_measured(argv: list[str], env: dict, log_path: Path) -> tuple[float, fl
     return seconds, usage.ru_maxrss / 1024  # Linux: KiB
 
 
-def _replay(settings: Settings, world_dir: Path) -> dict:
-    """world -> Kafka -> consumer -> Redis + log; then profiles and compaction. Returns counts."""
+def _replay(settings: Settings, world_dir: Path, via: str = "bulk") -> dict:
+    """world -> Redis + log (bulk load, or Kafka -> consumer); then profiles and compaction.
+    Returns counts."""
     from homefeed import features as F
     from homefeed.stack import ensure_topics
+    from homefeed.stream.bulk import bulk_load
     from homefeed.stream.replay import replay_world
     from homefeed.training.dataset import compact_table
     from homefeed.training.profiles_job import run_profile_job
 
-    ensure_topics(settings)
-    done = replay_world(settings, world_dir, validate=False)
+    if via == "bulk":
+        done = bulk_load(settings, world_dir, validate=False, progress=False)
+    else:
+        ensure_topics(settings)
+        done = replay_world(settings, world_dir, validate=False)
     run_profile_job(settings)
     files = {t: compact_table(settings.offline_dir, t)["files_before"]
              for t in (F.USER_ACTION_SEQUENCE, F.PIN_FEATURES, F.USER_PROFILE, "action_events")}
-    return {"events": done["events"], "pins": done["pins"], "consume_seconds": done["seconds"],
+    return {"events": done["events"], "pins": done["pins"], "load": via, "load_seconds": done["seconds"],
             "log_files_before_compaction": files}
 
 
 def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: int,
-             stores: tuple[str, ...] = ("duckdb",), chunks: int | None = None) -> list[dict]:
+             stores: tuple[str, ...] = ("duckdb",), chunks: int | None = None,
+             load: str = "bulk") -> list[dict]:
     """Replay one world, then time `homefeed dataset build` on it once per offline store."""
     from homefeed.envscope import scoped_env
     from homefeed.feature_store import apply_repo
@@ -149,7 +157,7 @@ def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: 
     with scoped_env(changes):
         init_context(home / "validation")
         apply_repo(repo)
-        report = {"case": name, **_replay(settings, world_dir)}
+        report = {"case": name, **_replay(settings, world_dir, load)}
     replayed, reports = report, []
     for store in stores:
         out = home / f"dataset-{store}"
@@ -177,7 +185,7 @@ def run_case(base: Settings, root: Path, name: str, world_dir: Path, test_days: 
 
 def run_dataset_bench(users: list[int], days: int, pins: int, long_span_events: int,
                       seed: int = 0, keep: bool = False, stores: tuple[str, ...] = ("duckdb",),
-                      chunks: int | None = None) -> dict:
+                      chunks: int | None = None, load: str = "bulk") -> dict:
     from homefeed.stack import LocalStack, free_port
     from homefeed.world import WorldParams, generate_world
     from homefeed.world.movielens import import_movielens
@@ -193,14 +201,14 @@ def run_dataset_bench(users: list[int], days: int, pins: int, long_span_events: 
             world = root / f"world-{n}"
             generate_world(WorldParams(users=n, pins=pins, days=days, seed=seed), world, progress=False)
             cases += run_case(base, root, f"synthetic-{n}u-{days}d", world, test_days=2, stores=stores,
-                              chunks=chunks)
+                              chunks=chunks, load=load)
         if long_span_events:
             src = write_long_span_ratings(root / "long-span-src", long_span_events, seed=seed)
             world = root / "world-long-span"
             import_movielens(src, world)
             eval_days = json.loads((world / "world.json").read_text()).get("eval_days") or 2
             cases += run_case(base, root, "long-span", world, test_days=int(eval_days), stores=stores,
-                              chunks=chunks)
+                              chunks=chunks, load=load)
     finally:
         stack.down()
     scaling = []
@@ -227,7 +235,7 @@ def cmd_bench_dataset(args) -> int:
 
         raise UserError(f"--stores {args.stores!r}: use one or more of {', '.join(OFFLINE_STORES)}")
     report = run_dataset_bench(users, args.days, args.pins, args.long_span_events, seed=args.seed,
-                               keep=args.keep, stores=stores, chunks=args.chunks)
+                               keep=args.keep, stores=stores, chunks=args.chunks, load=args.load)
     print(json.dumps(report, indent=None if args.json else 2))
     return 0
 
@@ -246,6 +254,9 @@ def add_bench_dataset_parser(bench_sub) -> None:
                         "(default duckdb; each world is replayed once)")
     p.add_argument("--chunks", type=int, default=None,
                    help="chunks of users of each build (default: the build's, one per 200,000 impressions)")
+    p.add_argument("--load", choices=("bulk", "kafka"), default="bulk",
+                   help="how each world reaches Redis and the log: `stream load`'s bulk path (default) "
+                        "or producer -> broker -> consumer")
     p.add_argument("--keep", action="store_true",
                    help="keep the worlds, logs and datasets (the report names the directory)")
     p.add_argument("--json", action="store_true", help="one-line JSON")
