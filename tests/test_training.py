@@ -298,6 +298,25 @@ def test_every_model_trains_exports_and_serves_on_a_tiny_dataset(small_planted, 
         assert 0.01 < expected.mean() < 0.99  # not saturated: the comparison below means something
         served = ServedRanker(model).score(UserTensors.from_batch(batch), batch.cand_emb, batch.dense)
         np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
+    # The model setting: impressions in the sequence (the planted set has impression sequences).
+    # Trained on the merged input, exported with the setting, served on the same tensors.
+    imp_data = {s: RankingData(*ds.split(s), data[s].pins, 16, HEADS, sequence_impressions=True)
+                for s in ("train", "test")}
+    imp_valid = RankingData(req[req[F.REQUEST_ID].isin(first)], imp[imp[F.REQUEST_ID].isin(first)],
+                            data["valid"].pins, 16, HEADS, sequence_impressions=True)
+    mc, tc = configs_for("transact_v11", 16, 8, spec["dim"], cfg, {**tiny, "sequence_impressions": True})
+    result = train(mc, imp_data["train"], imp_valid, tc, progress=False)
+    save_run(tmp_path / "imp_runs" / "transact_v11", result, ds, {"success": True}, spec, imp_data["test"])
+    tag = export_run(tmp_path / "imp_runs" / "transact_v11", name="tiny-imp", bentoml_home=home)
+    model, config, meta = load_exported(tag, F.schema_fingerprint(8, 16), bentoml_home=home)
+    assert config.sequence_impressions and meta["sequence_impressions"] and config.action_vocab_size == 5
+    batch = imp_data["train"].collate(np.arange(24))  # two requests
+    assert (batch.seq_action == 4).any() and (batch.seq_mask.sum(1) > data["train"].collate(
+        np.arange(24)).seq_mask.sum(1)).any()  # impressions are in the sequence
+    expected = result.model.predict(batch).numpy()
+    served = ServedRanker(model).score(UserTensors.from_batch(batch), batch.cand_emb[:12], batch.dense[:12])
+    np.testing.assert_allclose(served, expected[:12], rtol=0, atol=1e-5)
+
     run = json.loads((tmp_path / "runs" / "din" / "run.json").read_text())
     assert run["train_config"]["lr"] == 2e-3 and run["parameters"] == sizes["din"] and run["evals"]
     result = evaluate_runs(tmp_path / "runs", n_boot=20)
