@@ -610,10 +610,10 @@ def test_zombie_paused_past_its_poll_interval_loses_and_regresses_nothing(pipeli
     stalled, resume = threading.Event(), threading.Event()
     write = a.builder.online.write_sequences
 
-    def stall_then_write(rows):  # A's first batch waits here, its users' state already loaded
-        stalled.set()
+    def stall_then_write(rows, view=F.ACTION_SEQUENCE):  # A's first batch waits here, its users'
+        stalled.set()                                    # state already loaded
         resume.wait(600)
-        write(rows)
+        write(rows, view)
 
     a.builder.online.write_sequences = stall_then_write
     threads = {c: threading.Thread(target=c.run, daemon=True) for c in (b, a)}
