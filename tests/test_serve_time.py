@@ -103,6 +103,8 @@ def test_each_impression_sees_the_history_serving_read_when_it_was_served(pipeli
     meta = build_dataset(tmp_path / "world", tmp_path / "ds", pipeline, store=store, warmup_days=1,
                          valid_days=1, test_days=1, validate=False, progress=False)
     assert meta["audit"]["leaked_actions"] == 0
+    assert meta["audit"]["leaked_impressions"] == meta["audit"]["unmatched_impressions"] == 0
+    assert meta["audit"]["sequence_impressions"] > 0
     ds = load_dataset(tmp_path / "ds")
     imp = ds.impressions[ds.impressions[F.USER_ID] == user].merge(
         ds.requests[[F.SNAPSHOT_ID, "request_time_ms", F.SEQ_PIN_IDS, F.SEQ_ACTION_TIMES]],

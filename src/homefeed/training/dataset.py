@@ -34,7 +34,8 @@ Steps of `build_dataset`:
    and (request_id, pin_id) key, and everything the audit compares, lies in one chunk. Per chunk:
    a. point-in-time features from Feast: sequence, impression sequence, profile and user
       engagement per snapshot, pin and pin engagement per impression;
-   b. assembly and the leakage audit (every sequence action arrived before its serve time);
+   b. assembly and the leakage audit (every sequence action and every impression in the
+      impression sequence arrived before its serve time);
    c. the `training_set` Great Expectations checkpoint on the chunk's flat frame, with the
       dataset-wide label-rate bounds of step 2;
    d. its part of each table, written; nothing holds the features of more than one chunk;
@@ -278,10 +279,39 @@ def audit_part(requests: pd.DataFrame, ev: pd.DataFrame) -> dict:
             "lags_s": (want - np.maximum(have, 0))[stale & (have >= 0)] / 1000}
 
 
+def audit_shown(shown: pd.DataFrame) -> pd.DataFrame:
+    """The logged impressions as `impression_audit_part` reads them: the first arrival of each
+    (user, pin, time)."""
+    frame = pd.DataFrame({F.USER_ID: shown[F.USER_ID].astype(np.int64), F.PIN_ID: shown[F.PIN_ID].astype(np.int64),
+                          "time": shown["event_time"].astype(np.int64),
+                          "arrival": shown["arrival_time"].astype(np.int64)})
+    return frame.groupby([F.USER_ID, F.PIN_ID, "time"], as_index=False)["arrival"].min()
+
+
+def impression_audit_part(requests: pd.DataFrame, shown: pd.DataFrame) -> dict:
+    """The impression sequences' audit against those users' `audit_shown`: impressions in the
+    sequences, those that had not arrived by the request time (``leaked_impressions``, must be
+    0) and those not in the log (``unmatched_impressions``)."""
+    lengths = requests[F.IMP_LENGTH].to_numpy(dtype=np.int64)
+    row = np.repeat(np.arange(len(requests)), lengths)
+    flat = pd.DataFrame({"row": row, F.USER_ID: requests[F.USER_ID].to_numpy(np.int64)[row],
+                         F.PIN_ID: _concat(requests[F.IMP_PIN_IDS], np.int64),
+                         "time": _concat(requests[F.IMP_TIMES], np.int64)})
+    flat = flat.merge(shown, on=[F.USER_ID, F.PIN_ID, "time"], how="left")
+    request_ms = requests["request_time_ms"].to_numpy(np.int64)
+    leaked = flat["arrival"].to_numpy(np.float64) >= request_ms[flat["row"].to_numpy()]
+    return {"sequence_impressions": int(len(flat)), "leaked_impressions": int(leaked.sum()),
+            "unmatched_impressions": int(flat["arrival"].isna().sum())}
+
+
 def merge_audits(parts: list[dict]) -> dict:
-    """One audit from `audit_part`s of disjoint users: sums, the stale share and median lag."""
+    """One audit from `audit_part`s of disjoint users (each with its `impression_audit_part` when
+    impressions were logged): sums, the stale share and median lag."""
     total = {k: sum(p[k] for p in parts) for k in ("requests", "sequence_actions", "leaked_actions",
-                                                   "unmatched_actions", "stale_requests")}
+                                                   "unmatched_actions", "stale_requests",
+                                                   "sequence_impressions", "leaked_impressions",
+                                                   "unmatched_impressions")
+             if all(k in p for p in parts)}
     lag_s = np.concatenate([p["lags_s"] for p in parts]) if parts else np.zeros(0)
     return {**total,
             "stale_share": round(total["stale_requests"] / total["requests"], 4) if total["requests"] else 0.0,
@@ -593,6 +623,10 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
     events = logged_events(settings)
     events = audit_events(events) if len(events) else None
     ev_chunk = user_chunk(events[F.USER_ID], n_chunks) if events is not None else None
+    shown = offline_log.read(settings.offline_dir, F.IMPRESSION_EVENTS,
+                             columns=[F.USER_ID, F.PIN_ID, "event_time", "arrival_time"])
+    shown = audit_shown(shown) if len(shown) else None
+    shown_chunk = user_chunk(shown[F.USER_ID], n_chunks) if shown is not None else None
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -623,11 +657,14 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
             mark = done("point_in_time_and_assembly", mark)
             if events is not None:
                 audits.append(audit_part(req, events[ev_chunk == c]))
-                if audits[-1]["leaked_actions"]:
+                if shown is not None:
+                    audits[-1].update(impression_audit_part(req, shown[shown_chunk == c]))
+                leaked = audits[-1]["leaked_actions"] + audits[-1].get("leaked_impressions", 0)
+                if leaked:
                     for name in (REQUESTS_FILE, IMPRESSIONS_FILE):
                         _reset(out / name)
-                    raise RuntimeError(f"point-in-time violation: {audits[-1]['leaked_actions']} sequence "
-                                       "actions arrived after their request; the dataset is not written")
+                    raise RuntimeError(f"point-in-time violation: {leaked} sequence actions or impressions "
+                                       "arrived after their request; the dataset is not written")
             mark = done("audit", mark)
             if validate:
                 report = run_checkpoint("training_set", flat_frame(req, imp), settings=settings,
