@@ -185,6 +185,7 @@ user_actions_stream = KafkaSource(
 # -- what the ranker reads -------------------------------------------------------------------
 ranking = FeatureService(
     name=F.RANKING_SERVICE,
-    features=[user_action_sequence, user_impression_sequence, user_profile, pin_features, user_engagement, pin_engagement],
+    features=[user_action_sequence, user_impression_sequence, user_profile, pin_features, user_engagement,
+              pin_engagement],
     description="Everything the TransAct ranker reads for one (user, candidate) pair",
 )

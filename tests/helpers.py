@@ -103,7 +103,8 @@ def planted_dataset(path: Path, n_requests: int = 800, dim: int = 8, seq_len: in
             "is_core": bool(r % 3), F.SEQ_PIN_IDS: seq_pins.astype(np.int64),
             F.SEQ_ACTION_TYPES: seq_acts, F.SEQ_ACTION_TIMES: seq_times.astype(np.int64),
             F.SEQ_LENGTH: np.int32(length), F.IMP_PIN_IDS: imp_pins.astype(np.int64),
-            F.IMP_TIMES: imp_times.astype(np.int64), F.IMP_LENGTH: np.int32(n_imp), F.PROFILE_EMBEDDING: emb[rng.integers(n_pins)],
+            F.IMP_TIMES: imp_times.astype(np.int64), F.IMP_LENGTH: np.int32(n_imp),
+            F.PROFILE_EMBEDDING: emb[rng.integers(n_pins)],
             F.PROFILE_ACTIONS_28D: 50, F.PROFILE_REPIN_RATE_28D: 0.3, F.PROFILE_HIDE_RATE_28D: 0.05,
             F.PROFILE_DAYS_ACTIVE_28D: 10})
         cands = np.concatenate([rng.choice(of_intent, 4, replace=False),

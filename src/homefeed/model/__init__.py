@@ -31,7 +31,8 @@ from homefeed.model.transact import (
 )
 
 __all__ = [
-    "DEFAULT_HEADS", "DINEncoder", "IMPRESSION_ACTION_ID", "ENCODER_KINDS", "TRANSACT_KINDS", "LossOutput", "ModelConfig", "RankingBatch",
+    "DEFAULT_HEADS", "DINEncoder", "IMPRESSION_ACTION_ID", "ENCODER_KINDS", "TRANSACT_KINDS", "LossOutput",
+    "ModelConfig", "RankingBatch",
     "Ranker", "TransActEncoder", "WeightedMultiHeadBCE", "build_batch", "build_encoder",
     "build_model", "build_user_batch", "count_parameters", "default_label_weight_matrix",
     "embed_pins", "label_head_weights", "lookup_pin_rows", "make_pin_rows", "merge_impressions", "pad_rows",

@@ -18,8 +18,8 @@ Read path
   to `ValueProto.ParseFromString`).
 * **User read**: sequence, profile and engagement counters live in the same Redis hash (same
   entity key `user_id`), so one HMGET returns all three views; with ``impressions=True`` (a model
-  trained with `sequence_impressions`) the same HMGET also reads the impression sequence. Not cached: the realtime sequence
-  must be fresh.
+  trained with `sequence_impressions`) the same HMGET also reads the impression sequence. Not
+  cached: the realtime sequence must be fresh.
 * **Pin cache**: an in-process table of embedding [capacity, D] + topic + created + known +
   engagement counters (`pin_engagement` lives in the pin's hash: the same HMGET), one slot
   per pin id, filled by batched reads. Counters are stored as of their newest event and decayed

@@ -693,8 +693,8 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
         "embedding_dim": settings.embedding_dim,
         "sequence_length": settings.sequence_length,
         "schema_fingerprint": F.schema_fingerprint(settings.embedding_dim, settings.sequence_length),
-        "feature_refs": (SEQUENCE_FEATURES + IMPRESSION_SEQUENCE_FEATURES + PROFILE_FEATURES + PIN_FEATURES + USER_ENGAGEMENT_FEATURES
-                         + PIN_ENGAGEMENT_FEATURES),
+        "feature_refs": (SEQUENCE_FEATURES + IMPRESSION_SEQUENCE_FEATURES + PROFILE_FEATURES + PIN_FEATURES
+                         + USER_ENGAGEMENT_FEATURES + PIN_ENGAGEMENT_FEATURES),
         "feature_repo": str(settings.feature_repo),
         "offline_dir": str(settings.offline_dir),
         "snapshots": ("one user-side row per (request, serve time): "
