@@ -122,7 +122,8 @@ class Ranking:
             stop_server(f"cannot open the feature store: {exc}")
         reader = OnlineFeatureReader(store, settings,
                                      max_staleness_s=float(os.environ.get("HOMEFEED_PIN_CACHE_S", 60)),
-                                     on_health_change=lambda up: REDIS_UP.set(1 if up else 0))
+                                     on_health_change=lambda up: REDIS_UP.set(1 if up else 0),
+                                     impressions=config.sequence_impressions)  # only if the model reads them
         REDIS_UP.set(1 if reader.ping() else 0)
         self.engine = RankingEngine(served, reader, meta["tag"], parse_blend(os.environ.get("HOMEFEED_RANK_BLEND")))
         served.warmup()

@@ -5,7 +5,9 @@ so the stream consumer, training and serving use exactly what is registered here
 
 Realtime path: Kafka `user-actions` -> our consumer (homefeed stream consume) builds each user's
 latest-100 sequence -> `store.push()` into the `user_action_sequence_push` PushSource (Redis) and
-appends the same rows to the partitioned parquet log the batch source below reads.
+appends the same rows to the partitioned parquet log the batch source below reads. Impressions
+(their own topic) build the user's latest-100 impressions the same way
+(`user_impression_sequence`).
 """
 
 from datetime import timedelta
@@ -64,6 +66,29 @@ user_action_sequence = FeatureView(
     source=user_action_sequence_push,
     online=True,
     description=f"The user's latest {settings.sequence_length} actions (TransAct's realtime input)",
+    tags={"freshness": "realtime", "producer": "homefeed stream consume"},
+)
+
+# -- realtime user impression sequence (pins shown; a model setting puts them in its sequence) --
+user_impression_sequence_push = PushSource(
+    name="user_impression_sequence_push",
+    batch_source=_log_source(F.USER_IMPRESSION_SEQUENCE),
+    description="Per-user latest impressions, pushed by the stream consumer once per micro-batch",
+)
+
+user_impression_sequence = FeatureView(
+    name=F.USER_IMPRESSION_SEQUENCE,
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[
+        Field(name=F.IMP_PIN_IDS, dtype=Array(Int64), description="shown pin ids, newest first"),
+        Field(name=F.IMP_TIMES, dtype=Array(Int64), description="impression times, epoch ms"),
+        Field(name=F.IMP_LENGTH, dtype=Int32, description=f"<= {settings.sequence_length}"),
+    ],
+    source=user_impression_sequence_push,
+    online=True,
+    description=f"The user's latest {settings.sequence_length} impressions (same rules as the "
+                "action sequence; read by models trained with sequence_impressions)",
     tags={"freshness": "realtime", "producer": "homefeed stream consume"},
 )
 
@@ -160,6 +185,7 @@ user_actions_stream = KafkaSource(
 # -- what the ranker reads -------------------------------------------------------------------
 ranking = FeatureService(
     name=F.RANKING_SERVICE,
-    features=[user_action_sequence, user_profile, pin_features, user_engagement, pin_engagement],
+    features=[user_action_sequence, user_impression_sequence, user_profile, pin_features, user_engagement,
+              pin_engagement],
     description="Everything the TransAct ranker reads for one (user, candidate) pair",
 )

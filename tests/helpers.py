@@ -40,11 +40,12 @@ def assert_same_contract_as_generator(world_dir: Path, tmp_path: Path):
 
 
 def replay(settings: Settings, events: list[tuple[ActionEvent, int]], pins: pd.DataFrame | None = None,
-           start_ms: int = 0, batch_max_events: int = 1) -> None:
-    """Produce (event, arrival_ms) records with record timestamp = arrival, then run the real
-    consumer until idle. One partition: records are consumed in arrival order."""
+           start_ms: int = 0, batch_max_events: int = 1, impressions: pd.DataFrame | None = None) -> None:
+    """Produce (event, arrival_ms) records with record timestamp = arrival, and a world's
+    `impressions` rows (World.impressions()) the same way, then run the real consumer until
+    idle. One partition per topic: each topic's records are consumed in arrival order."""
     from homefeed.stream.consumer import build_consumer
-    from homefeed.stream.producer import Producer, pin_records
+    from homefeed.stream.producer import Producer, impression_records, pin_records
 
     producer = Producer(settings)
     if pins is not None:
@@ -52,6 +53,10 @@ def replay(settings: Settings, events: list[tuple[ActionEvent, int]], pins: pd.D
     records = sorted(events, key=lambda e: e[1])
     producer.send_all(settings.actions_topic, ((str(e.user_id).encode(), e.to_json(), arrival)
                                                for e, arrival in records), total=len(records))
+    if impressions is not None:
+        producer.send_all(settings.impressions_topic,
+                          impression_records(impressions.sort_values("arrival_time", kind="stable"),
+                                             use_arrival_time=True), total=len(impressions))
     producer.close()
     consumer = build_consumer(settings.replace(batch_max_events=batch_max_events), validate=False)
     consumer.run(idle_exit_s=3)
@@ -102,12 +107,19 @@ def planted_dataset(path: Path, n_requests: int = 800, dim: int = 8, seq_len: in
         seq_times = rt - 30_000 * np.arange(1, length + 1)
         if leak and r == 5:
             seq_times[0] = rt + 1_000  # an action after the request: must fail validation
+        # pins shown before (no signal, and no draw from rng: the planted data stays as it was);
+        # some times equal an action's (the merge's tie rule), every fifth request has none
+        n_imp = r % 5 * 3
+        imp_pins = pin_ids[(r * 7 + np.arange(n_imp)) % n_pins]
+        imp_times = rt - 15_000 * np.arange(1, n_imp + 1)
         req_rows.append({
             F.REQUEST_ID: r + 1, F.USER_ID: 1 + r % 40, "request_time_ms": rt, "day": day,
             "split": ("train", "valid", "test")[day - 1], "segment": "core" if r % 3 else "new",
             "is_core": bool(r % 3), F.SEQ_PIN_IDS: seq_pins.astype(np.int64),
             F.SEQ_ACTION_TYPES: seq_acts, F.SEQ_ACTION_TIMES: seq_times.astype(np.int64),
-            F.SEQ_LENGTH: np.int32(length), F.PROFILE_EMBEDDING: emb[rng.integers(n_pins)],
+            F.SEQ_LENGTH: np.int32(length), F.IMP_PIN_IDS: imp_pins.astype(np.int64),
+            F.IMP_TIMES: imp_times.astype(np.int64), F.IMP_LENGTH: np.int32(n_imp),
+            F.PROFILE_EMBEDDING: emb[rng.integers(n_pins)],
             F.PROFILE_ACTIONS_28D: 50, F.PROFILE_REPIN_RATE_28D: 0.3, F.PROFILE_HIDE_RATE_28D: 0.05,
             F.PROFILE_DAYS_ACTIVE_28D: 10})
         cands = np.concatenate([rng.choice(of_intent, 4, replace=False),

@@ -40,12 +40,13 @@ def test_feast_cli_apply_works_on_a_fresh_copy(stack, tmp_path):
                             timeout=180, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stderr, result.stderr  # every batch source validates
-    assert (tmp_path / "home" / "offline" / F.USER_ACTION_SEQUENCE / offline_log.SCHEMA_FILE).is_file()
+    for view in F.SEQUENCE_VIEWS:
+        assert (tmp_path / "home" / "offline" / view.name / offline_log.SCHEMA_FILE).is_file()
     assert (tmp_path / "home" / "feast" / "registry.db").is_file()  # the home's one registry
     assert not (repo / "data").exists()
     listed = subprocess.run([feast, "-c", str(repo), "feature-views", "list"], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path, env=env)
-    for view in (F.PIN_FEATURES, F.USER_ACTION_SEQUENCE, F.USER_PROFILE):
+    for view in (F.PIN_FEATURES, F.USER_ACTION_SEQUENCE, F.USER_IMPRESSION_SEQUENCE, F.USER_PROFILE):
         assert view in listed.stdout
     sources = subprocess.run([feast, "-c", str(repo), "data-sources", "list"], capture_output=True,
                              text=True, timeout=120, cwd=tmp_path, env=env)

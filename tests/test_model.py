@@ -92,6 +92,34 @@ def test_build_batch_rejects_bad_rows():
         build_batch([[1], [1]], [[R]], [[5]], [9], [1], rows, emb, 4)
 
 
+def test_impressions_merge_into_the_sequence_newest_first_capped_with_their_own_id():
+    from homefeed.events import ACTION_VOCAB_SIZE
+    from homefeed.model import IMPRESSION_ACTION_ID, merge_impressions
+
+    assert IMPRESSION_ACTION_ID == ACTION_VOCAB_SIZE == max(ActionType) + 1
+    I = IMPRESSION_ACTION_ID
+    # user 0: actions at 10, 7, 4; impressions at 9, 7 (a tie: the action first), 1
+    # user 1: no actions, two impressions; user 2: actions only, one cut by its length column
+    pins, acts, times, lens = merge_impressions(
+        [[1, 2, 3], [], [5, 6]], [[R, C, R], [], [C, R]], [[10, 7, 4], [], [8, 3]],
+        [[21, 22, 23], [24, 25], []], [[9, 7, 1], [6, 2], []], 4,
+        seq_lengths=[3, 0, 1], imp_lengths=[3, 2, 0])
+    assert lens.tolist() == [4, 2, 1]  # capped at seq_len
+    assert pins.tolist() == [[1, 21, 2, 22], [24, 25, 0, 0], [5, 0, 0, 0]]
+    assert acts.tolist() == [[R, I, C, I], [I, I, 0, 0], [C, 0, 0, 0]]
+    assert times.tolist() == [[10, 9, 7, 7], [6, 2, 0, 0], [8, 0, 0, 0]]
+    # build_batch takes it with the model's larger vocabulary, and only then
+    rows, emb = make_pin_rows(np.arange(1, 26)), np.ones((25, 2), np.float32)
+    batch = build_batch(pins, acts, times, [11] * 3, [1] * 3, rows, emb, 4, seq_lengths=lens,
+                        action_vocab_size=I + 1)
+    assert batch.seq_mask.sum(1).tolist() == [4, 2, 1]
+    with pytest.raises(ValueError, match="action ids"):
+        build_batch(pins, acts, times, [11] * 3, [1] * 3, rows, emb, 4, seq_lengths=lens)
+    cfg = tiny_config("transact_v11", sequence_impressions=True)
+    assert cfg.action_vocab_size == I + 1 and ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert tiny_config("transact_v11").action_vocab_size == I
+
+
 def test_serving_batch_broadcasts_user_side_without_copy():
     rng = np.random.default_rng(0)
     pin_emb = rng.normal(size=(10, D)).astype(np.float32)

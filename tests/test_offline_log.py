@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from homefeed import features as F
 from homefeed import offline_log
@@ -24,7 +25,8 @@ def test_append_writes_one_file_per_event_month_and_reads_back_every_row(tmp_pat
     assert not list(tmp_path.rglob(".*.tmp"))  # written atomically
 
 
-def test_sequence_rows_go_to_the_log_as_arrow_equal_to_the_pandas_conversion(tmp_path):
+@pytest.mark.parametrize("view", F.SEQUENCE_VIEWS, ids=lambda v: v.name)
+def test_sequence_rows_go_to_the_log_as_arrow_equal_to_the_pandas_conversion(tmp_path, view):
     import pyarrow as pa
 
     from homefeed.sequence import build
@@ -35,16 +37,17 @@ def test_sequence_rows_go_to_the_log_as_arrow_equal_to_the_pandas_conversion(tmp
     for u, n in ((1, 1), (2, 100), (3, 7)):
         state = build([(f"e{u}-{i}", 10 + i, 1 + i % 3, t0 - 1000 * i) for i in range(n)], 100)
         rows.append({F.USER_ID: u, F.EVENT_TIMESTAMP: t0 - 86_400_000 * u, F.CREATED: t0 + u,
-                     **state.feature_row()})
-    table = sequence_table(rows)
+                     **state.feature_row(view)})
+    table = sequence_table(rows, view)
     frame = pd.DataFrame(rows)
     for col in (F.EVENT_TIMESTAMP, F.CREATED):
         frame[col] = offline_log.to_utc_us(frame[col])
-    frame[F.SEQ_LENGTH] = frame[F.SEQ_LENGTH].astype("int32")
+    frame[view.length] = frame[view.length].astype("int32")
     assert table.equals(pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None))
-    files = offline_log.append(tmp_path, F.USER_ACTION_SEQUENCE, table)
+    assert view.action_types or F.SEQ_ACTION_TYPES not in table.column_names
+    files = offline_log.append(tmp_path, view.name, table)
     assert [p.parent.name for p in files] == ["month=2025-12"]  # all three rows: one file
-    back = offline_log.read(tmp_path, F.USER_ACTION_SEQUENCE).sort_values(F.USER_ID)
-    assert back[F.SEQ_LENGTH].tolist() == [1, 100, 7]
-    assert [list(v) for v in back[F.SEQ_PIN_IDS]] == [r[F.SEQ_PIN_IDS] for r in rows]
+    back = offline_log.read(tmp_path, view.name).sort_values(F.USER_ID)
+    assert back[view.length].tolist() == [1, 100, 7]
+    assert [list(v) for v in back[view.pin_ids]] == [r[view.pin_ids] for r in rows]
     assert files[0].name.startswith(f"{t0 + 3:013d}-")  # named by the newest created time

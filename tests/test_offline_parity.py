@@ -67,7 +67,7 @@ def test_duckdb_and_spark_build_the_same_dataset(pipeline, tmp_path, monkeypatch
                            int(r.event_time)), int(r.arrival_time)) for r in world.events.itertuples()]
     late = (world.events["arrival_time"] - world.events["event_time"]) > 60_000
     assert late.sum() > 0  # late arrivals: the created-time filter decides what a request sees
-    replay(pipeline, events, pins, world.start_ms, batch_max_events=25)
+    replay(pipeline, events, pins, world.start_ms, batch_max_events=25, impressions=world.impressions())
 
     # Exact duplicate log rows: one batch file of each of two tables appended a second time.
     for table in (F.USER_ACTION_SEQUENCE, F.PIN_FEATURES):
@@ -89,7 +89,8 @@ def test_duckdb_and_spark_build_the_same_dataset(pipeline, tmp_path, monkeypatch
         assert store.config.offline_store.engine == engine
         meta = build_dataset(tmp_path / "world", tmp_path / engine, pipeline, store=store, warmup_days=1,
                              valid_days=1, test_days=1, validate=False, progress=False)
-        assert meta["audit"]["leaked_actions"] == 0
+        assert meta["audit"]["leaked_actions"] == meta["audit"]["leaked_impressions"] == 0
+        assert meta["audit"]["sequence_impressions"] > 0  # impression sequences through both engines
         built[engine] = meta
     from pyspark.sql import SparkSession
 

@@ -14,7 +14,11 @@ the phases, and `dataset build` then gives each impression its own snapshot:
 * the engagement counters too: the 10:30 impression's user and pin counter rows are what the
   online reader returned then, and the model's engagement features from the training set equal
   those serving builds from the reader at that instant (the same decay, the same numbers);
-* and the pin's metadata: its video duration reaches the model the same way on both sides.
+* and the pin's metadata: its video duration reaches the model the same way on both sides;
+* and the impression sequence (the pins shown): each impression's row holds the day's earlier
+  impressions, never its own or a later one, the 10:30 row exactly what the online reader
+  returned then, and a model with `sequence_impressions` gets the same merged sequence from the
+  training row as serving builds from the reader.
 """
 
 from __future__ import annotations
@@ -85,17 +89,22 @@ def test_each_impression_sees_the_history_serving_read_when_it_was_served(pipeli
 
     # Phase 1: everything that arrived before the 10:30 impression was served; serving reads then.
     cut = int(served[14])
-    replay(pipeline, _events(world, arrived_before=cut), world.pins, world.start_ms, batch_max_events=50)
+    shown = world.impressions()
+    early = shown["arrival_time"].to_numpy() < cut
+    replay(pipeline, _events(world, arrived_before=cut), world.pins, world.start_ms, batch_max_events=50,
+           impressions=shown[early])
     store = open_store(pipeline.feature_repo)
-    reader = OnlineFeatureReader(store, pipeline, max_staleness_s=0)
+    reader = OnlineFeatureReader(store, pipeline, max_staleness_s=0, impressions=True)
     online = reader.user_features(user)
     online_pin = reader.pin_features(np.asarray([14 + 1]))  # the 10:30 candidate (homefeed id)
-    replay(pipeline, _events(world, arrived_from=cut), batch_max_events=50)
+    replay(pipeline, _events(world, arrived_from=cut), batch_max_events=50, impressions=shown[~early])
     run_profile_job(pipeline)
 
     meta = build_dataset(tmp_path / "world", tmp_path / "ds", pipeline, store=store, warmup_days=1,
                          valid_days=1, test_days=1, validate=False, progress=False)
     assert meta["audit"]["leaked_actions"] == 0
+    assert meta["audit"]["leaked_impressions"] == meta["audit"]["unmatched_impressions"] == 0
+    assert meta["audit"]["sequence_impressions"] > 0
     ds = load_dataset(tmp_path / "ds")
     imp = ds.impressions[ds.impressions[F.USER_ID] == user].merge(
         ds.requests[[F.SNAPSHOT_ID, "request_time_ms", F.SEQ_PIN_IDS, F.SEQ_ACTION_TIMES]],
@@ -116,6 +125,38 @@ def test_each_impression_sees_the_history_serving_read_when_it_was_served(pipeli
     assert list(today.loc[14, F.SEQ_PIN_IDS]) == online.seq_pin_ids.tolist()
     assert list(today.loc[14, F.SEQ_ACTION_TIMES]) == online.seq_action_times.tolist()
     assert meta["counts"]["test"]["snapshots"] > meta["counts"]["test"]["requests"]
+
+    # Impression sequences: as of each serve time (arrived before it), the 10:30 one what serving read.
+    shown_seq = ds.requests.set_index(F.SNAPSHOT_ID).loc[today[F.SNAPSHOT_ID]]
+    shown_seq.index = today.index
+    imps = {v: [p - 1 for p in shown_seq.loc[v, F.IMP_PIN_IDS]] for v in V}
+    assert imps[12][0] == 11 and imps[14][:3] == [13, 12, 11]  # the day's earlier impressions
+    for k, v in enumerate(V):  # never its own impression nor a later one
+        assert not set(imps[v]) & set(V[k:])
+        assert all(x < served[v] for x in shown_seq.loc[v, F.IMP_TIMES])
+    assert list(shown_seq.loc[14, F.IMP_PIN_IDS]) == online.imp_pin_ids.tolist()
+    assert list(shown_seq.loc[14, F.IMP_TIMES]) == online.imp_times.tolist()
+    # ... and the merged model input is the same on both sides (homefeed.model.merge_impressions)
+    from homefeed.model import ModelConfig
+    from homefeed.serving.fast_model import ServedRanker
+    from homefeed.serving.ranking import RankingEngine
+    from homefeed.training.data import PinTable, RankingData
+
+    seq_len = pipeline.sequence_length
+    row = ds.requests[ds.requests[F.SNAPSHOT_ID] == today.loc[14, F.SNAPSHOT_ID]]
+    trained_seq = RankingData(row, ds.impressions[ds.impressions[F.SNAPSHOT_ID].isin(row[F.SNAPSHOT_ID])],
+                              PinTable(ds.pins, pipeline.embedding_dim), seq_len, ("click",),
+                              sequence_impressions=True)
+    n = int(trained_seq.seq_lengths[0])
+    assert n > len(online.seq_pin_ids)  # impressions are in it
+    from homefeed.model import build_model
+
+    engine = RankingEngine(ServedRanker(build_model(ModelConfig(
+        seq_len=seq_len, emb_dim=pipeline.embedding_dim, sequence_impressions=True, heads=("click",)))),
+        reader, "parity", blend={"click": 1.0})
+    served_seq = engine.sequence(online)
+    for got, want in zip(served_seq, (trained_seq.seq_pins, trained_seq.seq_actions, trained_seq.seq_times)):
+        assert got.tolist() == want[0, :n].tolist()
 
     # Engagement parity: the same stored rows, and the same dense features at the serve time.
     from homefeed import engagement as EN

@@ -45,6 +45,8 @@ SEQ = {  # newest first
     F.SEQ_ACTION_TYPES: [1, 2, 1, 3, 1],
     F.SEQ_ACTION_TIMES: [NOW - 60_000 * i for i in (1, 5, 6, 30, 300)],
 }
+IMP_USER = 502  # a user with impressions too: SEQ's actions and these pins shown, newest first
+IMPS = {F.IMP_PIN_IDS: [8, 3, 21, 22], F.IMP_TIMES: [NOW - 60_000 * i for i in (2, 5, 7, 400)]}
 PROFILE = {F.PROFILE_EMBEDDING: EMB[3], F.PROFILE_ACTIONS_28D: 40, F.PROFILE_REPIN_RATE_28D: 0.4,
            F.PROFILE_HIDE_RATE_28D: 0.05, F.PROFILE_DAYS_ACTIVE_28D: 9}
 
@@ -69,9 +71,12 @@ def write_features(store) -> None:
                         F.PIN_CREATED_MS: NOW - 86_400_000 * p, F.PIN_DURATION_MS: DURATION[p],
                         F.EVENT_TIMESTAMP: NOW - 1000,
                         F.CREATED: NOW - 1000} for p in PINS])
-    writer.write_sequences([{F.USER_ID: USER, F.EVENT_TIMESTAMP: SEQ[F.SEQ_ACTION_TIMES][0],
-                             F.CREATED: NOW - 1000, **SEQ, F.SEQ_LENGTH: len(SEQ[F.SEQ_PIN_IDS])}])
-    profile = pd.DataFrame([{F.USER_ID: USER, **PROFILE}])
+    writer.write_sequences([{F.USER_ID: u, F.EVENT_TIMESTAMP: SEQ[F.SEQ_ACTION_TIMES][0],
+                             F.CREATED: NOW - 1000, **SEQ, F.SEQ_LENGTH: len(SEQ[F.SEQ_PIN_IDS])}
+                            for u in (USER, IMP_USER)])
+    writer.write_sequences([{F.USER_ID: IMP_USER, F.EVENT_TIMESTAMP: IMPS[F.IMP_TIMES][0], F.CREATED: NOW - 1000,
+                             **IMPS, F.IMP_LENGTH: len(IMPS[F.IMP_PIN_IDS])}], F.IMPRESSION_SEQUENCE)
+    profile = pd.DataFrame([{F.USER_ID: u, **PROFILE} for u in (USER, IMP_USER)])
     profile[F.EVENT_TIMESTAMP] = pd.Timestamp(NOW - 3_600_000, unit="ms", tz="UTC")
     profile[F.CREATED] = profile[F.EVENT_TIMESTAMP]
     store.write_to_online_store(F.USER_PROFILE, profile)
@@ -137,17 +142,21 @@ def rank(service, **body):
     return status, (json.loads(text) if status == 200 else text)
 
 
-def offline_scores(model, candidates: list[int], request_ms: int) -> np.ndarray:
-    """The training/evaluation path (RankingData -> build_batch -> model) on the same features."""
+def offline_scores(model, candidates: list[int], request_ms: int, impressions: bool = False) -> np.ndarray:
+    """The training/evaluation path (RankingData -> build_batch -> model) on the same features;
+    `impressions`: IMP_USER's, the sequence input the model's setting says (sequence_impressions)."""
     requests = pd.DataFrame([{F.SNAPSHOT_ID: 1, F.REQUEST_ID: 1, F.USER_ID: USER, "request_time_ms": request_ms, **SEQ,
-                              F.SEQ_LENGTH: len(SEQ[F.SEQ_PIN_IDS]), **PROFILE}])
+                              F.SEQ_LENGTH: len(SEQ[F.SEQ_PIN_IDS]), **PROFILE,
+                              **(IMPS if impressions else {F.IMP_PIN_IDS: [], F.IMP_TIMES: []}),
+                              F.IMP_LENGTH: len(IMPS[F.IMP_PIN_IDS]) if impressions else 0}])
     impressions = pd.DataFrame({F.SNAPSHOT_ID: 1, F.REQUEST_ID: 1, F.USER_ID: USER, F.PIN_ID: candidates,
                                 F.PIN_EMBEDDING: [EMB[p] for p in candidates],
                                 F.PIN_CREATED_MS: [NOW - 86_400_000 * p for p in candidates],
                                 F.PIN_DURATION_MS: pd.array([DURATION[p] for p in candidates], dtype="Int64"),
                                 "label_repin": 0, "label_click": 0, "label_hide": 0})
     pins = pd.DataFrame({F.PIN_ID: PINS, F.PIN_EMBEDDING: [EMB[p] for p in PINS], F.PIN_TOPIC: 0})
-    data = RankingData(requests, impressions, PinTable(pins, DIM), 100, model.heads)
+    data = RankingData(requests, impressions, PinTable(pins, DIM), 100, model.heads,
+                       sequence_impressions=model.config.sequence_impressions)
     with torch.no_grad():
         return torch.sigmoid(model(data.collate(np.arange(len(candidates))))).numpy()
 
@@ -167,6 +176,31 @@ def test_ranking_equals_offline_scores_for_the_same_features(service):
     scores = [item["score"] for item in out["items"]]
     assert scores == sorted(scores, reverse=True)  # ranked by the blend
     assert set(out["timings_ms"]) >= {"features", "tensors", "model"}
+
+
+def test_a_model_with_impressions_in_its_sequence_reads_them_and_ranks_as_offline(service, tmp_path):
+    """`sequence_impressions` recorded at export and honoured by /rank: the service reads the
+    user's impression sequence and scores what the training path scores on the merged input."""
+    tag, model = export_untrained(tmp_path / "run", emb_dim=DIM, bentoml_home=tmp_path / "bentoml", seed=1,
+                                  sequence_impressions=True)
+    env = dict(os.environ, BENTOML_HOME=str(tmp_path / "bentoml"), HOMEFEED_MODEL=tag,
+               BENTOML_DO_NOT_TRACK="true", HOMEFEED_SERVING_WORKERS="1")
+    proc, url = start_service(free_port(), env, tmp_path / "service.log")
+    try:
+        candidates = PINS[1::3]
+        status, text = http("POST", url + "/rank", {"user_id": IMP_USER, "candidates": candidates,
+                                                    "k": len(candidates), "request_time_ms": NOW})
+        assert status == 200, text
+        served = {item["pin_id"]: item["heads"] for item in json.loads(text)["items"]}
+        tolerance = json.loads(http("POST", url + "/info", {})[1])["tolerance"]
+    finally:
+        stop_service(proc)
+    assert model.config.sequence_impressions
+    expected = offline_scores(model, candidates, NOW, impressions=True)
+    without = offline_scores(model, candidates, NOW)  # what a reader that ignored them would give
+    got = np.array([[served[p][h] for h in model.heads] for p in candidates])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance)
+    assert np.abs(got - without).max() > 10 * tolerance
 
 
 def test_cold_start_user_and_unknown_pins(service):

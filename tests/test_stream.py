@@ -25,7 +25,7 @@ from homefeed import events as E
 from homefeed import features as F
 from homefeed import offline_log
 from homefeed.feature_store import copy_registry, open_store
-from homefeed.sequence import build
+from homefeed.sequence import IMPRESSION_TYPE, build
 from homefeed.settings import load_settings
 from homefeed.stack import LocalStack, ensure_topics, free_port
 from homefeed.stream.consumer import build_consumer
@@ -83,19 +83,22 @@ def consume(settings, idle_s: float = 3.0, **overrides):
     return consumer.run(idle_exit_s=idle_s)
 
 
-def online_sequences(user_ids: list[int]) -> dict[int, dict]:
+def online_sequences(user_ids: list[int], view: F.SequenceView = F.ACTION_SEQUENCE) -> dict[int, dict]:
     store = open_store()
     got = store.get_online_features(
-        features=F.feature_refs(F.USER_ACTION_SEQUENCE, F.SEQUENCE_FEATURE_NAMES),
+        features=F.feature_refs(view.name, view.feature_names),
         entity_rows=[{F.USER_ID: u} for u in user_ids]).to_dict()
-    return {u: {k: got[k][i] for k in F.SEQUENCE_FEATURE_NAMES} for i, u in enumerate(user_ids)}
+    return {u: {k: got[k][i] for k in view.feature_names} for i, u in enumerate(user_ids)}
 
 
-def expected_sequences(evs: list[E.ActionEvent], cap: int = 100) -> dict[int, dict]:
+def expected_sequences(evs: list, cap: int = 100) -> dict[int, dict]:
+    """Each user's sequence of actions, or (ImpressionEvents) of impressions, built from scratch."""
+    view = F.IMPRESSION_SEQUENCE if evs and isinstance(evs[0], E.ImpressionEvent) else F.ACTION_SEQUENCE
     by_user: dict[int, list] = {}
     for e in evs:
-        by_user.setdefault(e.user_id, []).append((e.event_id, e.pin_id, int(e.action_type), e.event_time))
-    return {u: build(a, cap).feature_row() for u, a in by_user.items()}
+        kind = int(e.action_type) if view.action_types else IMPRESSION_TYPE
+        by_user.setdefault(e.user_id, []).append((e.event_id, e.pin_id, kind, e.event_time))
+    return {u: build(a, cap).feature_row(view) for u, a in by_user.items()}
 
 
 def assert_counters_match_the_event_log(settings, evs: list[E.ActionEvent], imps=()) -> None:
@@ -458,15 +461,19 @@ def _committed(settings) -> int:
 
 @pytest.mark.slow
 def test_status_and_backfill_recover_online_sequences_from_the_log(pipeline, tmp_path):
-    """Event recovery: Redis loses everything; `stream backfill` rebuilds sequences and engagement
-    counters from the offline log."""
+    """Event recovery: Redis loses everything; `stream backfill` rebuilds sequences (actions' and
+    impressions') and engagement counters from the offline log."""
     private = pipeline.replace(redis_port=free_port())
     redis_stack = LocalStack(private)
     redis_stack._up_redis()
     env = {"HOMEFEED_REDIS_PORT": str(private.redis_port)}
     users = user_block(5)
     evs = make_events(users, 110, now_ms() - 900_000, "b")
+    imps = make_impressions(users, 110, now_ms() - 900_000, "bi")  # more than the cap
     kinds = produce(private, evs, bad=True)
+    producer = Producer(private)
+    producer.send_all(private.impressions_topic, ((str(i.user_id).encode(), i.to_json(), None) for i in imps))
+    producer.close()
     try:
         proc = consumer_process(private, env, tmp_path / "stats.json", idle_s=3)
         out, _ = proc.communicate(timeout=120)
@@ -484,12 +491,14 @@ def test_status_and_backfill_recover_online_sequences_from_the_log(pipeline, tmp
         done = subprocess.run([sys.executable, "-m", "homefeed.cli", "stream", "backfill", "--since", since],
                               env=cli_env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
-        assert json.loads(done.stdout.strip().splitlines()[-1])["users"] == len(users)
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert summary["users"] == summary["impression_users"] == len(users)
 
         os.environ["HOMEFEED_REDIS_PORT"], saved = str(private.redis_port), os.environ["HOMEFEED_REDIS_PORT"]
         try:
             assert online_sequences(users) == expected_sequences(evs)
-            assert_counters_match_the_event_log(private, evs)  # the counters came back too
+            assert online_sequences(users, F.IMPRESSION_SEQUENCE) == expected_sequences(imps)
+            assert_counters_match_the_event_log(private, evs, imps)  # the counters came back too
         finally:
             os.environ["HOMEFEED_REDIS_PORT"] = saved
     finally:
@@ -587,10 +596,10 @@ def test_zombie_paused_past_its_poll_interval_loses_and_regresses_nothing(pipeli
     stalled, resume = threading.Event(), threading.Event()
     write = a.builder.online.write_sequences
 
-    def stall_then_write(rows):  # A's first batch waits here, its users' state already loaded
-        stalled.set()
+    def stall_then_write(rows, view=F.ACTION_SEQUENCE):  # A's first batch waits here, its users'
+        stalled.set()                                    # state already loaded
         resume.wait(600)
-        write(rows)
+        write(rows, view)
 
     a.builder.online.write_sequences = stall_then_write
     threads = {c: threading.Thread(target=c.run, daemon=True) for c in (b, a)}
@@ -691,6 +700,13 @@ def test_impressions_are_logged_apart_dead_lettered_with_reasons_and_counted(pip
     assert "action_type" not in shown and (shown["request_id"] >= 0).all()
     first = {i.event_id: i for i in imps}
     assert all(first[e].event_time == t for e, t in zip(shown["event_id"], shown["event_time"]))
+    # Each user's latest impressions: online (Feast) as built from scratch, each once; the log's
+    # newest version per user is the online one.
+    assert online_sequences(users, F.IMPRESSION_SEQUENCE) == expected_sequences(imps)
+    versions = offline_log.read(pipeline.offline_dir, F.USER_IMPRESSION_SEQUENCE)
+    newest = versions.sort_values(F.EVENT_TIMESTAMP).drop_duplicates(F.USER_ID, keep="last")
+    assert {int(u): list(p) for u, p in zip(newest[F.USER_ID], newest[F.IMP_PIN_IDS])} == {
+        u: row[F.IMP_PIN_IDS] for u, row in expected_sequences(imps).items()}
 
     # Every bad impression dead-lettered with its reason and its source topic.
     letters = dead_letters(pipeline)
@@ -707,6 +723,17 @@ def test_impressions_are_logged_apart_dead_lettered_with_reasons_and_counted(pip
     status = stream_status(pipeline)
     assert status["dead_letters_agree"] and status["dead_lettered"] == len(letters)
     assert sum(p["lag"] for p in status["topics"][pipeline.impressions_topic]) == 0
+
+    # Redelivered in a later batch (the states hold them): the impression sequences do not change
+    # and no new version is logged.
+    producer = Producer(pipeline)
+    producer.send_all(pipeline.impressions_topic, ((str(i.user_id).encode(), i.to_json(), None)
+                                                   for i in imps[:20]))
+    producer.close()
+    again = consume(pipeline)
+    assert again.impressions == 20
+    assert online_sequences(users, F.IMPRESSION_SEQUENCE) == expected_sequences(imps)
+    assert len(offline_log.read(pipeline.offline_dir, F.USER_IMPRESSION_SEQUENCE)) == len(versions)
 
 
 def test_an_impression_the_suite_rejects_is_dead_lettered_and_the_rest_logged(pipeline):
@@ -814,6 +841,7 @@ def test_impressions_in_a_process_of_their_own_leave_the_action_consumer_alone_a
     assert shown.impressions == len(imps) and shown.applied == 0 and shown.dead_lettered == 1
     assert shown.records == len(imps) + 1
     assert online_sequences(users) == expected_sequences(evs)
+    assert online_sequences(users, F.IMPRESSION_SEQUENCE) == expected_sequences(imps)  # its own process
     logged = offline_log.read(separate.offline_dir, F.IMPRESSION_EVENTS)
     assert sorted(logged["event_id"]) == sorted(i.event_id for i in imps)
 

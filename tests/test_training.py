@@ -21,8 +21,11 @@ from homefeed.errors import UserError
 from homefeed.events import ActionEvent, ActionType
 from homefeed.training.data import PinTable, RankingData, dense_feature_spec, dense_features
 from homefeed.training.dataset import (
+    IMPRESSION_SEQUENCE_FEATURES,
     SEQUENCE_FEATURES,
+    audit_shown,
     historical,
+    impression_audit_part,
     load_dataset,
     sequence_audit,
 )
@@ -43,7 +46,12 @@ def test_late_event_absent_before_it_arrived_and_present_after(pipeline):
     on_a = ActionEvent("pit-a", user, 11, ActionType.REPIN, t0)
     on_b = ActionEvent("pit-b", user, 12, ActionType.CLICK, t0 + 60_000)
     late = ActionEvent("pit-late", user, 13, ActionType.HIDE, t0 + 30_000)  # reaches us 2 h later
-    replay(pipeline, [(on_a, t0 + 200), (on_b, t0 + 60_200), (late, t0 + 2 * 3_600_000)])
+    # impressions the same way: pins 21 and 22 shown on time, 23 shown at +40 s but logged 2 h later
+    shown = pd.DataFrame({"event_id": ["pit-i1", "pit-i2", "pit-ilate"], F.USER_ID: [user] * 3,
+                          F.PIN_ID: [21, 22, 23], "event_time": [t0 + 10_000, t0 + 70_000, t0 + 40_000],
+                          "arrival_time": [t0 + 10_200, t0 + 70_200, t0 + 2 * 3_600_000],
+                          "surface": "homefeed", F.REQUEST_ID: [1, 2, 2]})
+    replay(pipeline, [(on_a, t0 + 200), (on_b, t0 + 60_200), (late, t0 + 2 * 3_600_000)], impressions=shown)
 
     requests = pd.DataFrame({
         F.REQUEST_ID: [1, 2, 3],
@@ -55,6 +63,10 @@ def test_late_event_absent_before_it_arrived_and_present_after(pipeline):
     got = historical(store, requests, SEQUENCE_FEATURES, [F.REQUEST_ID, F.USER_ID])
     assert [list(p) for p in got[F.SEQ_PIN_IDS]] == [[11], [12, 11], [12, 13, 11]]
     assert list(got[F.SEQ_ACTION_TYPES][2]) == [2, 3, 1]
+    # the impression sequence too: as servable at each request, the late impression only once it arrived
+    imps = historical(store, requests, IMPRESSION_SEQUENCE_FEATURES, [F.REQUEST_ID, F.USER_ID])
+    assert [list(p) for p in imps[F.IMP_PIN_IDS]] == [[21], [22, 21], [22, 23, 21]]
+    assert list(imps[F.IMP_TIMES][2]) == [t0 + 70_000, t0 + 40_000, t0 + 10_000]
 
     # Without the created-timestamp filter the late hide would leak into request 2.
     entity = requests[[F.USER_ID]].assign(
@@ -69,6 +81,12 @@ def test_late_event_absent_before_it_arrived_and_present_after(pipeline):
                            "arrival_time": [t0 + 200, t0 + 60_200, t0 + 2 * 3_600_000]})
     audit = sequence_audit(requests.merge(got, on=[F.REQUEST_ID, F.USER_ID]), logged)
     assert audit["leaked_actions"] == 0 and audit["stale_requests"] == 0
+    rows = requests.merge(imps, on=[F.REQUEST_ID, F.USER_ID])
+    audit = impression_audit_part(rows, audit_shown(shown))
+    assert audit == {"sequence_impressions": 6, "leaked_impressions": 0, "unmatched_impressions": 0}
+    # read at the late one's arrival, request 2 would hold an impression that arrived after it
+    rows.loc[1, [F.IMP_PIN_IDS, F.IMP_TIMES, F.IMP_LENGTH]] = rows.loc[2, [F.IMP_PIN_IDS, F.IMP_TIMES, F.IMP_LENGTH]]
+    assert impression_audit_part(rows, audit_shown(shown))["leaked_impressions"] == 1
 
 
 @pytest.mark.integration
@@ -298,6 +316,25 @@ def test_every_model_trains_exports_and_serves_on_a_tiny_dataset(small_planted, 
         assert 0.01 < expected.mean() < 0.99  # not saturated: the comparison below means something
         served = ServedRanker(model).score(UserTensors.from_batch(batch), batch.cand_emb, batch.dense)
         np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
+    # The model setting: impressions in the sequence (the planted set has impression sequences).
+    # Trained on the merged input, exported with the setting, served on the same tensors.
+    imp_data = {s: RankingData(*ds.split(s), data[s].pins, 16, HEADS, sequence_impressions=True)
+                for s in ("train", "test")}
+    imp_valid = RankingData(req[req[F.REQUEST_ID].isin(first)], imp[imp[F.REQUEST_ID].isin(first)],
+                            data["valid"].pins, 16, HEADS, sequence_impressions=True)
+    mc, tc = configs_for("transact_v11", 16, 8, spec["dim"], cfg, {**tiny, "sequence_impressions": True})
+    result = train(mc, imp_data["train"], imp_valid, tc, progress=False)
+    save_run(tmp_path / "imp_runs" / "transact_v11", result, ds, {"success": True}, spec, imp_data["test"])
+    tag = export_run(tmp_path / "imp_runs" / "transact_v11", name="tiny-imp", bentoml_home=home)
+    model, config, meta = load_exported(tag, F.schema_fingerprint(8, 16), bentoml_home=home)
+    assert config.sequence_impressions and meta["sequence_impressions"] and config.action_vocab_size == 5
+    batch = imp_data["train"].collate(np.arange(24))  # two requests
+    assert (batch.seq_action == 4).any() and (batch.seq_mask.sum(1) > data["train"].collate(
+        np.arange(24)).seq_mask.sum(1)).any()  # impressions are in the sequence
+    expected = result.model.predict(batch).numpy()
+    served = ServedRanker(model).score(UserTensors.from_batch(batch), batch.cand_emb[:12], batch.dense[:12])
+    np.testing.assert_allclose(served, expected[:12], rtol=0, atol=1e-5)
+
     run = json.loads((tmp_path / "runs" / "din" / "run.json").read_text())
     assert run["train_config"]["lr"] == 2e-3 and run["parameters"] == sizes["din"] and run["evals"]
     result = evaluate_runs(tmp_path / "runs", n_boot=20)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 from homefeed.events import ActionType
 
@@ -21,6 +22,7 @@ PIN_ID = "pin_id"
 # Feature views.
 PIN_FEATURES = "pin_features"
 USER_ACTION_SEQUENCE = "user_action_sequence"
+USER_IMPRESSION_SEQUENCE = "user_impression_sequence"
 USER_PROFILE = "user_profile"
 RANKING_SERVICE = "ranking"
 # The raw, validated action events (an offline log table; the KafkaSource's batch source).
@@ -54,8 +56,15 @@ PROFILE_REPIN_RATE_28D = "profile_repin_rate_28d"  # Float32, repins / actions
 PROFILE_HIDE_RATE_28D = "profile_hide_rate_28d"  # Float32, hides / actions
 PROFILE_DAYS_ACTIVE_28D = "profile_days_active_28d"  # Int64
 
+# user_impression_sequence: the user's latest impressions (pins shown), same rules and cap as
+# the action sequence (homefeed.sequence); aligned arrays, newest first.
+IMP_PIN_IDS = "imp_pin_ids"  # Array(Int64)
+IMP_TIMES = "imp_times"  # Array(Int64), epoch ms
+IMP_LENGTH = "imp_length"  # Int32
+
 PIN_FEATURE_NAMES = (PIN_EMBEDDING, PIN_TOPIC, PIN_CREATED_MS, PIN_DURATION_MS)
 SEQUENCE_FEATURE_NAMES = (SEQ_PIN_IDS, SEQ_ACTION_TYPES, SEQ_ACTION_TIMES, SEQ_LENGTH)
+IMPRESSION_SEQUENCE_FEATURE_NAMES = (IMP_PIN_IDS, IMP_TIMES, IMP_LENGTH)
 PROFILE_FEATURE_NAMES = (
     PROFILE_EMBEDDING,
     PROFILE_ACTIONS_28D,
@@ -85,6 +94,28 @@ ENGAGEMENT_VIEWS = {USER_ENGAGEMENT: (USER_ID, USER_ENGAGEMENT_FEATURE_NAMES),
                     PIN_ENGAGEMENT: (PIN_ID, PIN_ENGAGEMENT_FEATURE_NAMES)}
 
 
+@dataclass(frozen=True)
+class SequenceView:
+    """The columns of one per-user latest-N sequence view (homefeed.sequence builds both):
+    pins, times and length, and the action types where the view has them."""
+
+    name: str
+    pin_ids: str
+    times: str
+    length: str
+    action_types: str | None = None
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(n for n in (self.pin_ids, self.action_types, self.times, self.length) if n)
+
+
+ACTION_SEQUENCE = SequenceView(USER_ACTION_SEQUENCE, SEQ_PIN_IDS, SEQ_ACTION_TIMES, SEQ_LENGTH,
+                               SEQ_ACTION_TYPES)
+IMPRESSION_SEQUENCE = SequenceView(USER_IMPRESSION_SEQUENCE, IMP_PIN_IDS, IMP_TIMES, IMP_LENGTH)
+SEQUENCE_VIEWS = (ACTION_SEQUENCE, IMPRESSION_SEQUENCE)
+
+
 def feature_refs(view: str, names: tuple[str, ...]) -> list[str]:
     return [f"{view}:{name}" for name in names]
 
@@ -95,6 +126,7 @@ def schema_description(embedding_dim: int, sequence_length: int) -> dict:
         "entities": [USER_ID, PIN_ID],
         PIN_FEATURES: list(PIN_FEATURE_NAMES),
         USER_ACTION_SEQUENCE: list(SEQUENCE_FEATURE_NAMES),
+        USER_IMPRESSION_SEQUENCE: list(IMPRESSION_SEQUENCE_FEATURE_NAMES),
         USER_PROFILE: list(PROFILE_FEATURE_NAMES),
         USER_ENGAGEMENT: list(USER_ENGAGEMENT_FEATURE_NAMES),
         PIN_ENGAGEMENT: list(PIN_ENGAGEMENT_FEATURE_NAMES),

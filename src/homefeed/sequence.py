@@ -1,4 +1,6 @@
-"""Per-user latest-N action sequences: the one place that says how a sequence is built.
+"""Per-user latest-N sequences (actions; impressions, the pins shown): the one place that says
+how a sequence is built. Both views (homefeed.features.SEQUENCE_VIEWS) follow the same rules;
+an impression is kept with action type 0 (its view has no action-type column).
 
 The stream consumer, the backfill command and training-time checks all use `merge`, so the
 online feature and anything rebuilt offline are the same function of the same events.
@@ -46,18 +48,16 @@ class SequenceState:
         e, p, a, t, snap = json.loads(raw)
         return cls(e, p, a, t, snap)
 
-    def feature_row(self) -> dict:
-        """The user_action_sequence feature values of this state."""
-        return {
-            F.SEQ_PIN_IDS: list(self.pin_ids),
-            F.SEQ_ACTION_TYPES: list(self.action_types),
-            F.SEQ_ACTION_TIMES: list(self.action_times),
-            F.SEQ_LENGTH: len(self.pin_ids),
-        }
+    def feature_row(self, view: F.SequenceView = F.ACTION_SEQUENCE) -> dict:
+        """The feature values of this state in `view` (user_action_sequence by default)."""
+        values = {view.pin_ids: list(self.pin_ids), view.action_types: list(self.action_types),
+                  view.times: list(self.action_times), view.length: len(self.pin_ids)}
+        return {name: values[name] for name in view.feature_names}
 
 
-# (event_id, pin_id, action_type_id, event_time_ms)
+# (event_id, pin_id, action_type_id, event_time_ms); an impression's action type is 0
 Action = tuple[str, int, int, int]
+IMPRESSION_TYPE = 0
 
 
 def merge(state: SequenceState, actions: list[Action], cap: int) -> tuple[SequenceState, bool]:

@@ -7,7 +7,8 @@ field              shape        dtype     meaning
 =================  ===========  ========  =================================================
 seq_pin_emb        [B, L, D]    float32   embeddings of the engaged pins, newest first;
                                           zero at padding and for unknown pins
-seq_action         [B, L]       int64     ActionType ids (1..), 0 at padding
+seq_action         [B, L]       int64     ActionType ids (1..), 0 at padding; IMPRESSION_ACTION_ID
+                                          for an impression (models with sequence_impressions)
 seq_time_ms        [B, L]       int64     action times, epoch ms (0 at padding)
 seq_mask           [B, L]       bool      True = a real action, False = padding
 request_time_ms    [B]          int64     when the request was served, epoch ms
@@ -22,6 +23,10 @@ groups             [B]          int64     optional, training only: the row's use
 Sequences are stored **newest first**: position 0 is the most recent action, real actions form a
 prefix of each row and padding fills the tail. `seq_mask` is the single source of truth for
 "real vs padding" (no action id doubles as padding, unlike the reference code).
+
+A model trained with `sequence_impressions` reads the action sequence and the impression sequence
+merged by time (`merge_impressions`, the one function training's RankingData and serving's
+RankingEngine call), impressions carrying the model-only action id `IMPRESSION_ACTION_ID`.
 
 Serving ranks N candidates for one user: `RankingBatch.one_user` / `build_user_batch` give a
 batch whose user-side tensors are [1, L, ...] **expanded** (stride 0, no copy) to [N, L, ...].
@@ -40,6 +45,9 @@ from torch import Tensor
 from homefeed.events import ACTION_VOCAB_SIZE
 
 _SEQ_FIELDS = ("seq_pin_emb", "seq_action", "seq_time_ms", "seq_mask")
+# An impression in a model's sequence: one past the last ActionType id (a model-only id; the
+# models that read impressions have an action embedding one row larger, ModelConfig).
+IMPRESSION_ACTION_ID = ACTION_VOCAB_SIZE
 
 
 @dataclass
@@ -253,6 +261,39 @@ def pad_rows(rows: Sequence[Any], seq_len: int, dtype: Any,
     return out, lens
 
 
+def merge_impressions(seq_pin_ids: Sequence[Any], seq_action_types: Sequence[Any],
+                      seq_action_times: Sequence[Any], imp_pin_ids: Sequence[Any], imp_times: Sequence[Any],
+                      seq_len: int, seq_lengths: Any = None,
+                      imp_lengths: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """B users' action sequences and impression sequences (rows newest first, any length, each
+    cut to `seq_lengths` / `imp_lengths` when given) merged into one sequence per user: newest
+    first by time, an action before an impression of the same millisecond, each input's own order
+    kept, capped at `seq_len`; impressions get `IMPRESSION_ACTION_ID`.
+
+    Returns ([B, seq_len] pin ids, action ids, times, zero-padded; [B] lengths), the arrays
+    `build_batch` takes. Training (RankingData) and serving (RankingEngine) both call this.
+    """
+    pins, lens = pad_rows(seq_pin_ids, seq_len, np.int64, seq_lengths)
+    acts, _ = pad_rows(seq_action_types, seq_len, np.int64, seq_lengths)
+    times, _ = pad_rows(seq_action_times, seq_len, np.int64, seq_lengths)
+    ipins, ilens = pad_rows(imp_pin_ids, seq_len, np.int64, imp_lengths)
+    itimes, _ = pad_rows(imp_times, seq_len, np.int64, imp_lengths)
+    b = len(lens)
+    all_pins = np.concatenate([pins, ipins], axis=1)
+    all_acts = np.concatenate([acts, np.full_like(ipins, IMPRESSION_ACTION_ID)], axis=1)
+    all_times = np.concatenate([times, itimes], axis=1)
+    real = np.concatenate([np.arange(seq_len)[None, :] < lens[:, None],
+                           np.arange(seq_len)[None, :] < ilens[:, None]], axis=1)
+    # newest first; padding last; stable: ties keep actions (first half) before impressions
+    key = np.where(real, -all_times.astype(np.float64), np.inf)
+    order = np.argsort(key, axis=1, kind="stable")[:, :seq_len]
+    out_lens = np.minimum(lens + ilens, seq_len)
+    keep = np.arange(seq_len)[None, :] < out_lens[:, None]
+    rows = np.arange(b)[:, None]
+    return (np.where(keep, all_pins[rows, order], 0), np.where(keep, all_acts[rows, order], 0),
+            np.where(keep, all_times[rows, order], 0), out_lens)
+
+
 def _as_rows(x: Any, b: int, name: str) -> Sequence[Any]:
     if isinstance(x, np.ndarray) and x.dtype != object and x.ndim == 2:
         rows: Sequence[Any] = list(x)
@@ -276,6 +317,7 @@ def build_batch(
     labels: Any = None,
     weights: Any = None,
     seq_lengths: Any = None,
+    action_vocab_size: int = ACTION_VOCAB_SIZE,
 ) -> RankingBatch:
     """Build a `RankingBatch` from per-row arrays.
 
@@ -287,7 +329,8 @@ def build_batch(
       pins (engaged or candidate) get a zero embedding; the action itself still counts as real.
     - `dense` [B, F] (None -> F = 0), `labels` [B, H], `weights` [B].
 
-    Raises ValueError on misaligned sequences or action ids outside 1..ACTION_VOCAB_SIZE-1.
+    Raises ValueError on misaligned sequences or action ids outside 1..action_vocab_size-1
+    (the model's: ModelConfig.action_vocab_size, one more with impressions).
     """
     cand = np.asarray(cand_pin_ids, dtype=np.int64).reshape(-1)
     b = cand.size
@@ -304,8 +347,8 @@ def build_batch(
     mask = np.arange(seq_len)[None, :] < lens[:, None]
     if mask.any():
         real = acts[mask]
-        if real.min() < 1 or real.max() >= ACTION_VOCAB_SIZE:
-            raise ValueError(f"action ids must be in 1..{ACTION_VOCAB_SIZE - 1}, "
+        if real.min() < 1 or real.max() >= action_vocab_size:
+            raise ValueError(f"action ids must be in 1..{action_vocab_size - 1}, "
                              f"got values in [{real.min()}, {real.max()}]")
     d = np.asarray(pin_emb).shape[1]
     seq_emb = embed_pins(pins, pin_rows, pin_emb)

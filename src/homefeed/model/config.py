@@ -45,6 +45,11 @@ class ModelConfig:
     seq_len: int = 100  # L: latest actions kept (sequences are newest first)
     emb_dim: int = 32  # D: pin embedding width (engaged pins and candidate)
     action_vocab_size: int = ACTION_VOCAB_SIZE  # ids 1..vocab-1 are actions, 0 is padding
+    # The sequence input is the action sequence and the impression sequence (pins shown) merged
+    # by time, newest first, capped at seq_len (homefeed.model.batch.merge_impressions); an
+    # impression's action id is one past the last ActionType id, so the action embedding has one
+    # more row. Exported with the config: serving reads impressions only for such a model.
+    sequence_impressions: bool = False
     action_emb_dim: int = 32
     n_layers: int = 2  # transformer encoder layers (TransAct and vanilla transformer)
     n_heads: int = 2
@@ -73,6 +78,9 @@ class ModelConfig:
         self.mlp_dims = tuple(int(d) for d in self.mlp_dims)
         self.din_hidden = tuple(int(d) for d in self.din_hidden)
         self.heads = tuple(str(h) for h in self.heads)
+        self.sequence_impressions = bool(self.sequence_impressions)
+        if self.sequence_impressions:  # room for the impression id (IMPRESSION_ACTION_ID)
+            self.action_vocab_size = max(int(self.action_vocab_size), ACTION_VOCAB_SIZE + 1)
         if self.pin_emb_scale is None:
             self.pin_emb_scale = float(self.emb_dim) ** 0.5
         self.pin_emb_scale = float(self.pin_emb_scale)

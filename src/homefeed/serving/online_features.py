@@ -17,8 +17,9 @@ Read path
   `FloatList` bytes with one `np.frombuffer` (rows that do not match the expected layout fall back
   to `ValueProto.ParseFromString`).
 * **User read**: sequence, profile and engagement counters live in the same Redis hash (same
-  entity key `user_id`), so one HMGET returns all three views. Not cached: the realtime sequence
-  must be fresh.
+  entity key `user_id`), so one HMGET returns all three views; with ``impressions=True`` (a model
+  trained with `sequence_impressions`) the same HMGET also reads the impression sequence. Not
+  cached: the realtime sequence must be fresh.
 * **Pin cache**: an in-process table of embedding [capacity, D] + topic + created + known +
   engagement counters (`pin_engagement` lives in the pin's hash: the same HMGET), one slot
   per pin id, filled by batched reads. Counters are stored as of their newest event and decayed
@@ -146,6 +147,10 @@ class UserFeatures:
     profile_event_time: datetime | None = None
     engagement_decayed: np.ndarray | None = None  # float64 [kinds x half-lives] as of the next
     engagement_as_of_ms: int | None = None  # None: no counters yet
+    # the impression sequence (newest first), read only for a model with sequence_impressions;
+    # None: not read (or no row: an empty sequence)
+    imp_pin_ids: np.ndarray | None = None  # int64 [m]
+    imp_times: np.ndarray | None = None  # int64 [m] epoch ms
 
     @property
     def has_sequence(self) -> bool:
@@ -367,13 +372,14 @@ class OnlineFeatureReader:
     settings.serving_redis_timeout_ms). ``client``: a redis-py client to use instead of one built
     from the store's config. ``clock``: monotonic time source (tests inject one).
     ``probe_interval_s`` and ``on_health_change``: the circuit breaker (`RedisHealth`).
+    ``impressions``: also read the user's impression sequence (same round trip).
     """
 
     def __init__(self, store: Any, settings: Settings, max_staleness_s: float = 60.0, *,
                  max_entries: int = 500_000, timeout_s: float | None = None, client: Any = None,
                  clock: Callable[[], float] = time.monotonic, seed: int = 0,
                  probe_interval_s: float = 1.0,
-                 on_health_change: Callable[[bool], None] | None = None):
+                 on_health_change: Callable[[bool], None] | None = None, impressions: bool = False):
         self.store = store
         self.settings = settings
         self.dim = int(settings.embedding_dim)
@@ -405,6 +411,9 @@ class OnlineFeatureReader:
         self._user_fields = (fields_of(F.USER_ACTION_SEQUENCE, F.SEQUENCE_FEATURE_NAMES)
                              + fields_of(F.USER_PROFILE, F.PROFILE_FEATURE_NAMES)
                              + fields_of(F.USER_ENGAGEMENT, (F.UE_DECAYED, F.UE_AS_OF_MS)))
+        self.impressions = bool(impressions)
+        if self.impressions:  # last, so the other views' positions do not move
+            self._user_fields += fields_of(F.USER_IMPRESSION_SEQUENCE, (F.IMP_PIN_IDS, F.IMP_TIMES))
         self._pin_keys = _Int64KeyTemplate(self.project, F.PIN_ID, version)
         self._user_keys = _Int64KeyTemplate(self.project, F.USER_ID, version)
         self._emb = _FloatListDecoder(self.dim)
@@ -483,6 +492,8 @@ class OnlineFeatureReader:
     def _user_from_row(self, user_id: int, row: list[bytes | None]) -> UserFeatures:
         pins, acts, times, length, seq_ts, emb, actions, repin, hide, days, prof_ts = row[:11]
         eng, eng_as_of = _decode_value(row[11]), _decode_value(row[12])
+        imp_pins, imp_times = ((_decode_value(row[14]), _decode_value(row[15])) if self.impressions
+                               else (None, None))
         seq_pins = _decode_value(pins)
         seq_acts = _decode_value(acts)
         seq_times = _decode_value(times)
@@ -504,6 +515,8 @@ class OnlineFeatureReader:
             profile_event_time=_decode_ts(prof_ts) if prof is not None else None,
             engagement_decayed=None if eng is None else np.asarray(eng, dtype=np.float64),
             engagement_as_of_ms=_opt(eng_as_of, int),
+            imp_pin_ids=None if imp_pins is None else np.asarray(imp_pins, dtype=np.int64),
+            imp_times=None if imp_times is None else np.asarray(imp_times, dtype=np.int64),
         )
 
     # -- pins -------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 bento/service.py is a thin shell around `RankingEngine.rank`; tests and benchmarks call it too.
 Tensors are built by the same functions training uses (`UserTensors.from_sequence`, the model's
-padding rules, `homefeed.model.dense.dense_features`), so serving cannot drift from training.
+padding rules, `homefeed.model.merge_impressions` for a model trained with `sequence_impressions`,
+`homefeed.model.dense.dense_features`), so serving cannot drift from training.
 
 What a request can count on:
 1. duplicate candidate ids are ranked once (first occurrence kept; `duplicates_dropped` says how
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from homefeed import features as F
+from homefeed.model import merge_impressions
 from homefeed.serving.fast_model import ServedRanker, UserTensors
 from homefeed.serving.online_features import FeatureStoreUnavailable, OnlineFeatureReader, UserFeatures
 from homefeed.model.dense import dense_features
@@ -99,6 +101,9 @@ class RankingEngine:
         self.model_version = model_version
         self.heads = list(served.heads)
         self.blend = self._check_blend(blend or DEFAULT_BLEND)
+        if self.config.sequence_impressions and not reader.impressions:
+            raise ValueError("the model reads impressions in its sequence (sequence_impressions): "
+                             "its reader must read them (OnlineFeatureReader(impressions=True))")
 
     def _check_blend(self, blend: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(blend) - set(self.heads))
@@ -106,23 +111,38 @@ class RankingEngine:
             raise BadRequest(f"blend names unknown heads {unknown}; the model has {self.heads}")
         return blend
 
+    def sequence(self, user: UserFeatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The model's sequence input (pin ids, action ids, times; newest first, at most seq_len):
+        the user's actions, or for a model with `sequence_impressions` the actions and impressions
+        merged as training merges them (homefeed.model.merge_impressions)."""
+        L = self.config.seq_len
+        if not self.config.sequence_impressions:
+            return user.seq_pin_ids[:L], user.seq_action_types[:L], user.seq_action_times[:L]
+        empty = np.zeros(0, dtype=np.int64)
+        pins, acts, times, lens = merge_impressions(
+            [user.seq_pin_ids], [user.seq_action_types], [user.seq_action_times],
+            [empty if user.imp_pin_ids is None else user.imp_pin_ids],
+            [empty if user.imp_times is None else user.imp_times], L)
+        n = int(lens[0])
+        return pins[0, :n], acts[0, :n], times[0, :n]
+
     def features(self, user_id: int, candidates: np.ndarray):
-        """(user, sequence pins, candidate pins, degraded): Redis down -> empty user and the pin
-        cache only, flagged, instead of an error."""
+        """(user, model sequence (`sequence`), sequence + candidate pins, degraded): Redis down ->
+        empty user and the pin cache only, flagged, instead of an error."""
         try:
             user = self.reader.user_features(user_id)
             degraded = False
         except FeatureStoreUnavailable as exc:  # the breaker logs transitions; this is per request
             log.debug("ranking degraded: %s", exc)
             user, degraded = cold_start_user(user_id), True
-        ids = np.concatenate([user.seq_pin_ids[: self.config.seq_len], candidates])
+        seq = self.sequence(user)
+        ids = np.concatenate([seq[0], candidates])
         try:
             pins = self.reader.pin_features(ids, cache_only=degraded)
         except FeatureStoreUnavailable as exc:
             log.debug("pins from cache only: %s", exc)
             pins, degraded = self.reader.pin_features(ids, cache_only=True), True
-        n_seq = ids.size - candidates.size
-        return user, pins, n_seq, degraded
+        return user, seq, pins, degraded
 
     def rank(self, user_id: int, candidates: list[int], k: int = 10, request_time_ms: int | None = None,
              blend: dict[str, float] | None = None) -> dict:
@@ -134,13 +154,13 @@ class RankingEngine:
         if duplicates:
             cand = cand[np.sort(first)]
         weights = self._check_blend(blend) if blend else self.blend
-        user, pins, n_seq, degraded = self.features(user_id, cand)
+        user, (_, seq_acts, seq_times), pins, degraded = self.features(user_id, cand)
         timer.lap("features")
 
-        seq_len = min(n_seq, self.config.seq_len)
+        n_seq = seq_acts.size
         user_tensors = UserTensors.from_sequence(
-            pins.embedding[:seq_len], user.seq_action_types[:seq_len], user.seq_action_times[:seq_len],
-            self.config.seq_len, request_time_ms, emb_dim=self.config.emb_dim)
+            pins.embedding[:n_seq], seq_acts, seq_times, self.config.seq_len, request_time_ms,
+            emb_dim=self.config.emb_dim)
         cand_emb = pins.embedding[n_seq:]
         known = pins.known[n_seq:]
         dense = dense_features(user_feature_dict(user), candidate_feature_dict(pins, n_seq), request_time_ms,

@@ -1,6 +1,7 @@
 """The stream consumer: Kafka action events -> validated -> per-user latest-N sequences ->
 Feast online store (Redis) and the offline parquet log; impressions (their own topic) ->
-validated -> their own log table, `impression_events`.
+validated -> their own log table, `impression_events`, and per-user latest-N impression
+sequences (`user_impression_sequence`, built and stored exactly like the action sequence).
 
 One micro-batch at a time, at least once:
 
@@ -18,10 +19,12 @@ One micro-batch at a time, at least once:
    crash point);
 5. make the batch durable: raw events, sequence snapshots and counter versions to the offline
    log (fsync'd), then one Feast push of every changed sequence and counter, then the sequence
-   states; after the actions, the batch's impressions: the `impression_events` suite once, the
-   counters (an impression is the denominator of every engagement rate), then their log table
-   and counter versions, then the counters' Feast push (they touch no sequence: an impression is
-   what was shown, not what the user did);
+   states; after the actions, the batch's impressions: the `impression_events` suite once, their
+   merge into the impression sequences (own states, same rules and compare-and-set), the
+   counters (an impression is the denominator of every engagement rate), then their log table,
+   sequence and counter versions, then the counters' and sequences' Feast push and the states
+   (the action sequence never sees them: an impression is what was shown, not what the user
+   did; a model setting may put both in its input, homefeed.model.batch.merge_impressions);
 6. only then commit the Kafka offsets.
 
 A crash anywhere before 6 replays the batch; every step is idempotent (dedup by (user, event_id),
@@ -30,8 +33,8 @@ nothing. Outages (Redis, the broker, the disk) are retried with backoff without 
 other error is a poison record: the batch is split until the record that fails alone is found,
 and that record is dead-lettered with reason `apply_failed`. So every record is exactly one of
 applied, duplicate, dead-lettered, pin upsert or impression (`BatchResult.accounted`), and none
-stops ingestion. Impressions keep no state: a replayed batch logs them again, and the log's
-readers drop the copies by (user_id, event_id), as they do for actions.
+stops ingestion. A replayed batch logs its impressions again (the log's readers drop the copies
+by (user_id, event_id), as they do for actions); their sequences dedup by event id like actions'.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from homefeed import events as E
 from homefeed import features as F
 from homefeed import offline_log
 from homefeed.redis_client import KeyScript
-from homefeed.sequence import Action, SequenceState, merge, next_snapshot_ms
+from homefeed.sequence import IMPRESSION_TYPE, Action, SequenceState, merge, next_snapshot_ms
 from homefeed.settings import Settings
 from homefeed.stream import metrics as M
 from homefeed.stream.engagement import EngagementCounters, EngagementEvent, engagement_table
@@ -67,6 +70,9 @@ from homefeed.stream.online_writer import OnlineWriter
 log = logging.getLogger(__name__)
 
 STATE_KEY = "homefeed:seqstate:{project}:{user_id}"
+# One state per sequence view and user (same compare-and-set, same format: SequenceState).
+STATE_KEYS = {F.USER_ACTION_SEQUENCE: STATE_KEY,
+              F.USER_IMPRESSION_SEQUENCE: "homefeed:impseqstate:{project}:{user_id}"}
 # Per consumer group: records, applied, duplicates, dead_lettered, pin_upserts, impressions,
 # incremented together (one script) after every batch, so `homefeed stream status` can show that
 # they add up.
@@ -159,6 +165,21 @@ class BatchResult:
             self.stage_s[stage] = self.stage_s.get(stage, 0.0) + time.perf_counter() - start
 
 
+@dataclass
+class MergedSequences:
+    """One batch's merge into one sequence view: the rows to log and push, the new states and
+    the bytes they were loaded from (the compare-and-set's fence)."""
+
+    view: F.SequenceView
+    loaded: dict = field(default_factory=dict)  # user -> stored state bytes (None: none yet)
+    changed: dict = field(default_factory=dict)  # user -> new SequenceState
+    rows: list = field(default_factory=list)  # the newest version per changed user (online)
+    log_rows: list = field(default_factory=list)  # every version (offline log)
+    already: int = 0  # events the states already held (a replay)
+    fresh: set = field(default_factory=set)  # (user, event id) not in the states
+    outside_window: int = 0
+
+
 class StateFenced(RuntimeError):
     """Another consumer wrote these users' state since this one loaded it: the partition moved
     (this consumer stalled past its poll interval and is a zombie). The batch is abandoned
@@ -237,7 +258,8 @@ class SequenceBuilder:
     def warm_up(self) -> None:
         """Pay one-off costs (GX context, Feast registry) before the first real batch, so the
         first events do not wait seconds behind them."""
-        self.store.get_feature_view(F.USER_ACTION_SEQUENCE)
+        for view in F.SEQUENCE_VIEWS:
+            self.store.get_feature_view(view.name)
         if self.validator is not None:
             probe = E.ActionEvent("warm-up", 1, 1, E.ActionType.CLICK, wall_ms())
             self.validator(events_frame([probe], [wall_ms()]))
@@ -246,12 +268,14 @@ class SequenceBuilder:
             self.impression_validator(impressions_frame([shown], [wall_ms()]))
 
     # -- state --------------------------------------------------------------------------
-    def state_key(self, user_id: int) -> str:
-        return STATE_KEY.format(project=self.project, user_id=user_id)
+    def state_key(self, user_id: int, view: F.SequenceView = F.ACTION_SEQUENCE) -> str:
+        return STATE_KEYS[view.name].format(project=self.project, user_id=user_id)
 
-    def load_states(self, user_ids: list[int], raw_out: dict | None = None) -> dict[int, SequenceState]:
-        """States of `user_ids`; `raw_out` receives the stored bytes (for `save_states`' fence)."""
-        keys = [self.state_key(u) for u in user_ids]
+    def load_states(self, user_ids: list[int], raw_out: dict | None = None,
+                    view: F.SequenceView = F.ACTION_SEQUENCE) -> dict[int, SequenceState]:
+        """States of `user_ids` in `view`; `raw_out` receives the stored bytes (for `save_states`'
+        fence)."""
+        keys = [self.state_key(u, view) for u in user_ids]
         # Each user's state is one key. On a cluster the keys of a batch span slots: the
         # non-atomic variants split them per node (MGET/MSET would fail with CROSSSLOT).
         mget = getattr(self.redis, "mget_nonatomic", self.redis.mget)
@@ -260,7 +284,8 @@ class SequenceBuilder:
             raw_out.update(zip(user_ids, raw))
         return {u: SequenceState.from_bytes(r) for u, r in zip(user_ids, raw)}
 
-    def save_states(self, states: dict[int, SequenceState], loaded: dict | None = None) -> None:
+    def save_states(self, states: dict[int, SequenceState], loaded: dict | None = None,
+                    view: F.SequenceView = F.ACTION_SEQUENCE) -> None:
         """Write states. With `loaded` (the bytes `load_states` saw), each write is a
         compare-and-set, and StateFenced names the users whose state another consumer changed
         meanwhile (their writes are refused; the others are applied)."""
@@ -268,11 +293,11 @@ class SequenceBuilder:
             return
         if loaded is None:  # unfenced (backfill: converges with the consumer by timestamps)
             mset = getattr(self.redis, "mset_nonatomic", self.redis.mset)
-            mset({self.state_key(u): s.to_bytes() for u, s in states.items()})
+            mset({self.state_key(u, view): s.to_bytes() for u, s in states.items()})
             return
         users = list(states)
         ok = self._compare_and_set([(
-            self.state_key(u),
+            self.state_key(u, view),
             hashlib.sha1(loaded[u]).hexdigest() if loaded.get(u) is not None else "",
             states[u].to_bytes()) for u in users])
         fenced = [u for u, done in zip(users, ok) if not done]
@@ -381,37 +406,11 @@ class SequenceBuilder:
         """`frame`: the actions' events frame when the validator built it already."""
         if not actions:
             return
-        by_user: dict[int, list[tuple[int, Action]]] = defaultdict(list)  # (arrival ms, action)
-        for record, ev in actions:
-            by_user[ev.user_id].append(
-                (record.timestamp, (ev.event_id, ev.pin_id, int(ev.action_type), ev.event_time)))
-
-        users = sorted(by_user)
-        loaded: dict[int, bytes | None] = {}
-        with result.timed("state_read"):
-            states = self.load_states(users, raw_out=loaded)
-        changed: dict[int, SequenceState] = {}
-        rows, log_rows = [], []
-        already = 0  # events this user's state already holds (a replay)
-        fresh: set[tuple[int, str]] = set()  # (user, event id) not in the state: to be counted
-        for user in users:
-            old = states[user]
-            known = set(old.event_ids)
-            new_ids = {a[0] for _, a in by_user[user]}  # unique per user (deduped in apply)
-            already += len(new_ids & known)
-            fresh.update((user, event_id) for event_id in new_ids - known)
-            state, versions = old, []
-            for arrived, group in arrival_groups(by_user[user], SNAPSHOT_GRANULARITY_MS):
-                state, did_change = merge(state, group, self.settings.sequence_length)
-                if did_change:
-                    state.snapshot_ms = next_snapshot_ms(state)
-                    versions.append({F.USER_ID: user, F.EVENT_TIMESTAMP: state.snapshot_ms,
-                                     F.CREATED: max(arrived, state.snapshot_ms), **state.feature_row()})
-            result.outside_window += len((new_ids - known) - set(state.event_ids))
-            if versions:
-                changed[user] = state
-                rows.append(versions[-1])  # online: the newest version only
-                log_rows.extend(versions)  # offline: every version, as it became servable
+        merged = self._merge_sequences(
+            [(record.timestamp, ev.user_id, (ev.event_id, ev.pin_id, int(ev.action_type), ev.event_time))
+             for record, ev in actions], F.ACTION_SEQUENCE, result)
+        result.outside_window += merged.outside_window
+        fresh = merged.fresh
 
         with result.timed("counters"):  # exactly once per record, before anything is written
             counted = self.counters.apply([engagement_event(r, ev) for r, ev in actions
@@ -422,25 +421,67 @@ class SequenceBuilder:
             if frame is None:
                 frame = events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions])
             offline_log.append(self.settings.offline_dir, ACTION_EVENTS_TABLE, frame)
-            if rows:
-                offline_log.append(self.settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_table(log_rows))
+            self._log_sequences(merged)
             self._log_counters(counted)
         with result.timed("feast_write"):
             self._push_counters(counted)
-        if rows:
-            with result.timed("feast_write"):
-                self.online.write_sequences(rows)  # Feast keeps only strictly newer rows: a zombie's lose
-            with result.timed("state_write"):
-                self.save_states(changed, loaded)  # fenced: a zombie's stale state is refused
+        self._push_sequences(merged, result)
         visible = wall_ms()
         for record, _ in actions:
             if 0 <= visible - record.timestamp < LIVE_WINDOW_MS:
                 result.freshness_ms.append(visible - record.timestamp)
         for action, n in Counter(ev.action_type.wire_name for _, ev in actions).items():
             M.ACTIONS.labels(action).inc(n)
-        result.duplicates += already
-        result.applied += len(actions) - already
-        result.sequences_pushed += len(rows)
+        result.duplicates += merged.already
+        result.applied += len(actions) - merged.already
+
+    def _merge_sequences(self, items: list[tuple[int, int, Action]], view: F.SequenceView,
+                         result: BatchResult) -> "MergedSequences":
+        """Step 4 for one sequence view: items (arrival ms, user, action), unique per user, merged
+        into the touched users' states (homefeed.sequence), one version per user and arrival
+        window (SNAPSHOT_GRANULARITY_MS)."""
+        by_user: dict[int, list[tuple[int, Action]]] = defaultdict(list)  # (arrival ms, action)
+        for arrived, user, action in items:
+            by_user[user].append((arrived, action))
+        users = sorted(by_user)
+        out = MergedSequences(view)
+        with result.timed("state_read"):
+            states = self.load_states(users, raw_out=out.loaded, view=view)
+        for user in users:
+            old = states[user]
+            known = set(old.event_ids)
+            new_ids = {a[0] for _, a in by_user[user]}
+            out.already += len(new_ids & known)
+            out.fresh.update((user, event_id) for event_id in new_ids - known)
+            state, versions = old, []
+            for arrived, group in arrival_groups(by_user[user], SNAPSHOT_GRANULARITY_MS):
+                state, did_change = merge(state, group, self.settings.sequence_length)
+                if did_change:
+                    state.snapshot_ms = next_snapshot_ms(state)
+                    versions.append({F.USER_ID: user, F.EVENT_TIMESTAMP: state.snapshot_ms,
+                                     F.CREATED: max(arrived, state.snapshot_ms), **state.feature_row(view)})
+            out.outside_window += len((new_ids - known) - set(state.event_ids))
+            if versions:
+                out.changed[user] = state
+                out.rows.append(versions[-1])  # online: the newest version only
+                out.log_rows.extend(versions)  # offline: every version, as it became servable
+        return out
+
+    def _log_sequences(self, merged: "MergedSequences") -> None:
+        if merged.rows:
+            offline_log.append(self.settings.offline_dir, merged.view.name,
+                               sequence_table(merged.log_rows, merged.view))
+
+    def _push_sequences(self, merged: "MergedSequences", result: BatchResult) -> None:
+        """After the log: online (Feast keeps only strictly newer rows: a zombie's lose), then the
+        states (fenced: a zombie's stale state is refused)."""
+        if not merged.rows:
+            return
+        with result.timed("feast_write"):
+            self.online.write_sequences(merged.rows, merged.view)
+        with result.timed("state_write"):
+            self.save_states(merged.changed, merged.loaded, merged.view)
+        result.sequences_pushed += len(merged.rows)
 
     def _log_counters(self, counted: dict[str, list[dict]]) -> None:
         for view, versions in counted.items():
@@ -453,10 +494,11 @@ class SequenceBuilder:
 
     def _apply_impressions(self, impressions, result: BatchResult) -> None:
         """Impressions of the batch: in-batch copies are duplicates; the `impression_events`
-        suite once (rejected rows are dead-lettered `batch_suite`); the rest counted in the
-        engagement counters (exactly once per record, like actions), appended to their own log
-        table with the counter versions, and the counters pushed. No sequence, no state: nothing
-        that reads actions sees them."""
+        suite once (rejected rows are dead-lettered `batch_suite`); the rest merged into the
+        users' impression sequences (their own states, the action path's rules and fence),
+        counted in the engagement counters (exactly once per record, like actions), appended to
+        their own log table with the sequence and counter versions, then the counters and
+        sequences pushed and the states saved. Nothing that reads the action sequence sees them."""
         if not impressions:
             return
         unique = unique_per_user(impressions)
@@ -466,13 +508,18 @@ class SequenceBuilder:
             with result.timed("validate"):
                 unique, frame = suite_filter(unique, frame, self.impression_validator, result)
         if unique:
+            merged = self._merge_sequences(
+                [(r.timestamp, ev.user_id, (ev.event_id, ev.pin_id, IMPRESSION_TYPE, ev.event_time))
+                 for r, ev in unique], F.IMPRESSION_SEQUENCE, result)
             with result.timed("counters"):
                 counted = self.counters.apply([engagement_event(r, ev) for r, ev in unique])
             with result.timed("log_write"):
                 offline_log.append(self.settings.offline_dir, IMPRESSION_EVENTS_TABLE, frame)
+                self._log_sequences(merged)
                 self._log_counters(counted)
             with result.timed("feast_write"):
                 self._push_counters(counted)
+            self._push_sequences(merged, result)
         result.impressions += len(unique)
 
     def _apply_pins(self, pins, result: BatchResult) -> None:
@@ -613,10 +660,10 @@ def _user_event_frame(evs: list, arrival_ms: list[int], **own) -> pd.DataFrame:
     return frame
 
 
-def sequence_table(rows: list[dict]) -> pa.Table:
-    """Sequence rows (feature rows with user id and epoch-ms timestamps) as the log's Arrow
-    table, column by column: no pandas round trip for the list columns, which are most of a
-    batch's log write."""
+def sequence_table(rows: list[dict], view: F.SequenceView = F.ACTION_SEQUENCE) -> pa.Table:
+    """Sequence rows of `view` (feature rows with user id and epoch-ms timestamps) as the log's
+    Arrow table, column by column: no pandas round trip for the list columns, which are most of
+    a batch's log write."""
     def column(name: str) -> list:
         return [r[name] for r in rows]
 
@@ -628,8 +675,8 @@ def sequence_table(rows: list[dict]) -> pa.Table:
         F.EVENT_TIMESTAMP: utc_us(F.EVENT_TIMESTAMP),
         F.CREATED: utc_us(F.CREATED),
         **{name: offline_log.int64_lists(column(name))
-           for name in (F.SEQ_PIN_IDS, F.SEQ_ACTION_TYPES, F.SEQ_ACTION_TIMES)},
-        F.SEQ_LENGTH: pa.array(column(F.SEQ_LENGTH), pa.int32()),
+           for name in (view.pin_ids, view.action_types, view.times) if name},
+        view.length: pa.array(column(view.length), pa.int32()),
     })
 
 

@@ -53,17 +53,20 @@ class OnlineWriter:
         if rows:
             self.provider.online_write_batch(self.store.config, self._view(view_name), rows, progress=None)
 
-    def write_sequences(self, rows: list[dict]) -> None:
-        """rows: {user_id, event_timestamp (ms), created (ms), seq_* lists, seq_length}."""
-        self._write(F.USER_ACTION_SEQUENCE, [(
+    def write_sequences(self, rows: list[dict], view: F.SequenceView = F.ACTION_SEQUENCE) -> None:
+        """rows: {user_id, event_timestamp (ms), created (ms)} and the `view`'s columns (homefeed.
+        sequence.SequenceState.feature_row): id/time lists, action types where the view has them."""
+        def values(r: dict) -> dict:
+            out = {view.pin_ids: Value(int64_list_val=Int64List(val=r[view.pin_ids])),
+                   view.times: Value(int64_list_val=Int64List(val=r[view.times])),
+                   view.length: Value(int32_val=r[view.length])}
+            if view.action_types:
+                out[view.action_types] = Value(int32_list_val=Int32List(val=r[view.action_types]))
+            return out
+
+        self._write(view.name, [(
             EntityKey(join_keys=[F.USER_ID], entity_values=[Value(int64_val=r[F.USER_ID])]),
-            {
-                F.SEQ_PIN_IDS: Value(int64_list_val=Int64List(val=r[F.SEQ_PIN_IDS])),
-                F.SEQ_ACTION_TYPES: Value(int32_list_val=Int32List(val=r[F.SEQ_ACTION_TYPES])),
-                F.SEQ_ACTION_TIMES: Value(int64_list_val=Int64List(val=r[F.SEQ_ACTION_TIMES])),
-                F.SEQ_LENGTH: Value(int32_val=r[F.SEQ_LENGTH]),
-            },
-            _utc(r[F.EVENT_TIMESTAMP]), _utc(r[F.CREATED]),
+            values(r), _utc(r[F.EVENT_TIMESTAMP]), _utc(r[F.CREATED]),
         ) for r in rows])
 
     def write_pins(self, rows: list[dict]) -> None:

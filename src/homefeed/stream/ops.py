@@ -1,7 +1,7 @@
 """Operations on the stream: status (offsets, lag, dead letters) and backfill (event recovery).
 
-Backfill rebuilds online sequences from the offline log, the durable record of every valid
-event: after an outage, a lost Redis, or a bug fix in sequence building. It uses the same
+Backfill rebuilds online sequences (actions' and impressions') from the offline log, the
+durable record of every valid event: after an outage, a lost Redis, or a bug fix in sequence building. It uses the same
 `homefeed.sequence` rules as the consumer and pushes through Feast with a strictly newer
 snapshot timestamp, so it is safe to run while the consumer is running: both converge.
 """
@@ -16,7 +16,7 @@ from homefeed import features as F
 from homefeed import offline_log
 from homefeed.events import ActionType
 from homefeed.errors import UserError
-from homefeed.sequence import build, next_snapshot_ms
+from homefeed.sequence import IMPRESSION_TYPE, build, next_snapshot_ms
 from homefeed.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -146,11 +146,11 @@ def parse_time_ms(value: str) -> int:
 
 def backfill(settings: Settings, since: str, users: list[int] | None = None, store=None,
              redis_client=None) -> dict:
-    """Rebuild online sequences (users with events since `since`) and re-write every pin's
-    latest logged features: after Redis lost its data, both come back."""
+    """Rebuild online sequences, actions' and impressions' (users with events since `since`),
+    and re-write every pin's latest logged features: after Redis lost its data, all come back."""
     from homefeed.feature_store import open_store
     from homefeed.redis_client import pipeline_client
-    from homefeed.stream.consumer import SequenceBuilder, sequence_table
+    from homefeed.stream.consumer import SequenceBuilder
 
     since_ms = parse_time_ms(str(since))
     store = store or open_store(settings.feature_repo)
@@ -158,34 +158,50 @@ def backfill(settings: Settings, since: str, users: list[int] | None = None, sto
     builder = SequenceBuilder(settings, store, client)
     pins = restore_pins(settings, builder) if users is None else 0
     counters = restore_counters(settings, builder) if users is None else 0
-    events = offline_log.read(settings.offline_dir, "action_events")
+    rebuilt = {view.name: _rebuild_sequences(settings, builder, view, table, since_ms, users)
+               for view, table in ((F.ACTION_SEQUENCE, F.ACTION_EVENTS),
+                                   (F.IMPRESSION_SEQUENCE, F.IMPRESSION_EVENTS))}
+    (n_users, n_events), (imp_users, imp_events) = rebuilt.values()
+    log.info("backfilled %d users from %d logged events, %d users' impression sequences from %d "
+             "impressions, %d pins, %d engagement counters", n_users, n_events, imp_users, imp_events,
+             pins, counters)
+    return {"users": n_users, "events": n_events, "since_ms": since_ms, "pins": pins,
+            "counters": counters, "impression_users": imp_users, "impressions": imp_events}
+
+
+def _rebuild_sequences(settings: Settings, builder, view: F.SequenceView, table: str, since_ms: int,
+                       users: list[int] | None) -> tuple[int, int]:
+    """One sequence view rebuilt from its events' log table (the consumer's rules, a strictly
+    newer snapshot timestamp): (users rebuilt, events read)."""
+    from homefeed.stream.consumer import sequence_table
+
+    events = offline_log.read(settings.offline_dir, table)
     if events.empty:
-        return {"users": 0, "events": 0, "pins": pins, "counters": counters}
+        return 0, 0
     events = events.drop_duplicates([F.USER_ID, "event_id"])  # event ids are unique per user
     arrived = events["arrival_time"] >= since_ms
     targets = set(events.loc[arrived, F.USER_ID].astype(int)) if users is None else set(users)
     events = events[events[F.USER_ID].isin(targets)]
-    states = builder.load_states(sorted(targets))
+    states = builder.load_states(sorted(targets), view=view)
     action_id = {a.wire_name: int(a) for a in ActionType}
     rows, new_states = [], {}
     now_ms = pd.Timestamp.now(tz="UTC").value // 1_000_000
     for user, group in events.groupby(F.USER_ID):
-        actions = list(zip(group["event_id"], group[F.PIN_ID].astype(int),
-                           group["action_type"].map(action_id), group["event_time"].astype(int)))
+        types = (group["action_type"].map(action_id) if view.action_types
+                 else [IMPRESSION_TYPE] * len(group))
+        actions = list(zip(group["event_id"], group[F.PIN_ID].astype(int), types,
+                           group["event_time"].astype(int)))
         state = build(actions, settings.sequence_length)
         state.snapshot_ms = states[int(user)].snapshot_ms  # keep Feast's timestamps increasing
         state.snapshot_ms = next_snapshot_ms(state)
         new_states[int(user)] = state
         rows.append({F.USER_ID: int(user), F.EVENT_TIMESTAMP: state.snapshot_ms,
-                     F.CREATED: max(now_ms, state.snapshot_ms), **state.feature_row()})
+                     F.CREATED: max(now_ms, state.snapshot_ms), **state.feature_row(view)})
     if rows:
-        offline_log.append(settings.offline_dir, F.USER_ACTION_SEQUENCE, sequence_table(rows))
-        builder.online.write_sequences(rows)
-        builder.save_states(new_states)
-    log.info("backfilled %d users from %d logged events, %d pins, %d engagement counters",
-             len(rows), len(events), pins, counters)
-    return {"users": len(rows), "events": int(len(events)), "since_ms": since_ms, "pins": pins,
-            "counters": counters}
+        offline_log.append(settings.offline_dir, view.name, sequence_table(rows, view))
+        builder.online.write_sequences(rows, view)
+        builder.save_states(new_states, view=view)
+    return len(rows), int(len(events))
 
 
 def _latest(logged: pd.DataFrame, key: str) -> tuple[pd.DataFrame, dict]:

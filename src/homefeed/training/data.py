@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from homefeed import features as F
-from homefeed.model import RankingBatch, build_batch, make_pin_rows
+from homefeed.events import ACTION_VOCAB_SIZE
+from homefeed.model import IMPRESSION_ACTION_ID, RankingBatch, build_batch, make_pin_rows, merge_impressions
 from homefeed.model.dense import (  # noqa: F401  (re-exported: training's public names)
     DAY_MS,
     MINUTE_MS,
@@ -52,12 +53,17 @@ class RankingData(torch.utils.data.Dataset):
     """Impressions of some splits as a map-style dataset of row indices; `collate` turns a list of
     indices into a `RankingBatch` (user side gathered per row, then homefeed.model.build_batch).
 
+    `sequence_impressions` (the model's setting): the sequence input is the action sequence and
+    the snapshot's impression sequence merged by time (homefeed.model.merge_impressions, what
+    serving calls); the dense features still read the action sequence alone.
+
     `neg_keep` < 1 keeps that share of impressions without any action (seeded) and weighs the kept
     ones 1/neg_keep, so the loss stays an unbiased estimate while epochs get much cheaper.
     """
 
     def __init__(self, requests: pd.DataFrame, impressions: pd.DataFrame, pins: PinTable,
-                 seq_len: int, heads: tuple[str, ...], neg_keep: float = 1.0, seed: int = 0):
+                 seq_len: int, heads: tuple[str, ...], neg_keep: float = 1.0, seed: int = 0,
+                 sequence_impressions: bool = False):
         if not 0 < neg_keep <= 1:
             raise ValueError("neg_keep must be in (0, 1]")
         labels = impressions[[f"label_{h}" for h in heads]].to_numpy(np.float32)
@@ -78,10 +84,21 @@ class RankingData(torch.utils.data.Dataset):
         req_row = pd.Series(np.arange(len(self.requests)), index=self.requests[F.SNAPSHOT_ID])
         self.req_index = req_row.loc[self.impressions[F.SNAPSHOT_ID]].to_numpy(np.int64)
         # user side once per snapshot, padded to seq_len (newest first)
-        self.seq_pins = _padded(self.requests[F.SEQ_PIN_IDS], seq_len, np.int64)
-        self.seq_actions = _padded(self.requests[F.SEQ_ACTION_TYPES], seq_len, np.int64)
-        self.seq_times = _padded(self.requests[F.SEQ_ACTION_TIMES], seq_len, np.int64)
-        self.seq_lengths = np.minimum(self.requests[F.SEQ_LENGTH].to_numpy(np.int64), seq_len)
+        self.action_vocab_size = IMPRESSION_ACTION_ID + 1 if sequence_impressions else ACTION_VOCAB_SIZE
+        if sequence_impressions:
+            if F.IMP_PIN_IDS not in self.requests:
+                raise ValueError("the dataset has no impression sequences (built before they existed): "
+                                 "rebuild it to train with sequence_impressions")
+            req = self.requests
+            self.seq_pins, self.seq_actions, self.seq_times, self.seq_lengths = merge_impressions(
+                req[F.SEQ_PIN_IDS], req[F.SEQ_ACTION_TYPES], req[F.SEQ_ACTION_TIMES], req[F.IMP_PIN_IDS],
+                req[F.IMP_TIMES], seq_len, req[F.SEQ_LENGTH].to_numpy(np.int64),
+                req[F.IMP_LENGTH].to_numpy(np.int64))
+        else:
+            self.seq_pins = _padded(self.requests[F.SEQ_PIN_IDS], seq_len, np.int64)
+            self.seq_actions = _padded(self.requests[F.SEQ_ACTION_TYPES], seq_len, np.int64)
+            self.seq_times = _padded(self.requests[F.SEQ_ACTION_TIMES], seq_len, np.int64)
+            self.seq_lengths = np.minimum(self.requests[F.SEQ_LENGTH].to_numpy(np.int64), seq_len)
         self.request_ms = self.requests["request_time_ms"].to_numpy(np.int64)
         self.cand = self.impressions[F.PIN_ID].to_numpy(np.int64)
         self.dense = dense_features(self.requests, self.impressions, self.request_ms, self.req_index)
@@ -98,7 +115,7 @@ class RankingData(torch.utils.data.Dataset):
         batch = build_batch(self.seq_pins[r], self.seq_actions[r], self.seq_times[r], self.request_ms[r],
                             self.cand[idx], self.pins.rows, self.pins.emb, self.seq_len,
                             dense=self.dense[idx], labels=self.labels[idx], weights=self.weights[idx],
-                            seq_lengths=self.seq_lengths[r])
+                            seq_lengths=self.seq_lengths[r], action_vocab_size=self.action_vocab_size)
         users = self.user_ids
         if users is not None:
             batch.groups = torch.from_numpy(np.ascontiguousarray(users[idx], dtype=np.int64))

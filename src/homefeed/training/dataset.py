@@ -7,6 +7,9 @@ features are what serving would have read at the moment that impression was serv
 * the user's action sequence: the newest snapshot whose event time AND ingestion time
   (``created``) are before the serve time, so an action that happened before it but reached us
   after it (a late event) is not in it, and one that arrived earlier the same day is;
+* the user's impression sequence (`user_impression_sequence`: the pins shown to the user), the
+  same way; a model trained with `sequence_impressions` merges it into its sequence input
+  (homefeed.model.batch.merge_impressions), the rest ignore it;
 * the user's daily profile, the same way;
 * the candidate pin's features;
 * the user's and the candidate pin's engagement counters (`user_engagement`, `pin_engagement`),
@@ -29,9 +32,10 @@ Steps of `build_dataset`:
 3. chunks of users by a stable hash of user_id (`user_chunk`; `chunks`, default one per
    TARGET_CHUNK_IMPRESSIONS impressions). A chunk holds whole users, so every request, snapshot
    and (request_id, pin_id) key, and everything the audit compares, lies in one chunk. Per chunk:
-   a. point-in-time features from Feast: sequence, profile and user engagement per snapshot, pin
-      and pin engagement per impression;
-   b. assembly and the leakage audit (every sequence action arrived before its serve time);
+   a. point-in-time features from Feast: sequence, impression sequence, profile and user
+      engagement per snapshot, pin and pin engagement per impression;
+   b. assembly and the leakage audit (every sequence action and every impression in the
+      impression sequence arrived before its serve time);
    c. the `training_set` Great Expectations checkpoint on the chunk's flat frame, with the
       dataset-wide label-rate bounds of step 2;
    d. its part of each table, written; nothing holds the features of more than one chunk;
@@ -46,7 +50,8 @@ its chunk count::
 
     requests.parquet/    snapshot_id, request_id, user_id, event_timestamp (serve time),
                          request_time_ms (serve time, epoch ms), day, split, segment, is_core,
-                         seq_*, profile_* and ue_* features: one row per (request, serve time)
+                         seq_*, imp_*, profile_* and ue_* features: one row per (request,
+                         serve time)
     impressions.parquet/ snapshot_id, request_id, user_id, pin_id, event_timestamp (serve time),
                          label_*, pin features, pe_* features
     pins.parquet         newest logged features of every pin (engaged-pin embeddings)
@@ -91,6 +96,7 @@ IMPRESSIONS_FILE = "impressions.parquet"
 PINS_FILE = "pins.parquet"
 META_FILE = "dataset.json"
 SEQUENCE_FEATURES = F.feature_refs(F.USER_ACTION_SEQUENCE, F.SEQUENCE_FEATURE_NAMES)
+IMPRESSION_SEQUENCE_FEATURES = F.feature_refs(F.USER_IMPRESSION_SEQUENCE, F.IMPRESSION_SEQUENCE_FEATURE_NAMES)
 PROFILE_FEATURES = F.feature_refs(F.USER_PROFILE, F.PROFILE_FEATURE_NAMES)
 PIN_FEATURES = F.feature_refs(F.PIN_FEATURES, F.PIN_FEATURE_NAMES)
 USER_ENGAGEMENT_FEATURES = F.feature_refs(F.USER_ENGAGEMENT, F.USER_ENGAGEMENT_FEATURE_NAMES)
@@ -155,7 +161,8 @@ def training_frame(ds: Dataset, splits: tuple[str, ...] = SPLITS) -> pd.DataFram
 def flat_frame(req: pd.DataFrame, imp: pd.DataFrame) -> pd.DataFrame:
     """`training_frame` of given (requests, impressions) rows."""
     # the split lets the training_set checkpoint bound later label rates by the training period's
-    user_cols = [F.SNAPSHOT_ID, "split", *F.SEQUENCE_FEATURE_NAMES, *F.PROFILE_FEATURE_NAMES,
+    user_cols = [F.SNAPSHOT_ID, "split", *F.SEQUENCE_FEATURE_NAMES,
+                 *(c for c in F.IMPRESSION_SEQUENCE_FEATURE_NAMES if c in req), *F.PROFILE_FEATURE_NAMES,
                  *(c for c in F.USER_ENGAGEMENT_FEATURE_NAMES if c in req)]
     return imp.merge(req[user_cols], on=F.SNAPSHOT_ID, how="left", validate="many_to_one")
 
@@ -197,16 +204,17 @@ def historical(store, entities: pd.DataFrame, refs: list[str], key: list[str]) -
     return entities[key].merge(got, on=key, how="left", validate="one_to_one")
 
 
-def _fill_empty_sequences(frame: pd.DataFrame) -> pd.DataFrame:
-    """No sequence servable yet = an empty sequence (what serving sees for a new user)."""
-    missing = frame[F.SEQ_LENGTH].isna().to_numpy()
-    for col, dtype in ((F.SEQ_PIN_IDS, np.int64), (F.SEQ_ACTION_TYPES, np.int32),
-                       (F.SEQ_ACTION_TIMES, np.int64)):
+def _fill_empty_sequences(frame: pd.DataFrame, view: F.SequenceView = F.ACTION_SEQUENCE) -> pd.DataFrame:
+    """No sequence of `view` servable yet = an empty sequence (what serving sees for a new user)."""
+    missing = frame[view.length].isna().to_numpy()
+    for col, dtype in ((view.pin_ids, np.int64), (view.action_types, np.int32), (view.times, np.int64)):
+        if col is None:
+            continue
         values = frame[col].to_numpy(dtype=object).copy()
         for i in np.flatnonzero(missing):
             values[i] = np.zeros(0, dtype=dtype)
         frame[col] = values
-    frame[F.SEQ_LENGTH] = frame[F.SEQ_LENGTH].fillna(0).astype(np.int32)
+    frame[view.length] = frame[view.length].fillna(0).astype(np.int32)
     return frame
 
 
@@ -271,10 +279,39 @@ def audit_part(requests: pd.DataFrame, ev: pd.DataFrame) -> dict:
             "lags_s": (want - np.maximum(have, 0))[stale & (have >= 0)] / 1000}
 
 
+def audit_shown(shown: pd.DataFrame) -> pd.DataFrame:
+    """The logged impressions as `impression_audit_part` reads them: the first arrival of each
+    (user, pin, time)."""
+    frame = pd.DataFrame({F.USER_ID: shown[F.USER_ID].astype(np.int64), F.PIN_ID: shown[F.PIN_ID].astype(np.int64),
+                          "time": shown["event_time"].astype(np.int64),
+                          "arrival": shown["arrival_time"].astype(np.int64)})
+    return frame.groupby([F.USER_ID, F.PIN_ID, "time"], as_index=False)["arrival"].min()
+
+
+def impression_audit_part(requests: pd.DataFrame, shown: pd.DataFrame) -> dict:
+    """The impression sequences' audit against those users' `audit_shown`: impressions in the
+    sequences, those that had not arrived by the request time (``leaked_impressions``, must be
+    0) and those not in the log (``unmatched_impressions``)."""
+    lengths = requests[F.IMP_LENGTH].to_numpy(dtype=np.int64)
+    row = np.repeat(np.arange(len(requests)), lengths)
+    flat = pd.DataFrame({"row": row, F.USER_ID: requests[F.USER_ID].to_numpy(np.int64)[row],
+                         F.PIN_ID: _concat(requests[F.IMP_PIN_IDS], np.int64),
+                         "time": _concat(requests[F.IMP_TIMES], np.int64)})
+    flat = flat.merge(shown, on=[F.USER_ID, F.PIN_ID, "time"], how="left")
+    request_ms = requests["request_time_ms"].to_numpy(np.int64)
+    leaked = flat["arrival"].to_numpy(np.float64) >= request_ms[flat["row"].to_numpy()]
+    return {"sequence_impressions": int(len(flat)), "leaked_impressions": int(leaked.sum()),
+            "unmatched_impressions": int(flat["arrival"].isna().sum())}
+
+
 def merge_audits(parts: list[dict]) -> dict:
-    """One audit from `audit_part`s of disjoint users: sums, the stale share and median lag."""
+    """One audit from `audit_part`s of disjoint users (each with its `impression_audit_part` when
+    impressions were logged): sums, the stale share and median lag."""
     total = {k: sum(p[k] for p in parts) for k in ("requests", "sequence_actions", "leaked_actions",
-                                                   "unmatched_actions", "stale_requests")}
+                                                   "unmatched_actions", "stale_requests",
+                                                   "sequence_impressions", "leaked_impressions",
+                                                   "unmatched_impressions")
+             if all(k in p for p in parts)}
     lag_s = np.concatenate([p["lags_s"] for p in parts]) if parts else np.zeros(0)
     return {**total,
             "stale_share": round(total["stale_requests"] / total["requests"], 4) if total["requests"] else 0.0,
@@ -300,7 +337,8 @@ def _require_logged(settings: Settings) -> None:
 def check_sources(store, settings: Settings) -> None:
     """The registry's batch sources must read the offline log these settings write, else the
     dataset would silently come from another run's log (a repo applied with another home)."""
-    for view in (F.USER_ACTION_SEQUENCE, F.PIN_FEATURES, F.USER_PROFILE, *F.ENGAGEMENT_VIEWS):
+    for view in (F.USER_ACTION_SEQUENCE, F.USER_IMPRESSION_SEQUENCE, F.PIN_FEATURES, F.USER_PROFILE,
+                 *F.ENGAGEMENT_VIEWS):
         path = Path(store.get_feature_view(view).batch_source.path)
         if path != offline_log.table_dir(settings.offline_dir, view):
             raise UserError(f"feature view {view} reads {path}, but the offline log is under "
@@ -460,13 +498,16 @@ def _chunk_features(store, settings: Settings, requests: pd.DataFrame, impressio
     # Calls in time order, sized by join pairs (user side) and rows, one feature view per call
     # (each view's join reads its own log table; a multi-view call would only carry one view's
     # columns through the next).
-    user_parts, pin_parts, user_eng_parts, pin_eng_parts = [], [], [], []
+    user_parts, imp_seq_parts, pin_parts, user_eng_parts, pin_eng_parts = [], [], [], [], []
     user_key, pin_key = [F.SNAPSHOT_ID, F.USER_ID], [F.SNAPSHOT_ID, F.PIN_ID]
     for rows in _pair_chunks(versions[F.USER_ACTION_SEQUENCE], requests, F.USER_ID):
         part = requests.iloc[rows]
         seq = historical(store, part, SEQUENCE_FEATURES, user_key)
         profile = historical(store, part, PROFILE_FEATURES, user_key)
         user_parts.append(seq.merge(profile, on=user_key, validate="one_to_one"))
+    if len(versions[F.USER_IMPRESSION_SEQUENCE][0]):  # none logged (a world without impressions): empty
+        for rows in _pair_chunks(versions[F.USER_IMPRESSION_SEQUENCE], requests, F.USER_ID):
+            imp_seq_parts.append(historical(store, requests.iloc[rows], IMPRESSION_SEQUENCE_FEATURES, user_key))
     for rows in row_chunks(impressions["request_time_ms"].to_numpy(), MAX_CALL_ROWS):
         pin_parts.append(historical(store, impressions.iloc[rows], PIN_FEATURES, pin_key))
     for parts, view, frame, refs, key in (
@@ -477,8 +518,11 @@ def _chunk_features(store, settings: Settings, requests: pd.DataFrame, impressio
     bar.set_postfix_str("assembling")
 
     user_feats = _fill_empty_sequences(pd.concat(user_parts, ignore_index=True)).merge(
+        _concat_parts(imp_seq_parts, user_key, F.IMPRESSION_SEQUENCE_FEATURE_NAMES), on=user_key,
+        how="left", validate="one_to_one").merge(
         _concat_parts(user_eng_parts, user_key, F.USER_ENGAGEMENT_FEATURE_NAMES), on=user_key,
         how="left", validate="one_to_one")
+    user_feats = _fill_empty_sequences(user_feats, F.IMPRESSION_SEQUENCE)
     requests = requests.merge(user_feats.drop(columns=[F.USER_ID]), on=F.SNAPSHOT_ID, validate="one_to_one")
     requests.insert(3, F.EVENT_TIMESTAMP, pd.to_datetime(requests["request_time_ms"], unit="ms", utc=True)
                     .astype("datetime64[us, UTC]"))
@@ -573,11 +617,16 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
     req_chunk = user_chunk(requests[F.USER_ID], n_chunks)
     imp_chunk = user_chunk(impressions[F.USER_ID], n_chunks)
     versions = {F.USER_ACTION_SEQUENCE: _versions(settings, F.USER_ACTION_SEQUENCE, F.USER_ID),
+                F.USER_IMPRESSION_SEQUENCE: _versions(settings, F.USER_IMPRESSION_SEQUENCE, F.USER_ID),
                 F.USER_ENGAGEMENT: _versions(settings, F.USER_ENGAGEMENT, F.USER_ID),
                 F.PIN_ENGAGEMENT: _versions(settings, F.PIN_ENGAGEMENT, F.PIN_ID)}
     events = logged_events(settings)
     events = audit_events(events) if len(events) else None
     ev_chunk = user_chunk(events[F.USER_ID], n_chunks) if events is not None else None
+    shown = offline_log.read(settings.offline_dir, F.IMPRESSION_EVENTS,
+                             columns=[F.USER_ID, F.PIN_ID, "event_time", "arrival_time"])
+    shown = audit_shown(shown) if len(shown) else None
+    shown_chunk = user_chunk(shown[F.USER_ID], n_chunks) if shown is not None else None
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -608,11 +657,14 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
             mark = done("point_in_time_and_assembly", mark)
             if events is not None:
                 audits.append(audit_part(req, events[ev_chunk == c]))
-                if audits[-1]["leaked_actions"]:
+                if shown is not None:
+                    audits[-1].update(impression_audit_part(req, shown[shown_chunk == c]))
+                leaked = audits[-1]["leaked_actions"] + audits[-1].get("leaked_impressions", 0)
+                if leaked:
                     for name in (REQUESTS_FILE, IMPRESSIONS_FILE):
                         _reset(out / name)
-                    raise RuntimeError(f"point-in-time violation: {audits[-1]['leaked_actions']} sequence "
-                                       "actions arrived after their request; the dataset is not written")
+                    raise RuntimeError(f"point-in-time violation: {leaked} sequence actions or impressions "
+                                       "arrived after their request; the dataset is not written")
             mark = done("audit", mark)
             if validate:
                 report = run_checkpoint("training_set", flat_frame(req, imp), settings=settings,
@@ -641,8 +693,8 @@ def build_dataset(world_dir: Path | str, out_dir: Path | str, settings: Settings
         "embedding_dim": settings.embedding_dim,
         "sequence_length": settings.sequence_length,
         "schema_fingerprint": F.schema_fingerprint(settings.embedding_dim, settings.sequence_length),
-        "feature_refs": (SEQUENCE_FEATURES + PROFILE_FEATURES + PIN_FEATURES + USER_ENGAGEMENT_FEATURES
-                         + PIN_ENGAGEMENT_FEATURES),
+        "feature_refs": (SEQUENCE_FEATURES + IMPRESSION_SEQUENCE_FEATURES + PROFILE_FEATURES + PIN_FEATURES
+                         + USER_ENGAGEMENT_FEATURES + PIN_ENGAGEMENT_FEATURES),
         "feature_repo": str(settings.feature_repo),
         "offline_dir": str(settings.offline_dir),
         "snapshots": ("one user-side row per (request, serve time): "

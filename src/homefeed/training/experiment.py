@@ -209,14 +209,15 @@ def run_retrain_experiment(dataset_dir: Path | str, models: Sequence[str], cfg, 
              ds.path, all_days, list(schedule[0].train_days), evaluated, refreshes, window, every,
              len(jobs), len(models))
 
-    eval_data = {d: RankingData(*ds.days(d), pins, seq_len, heads) for d in
+    impressions = bool((model_overrides or {}).get("sequence_impressions", False))  # every model alike
+    eval_data = {d: RankingData(*ds.days(d), pins, seq_len, heads, sequence_impressions=impressions) for d in
                  tqdm(evaluated, desc="evaluation days", unit="day", disable=not progress, leave=False)}
     per_day: dict[tuple[str, tuple[int, ...], int], dict] = {}
     trainings = []
     bar = tqdm(total=len(jobs) * len(models), desc="retrain experiment", unit="model", disable=not progress)
     for days_used, to_score in jobs.items():
         train_data = RankingData(*ds.days(*days_used), pins, seq_len, heads, neg_keep=cfg.neg_keep,
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, sequence_impressions=impressions)
         used_by = sorted({a.regime for a in schedule if a.train_days == days_used})
         for enc in models:
             bar.set_postfix(model=enc, days=f"{days_used[0]}-{days_used[-1]}")

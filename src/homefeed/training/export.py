@@ -50,6 +50,8 @@ def export_run(run_dir: Path | str, name: str = DEFAULT_NAME, metrics: dict | No
         "dense_features": run["dense_features"],
         "encoder": config["encoder"],
         "heads": config["heads"],
+        # whether the sequence input holds impressions too (serving reads them only then)
+        "sequence_impressions": bool(config.get("sequence_impressions", False)),
         "valid_metrics": run.get("valid_metrics", {}),
         "test_metrics": metrics or {},
         "validation": run.get("validation", {}),
@@ -62,6 +64,7 @@ def export_run(run_dir: Path | str, name: str = DEFAULT_NAME, metrics: dict | No
               "validation": "passed" if run.get("validation", {}).get("success") else "failed"}
     # BentoML metadata values must be simple; the full record lives in metadata.json.
     summary = {"schema_fingerprint": run["schema_fingerprint"], "encoder": config["encoder"],
+               "sequence_impressions": bool(config.get("sequence_impressions", False)),
                "dense_digest": run["dense_features"]["digest"], "torch": str(torch.__version__)}
     with bentoml.models.create(name, labels=labels, metadata=summary, module=__name__,
                                _model_store=_model_store(bentoml_home)) as bento_model:
@@ -75,9 +78,11 @@ def export_run(run_dir: Path | str, name: str = DEFAULT_NAME, metrics: dict | No
 
 
 def export_untrained(out_dir: Path | str, *, emb_dim: int | None = None, seed: int = 0,
-                     bentoml_home: Path | str | None = None) -> tuple[str, Ranker]:
+                     bentoml_home: Path | str | None = None,
+                     sequence_impressions: bool = False) -> tuple[str, Ranker]:
     """Export a small randomly initialised TransAct v1.1 (for service and fault tests, which
-    need a real model in a real store, not a good one). Returns (tag, model)."""
+    need a real model in a real store, not a good one), with impressions in its sequence when
+    `sequence_impressions`. Returns (tag, model)."""
     from safetensors.torch import save_file
 
     from homefeed.settings import load_settings
@@ -87,7 +92,8 @@ def export_untrained(out_dir: Path | str, *, emb_dim: int | None = None, seed: i
     torch.manual_seed(seed)
     spec = dense_feature_spec(dim)
     config = ModelConfig(encoder="transact_v11", seq_len=settings.sequence_length, emb_dim=dim,
-                         dense_dim=spec["dim"], n_layers=1, mlp_dims=(32,), dcn_layers=1)
+                         dense_dim=spec["dim"], n_layers=1, mlp_dims=(32,), dcn_layers=1,
+                         sequence_impressions=sequence_impressions)
     model = build_model(config).eval()
     run = Path(out_dir)
     run.mkdir(parents=True, exist_ok=True)

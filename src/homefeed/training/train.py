@@ -325,14 +325,23 @@ def run_training(dataset_dir: Path | str, encoders: list[str], out_dir: Path | s
     seq_len = seq_len or int(ds.meta["sequence_length"])
     heads = ModelConfig().heads
     pins = PinTable(ds.pins, dim)
-    data = {s: RankingData(*ds.split(s), pins, seq_len, heads, neg_keep=cfg.neg_keep if s == "train" else 1.0,
-                           seed=cfg.seed) for s in ("train", "valid", "test")}
+    splits: dict[bool, dict[str, RankingData]] = {}  # by sequence_impressions, built when first needed
+
+    def data_for(impressions: bool) -> dict[str, RankingData]:
+        if impressions not in splits:
+            splits[impressions] = {s: RankingData(*ds.split(s), pins, seq_len, heads,
+                                                  neg_keep=cfg.neg_keep if s == "train" else 1.0,
+                                                  seed=cfg.seed, sequence_impressions=impressions)
+                                   for s in ("train", "valid", "test")}
+        return splits[impressions]
+
     spec = dense_feature_spec(dim)
     out_dir = Path(out_dir)
     summary_file = out_dir / "train_summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     for enc in encoders:
         mc, enc_cfg = configs_for(enc, seq_len, dim, spec["dim"], cfg, model_overrides, per_model)
+        data = data_for(mc.sequence_impressions)
         result = train(mc, data["train"], data["valid"], enc_cfg, progress)
         run_dir = out_dir / f"{enc}{suffix}"
         save_run(run_dir, result, ds, validation, spec, data["test"])
