@@ -123,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(groups={first} & known if first else set())
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    if hasattr(faulthandler, "register"):  # `kill -USR1 PID`: every thread's stack to stderr (a hung process)
+    try:  # `kill -USR1 PID`: every thread's stack to stderr (a hung process)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, ValueError, OSError):  # no SIGUSR1 (Windows), or stderr is not a file (captured)
+        pass
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -111,6 +111,9 @@ class Settings:
     max_future_skew_ms: int = 5 * 60 * 1000
     batch_max_events: int = 5000
     batch_max_ms: int = 100  # the longest a record waits (from its broker timestamp) for its batch to fill
+    # `homefeed stream consume`: a process stuck this long between two steps of its loop writes every
+    # thread's stack and exits for its supervisor to restart it (homefeed/stream/watchdog.py); 0: off.
+    consumer_watchdog_s: float = 120.0
     # Redis client timeouts. The pipeline (consumer, backfill, Feast writes) waits a while and
     # retries its batch; serving answers from its cache instead of waiting (see docs/reliability.md).
     redis_timeout_ms: int = 5000

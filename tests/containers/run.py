@@ -492,6 +492,12 @@ class Run:
         self.caught_up(produced)
         wait_for("the ranker's /readyz", lambda: request("GET", url + "/readyz", timeout_s=5)[0] == 200, 300, 2)
         say(f"consumer caught up on {produced} events, ranker ready")
+        restarts = self.consumer_restarts()
+        self.figures["consumer restarts"] = restarts
+        if restarts:  # its watchdog ended a hung process (stream/watchdog.py): say so, with its stacks
+            logs = self.compose("logs", "--no-color", "--tail", "150", "consumer", check=False, capture=True,
+                                quiet=True)
+            say(f"the consumer restarted {restarts}x before catching up; its log:\n{logs.stdout[-12000:]}")
 
         # A replayed user is ranked from their sequence by the containerized service.
         when = int(time.time() * 1000) + 120_000  # one request time for every comparison
@@ -554,6 +560,11 @@ class Run:
                                 quiet=True)
             say(f"metrics probed inside the consumer container: {(inside.stdout + inside.stderr)[-600:]}")
             raise Failed(f"{exc}\nconsumer logs:\n{logs.stdout[-12000:]}{logs.stderr[-1000:]}") from None
+
+    def consumer_restarts(self) -> int:
+        cid = self.compose("ps", "-q", "consumer", capture=True, quiet=True).stdout.strip()
+        return int(self.engine.docker("inspect", "-f", "{{.RestartCount}}", cid, capture=True,
+                                      quiet=True).stdout.strip() or 0)
 
     def lag(self) -> int:
         status = json.loads(self.compose("exec", "-T", "consumer", "homefeed", "stream", "status", "--json",

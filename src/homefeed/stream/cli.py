@@ -88,6 +88,7 @@ def cmd_consume(args) -> int:
         start_http_server(args.metrics_port, addr=settings.host)
         log.info("metrics on http://%s:%d/metrics", settings.host, args.metrics_port)
     consumer = build_consumer(settings, validate=not args.no_validate, impressions_only=args.impressions)
+    consumer.watchdog_s = settings.consumer_watchdog_s  # a process of its own: a hang ends it (stream/watchdog.py)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop.set())
     try:
         stats = consumer.run(idle_exit_s=args.exit_when_idle, max_records=args.max_records,

@@ -64,6 +64,7 @@ from homefeed.sequence import IMPRESSION_TYPE, Action, SequenceState, merge, nex
 from homefeed.settings import Settings
 from homefeed.stream import metrics as M
 from homefeed.stream.engagement import EngagementCounters, EngagementEvent, engagement_table
+from homefeed.stream import watchdog
 from homefeed.stream.generation import Generation, RestoreInProgress
 from homefeed.stream.online_writer import OnlineWriter
 
@@ -119,6 +120,7 @@ DEAD_LETTER_MAX_KEY_BYTES = 1024
 # A dead letter not acknowledged within this bound fails the batch as an outage (retried,
 # uncommitted, `homefeed_stream_dead_letter_failures_total`), never silently.
 DEAD_LETTER_TIMEOUT_S = 30
+COMMIT_TIMEOUT_MS = 30_000  # one offset commit; a longer broker outage is retried (and re-arms the watchdog)
 
 
 @dataclass
@@ -832,13 +834,14 @@ class Backoff:
 
 
 class StreamConsumer:
-    def __init__(self, settings: Settings, builder: SequenceBuilder, consumer=None):
+    def __init__(self, settings: Settings, builder: SequenceBuilder, consumer=None, watchdog_s: float = 0):
         self.settings = settings
         self.builder = builder
         self.consumer = consumer or make_consumer(settings)
         self.stats = ConsumeStats()
         self.stop = threading.Event()
         self._last_lag = 0.0
+        self.watchdog_s = watchdog_s  # a process of its own only (stream/watchdog.py); 0: off
 
     def poll_batch(self) -> list:
         """Up to batch_max_events records. A batch waits at most batch_max_ms for more records,
@@ -894,6 +897,7 @@ class StreamConsumer:
                 log.warning("batch of %d records not applied (%s: %s); retrying in %.1fs, offsets "
                             "not committed", len(batch), type(exc).__name__, exc, backoff.delay)
                 backoff.wait()
+                watchdog.arm()  # an outage is waited out, not a hang
 
     def record_counters(self, result: BatchResult) -> None:
         """The group's counters, retried through outages: they must match the dead-letter topic.
@@ -912,6 +916,7 @@ class StreamConsumer:
                 log.warning("consumer counters not updated (%s: %s); retrying in %.1fs",
                             type(exc).__name__, exc, backoff.delay)
                 backoff.wait()
+                watchdog.arm()
 
     def apply_isolating(self, batch: list, exc: BaseException) -> BatchResult:
         """Bisect a batch that failed for a non-transient reason: halves are applied in order
@@ -940,7 +945,7 @@ class StreamConsumer:
         backoff = Backoff(self.stop)
         while not self.stop.is_set():
             try:
-                self.consumer.commit()
+                self.consumer.commit(timeout_ms=COMMIT_TIMEOUT_MS)  # bounded: a broker away is retried here
                 return
             except CommitFailedError as exc:
                 log.warning("commit failed after rebalance (%s); the new owner replays", exc)
@@ -951,6 +956,7 @@ class StreamConsumer:
                 log.warning("commit failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc,
                             backoff.delay)
                 backoff.wait()
+                watchdog.arm()
 
     def run(self, idle_exit_s: float | None = None, max_records: int | None = None,
             ready_file=None) -> ConsumeStats:
@@ -959,8 +965,10 @@ class StreamConsumer:
         log.info("consuming %s as group %s", ", ".join(consumed_topics(
             self.settings, self.settings.consumer_group == self.settings.impressions_consumer_group)),
             self.settings.consumer_group)
+        watchdog.arm(self.watchdog_s)
         try:
             while not self.stop.is_set():
+                watchdog.arm()
                 polled_at = time.perf_counter()
                 batch = self.poll_batch()
                 poll_s = time.perf_counter() - polled_at
@@ -995,6 +1003,7 @@ class StreamConsumer:
                 if max_records is not None and self.stats.records >= max_records:
                     break
         finally:
+            watchdog.disarm()
             self.consumer.close(autocommit=False)
         return self.stats
 

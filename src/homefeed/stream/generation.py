@@ -26,6 +26,7 @@ import uuid
 from homefeed import features as F
 from homefeed import offline_log
 from homefeed.stream import metrics as M
+from homefeed.stream import watchdog
 from homefeed.stream.ops import backfill
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ class Generation:
         M.REDIS_RESTORES.inc()
         started = time.perf_counter()
         try:
-            summary = backfill(self.settings, "0", store=store, redis_client=self.redis)
+            with watchdog.paused():  # the whole log: may take longer than the watchdog allows a step
+                summary = backfill(self.settings, "0", store=store, redis_client=self.redis)
         except BaseException:
             if (self.redis.get(self.key) or b"").decode() == token:
                 self.redis.delete(self.key)  # let the next batch (or another consumer) try again
