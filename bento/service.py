@@ -5,14 +5,10 @@
     curl -s localhost:3000/rank -H 'content-type: application/json' \
          -d '{"user_id": 17, "candidates": [1, 2, 3], "k": 2}'
 
-Configuration (environment): HOMEFEED_MODEL (BentoML model tag, default homefeed-ranker:latest),
-HOMEFEED_RANK_BLEND ("repin=1,click=0.25,hide=-1"), HOMEFEED_PIN_CACHE_S (pin-feature staleness
-bound, default 60), HOMEFEED_SERVING_DTYPE (auto / float32 / bfloat16, default auto),
-HOMEFEED_SERVING_THREADS (CPU threads per worker scoring a request's candidate chunks, default 1)
-HOMEFEED_SERVING_WORKERS (worker processes, default the available CPUs / threads; see
-docs/serving.md), HOMEFEED_SERVING_MAX_INFLIGHT (/rank requests in flight per worker before a
-503 + Retry-After, default 8; 0 = no limit; docs/reliability.md), plus the usual homefeed settings
-(REDIS_URL, ...). /livez, /readyz, /metrics and
+Configuration: homefeed settings (homefeed.settings; each documented once in docs/serving.md,
+"Settings"): `model` (HOMEFEED_MODEL), `rank_blend`, `pin_cache_s`, `serving_dtype`,
+`serving_threads`, `serving_workers`, `serving_max_inflight`, `serving_retry_after_s`, `host`,
+plus the connection settings (REDIS_URL, ...). /livez, /readyz, /metrics and
 the OpenAPI docs at / come from BentoML; /info says what this worker serves (model, dtype,
 kernels, workers x threads). /readyz means "this replica can answer" (model loaded):
 a Redis outage does not take replicas out of a load balancer, it makes answers `degraded`
@@ -60,7 +56,8 @@ INFLIGHT = bentoml.metrics.Gauge(
 REDIS_ERRORS = bentoml.metrics.Counter(
     name="homefeed_redis_errors_total", documentation="Failed online-store reads (each opens the breaker)")
 
-SERVING_WORKERS, SERVING_THREADS = serving_cpus()  # workers x threads (homefeed.serving.resources)
+SETTINGS = load_settings()
+SERVING_WORKERS, SERVING_THREADS = serving_cpus(SETTINGS)  # workers x threads (homefeed.serving.resources)
 
 # Ids are strict integers: JSON true, "7" and 3.0 are refused, not coerced (true would rank user 1).
 PinId = Annotated[int, Field(gt=0, le=MAX_ID, strict=True)]
@@ -83,7 +80,7 @@ def stop_server(message: str) -> None:
 # bento.service:Ranking` must not expose an unauthenticated service. `--host` still wins.
 @bentoml.service(name="homefeed-service", traffic={"timeout": 10}, workers=SERVING_WORKERS,
                  resources={"cpu": str(SERVING_WORKERS * SERVING_THREADS)},
-                 http={"host": load_settings().host})
+                 http={"host": SETTINGS.host})
 class Ranking:
     def __init__(self) -> None:
         import torch
@@ -99,33 +96,32 @@ class Ranking:
         # BentoML's root handler passes WARNING and up; our INFO lines (start-up, shed requests)
         # go through the same handler.
         logging.getLogger("homefeed").setLevel(logging.INFO)
-        settings = load_settings()
         cuda = torch.cuda.is_available()
         if not cuda:
             # One intra-op thread: OpenMP barriers thrash on shared cores. The CPUs go to
             # SERVING_THREADS Python threads scoring a request's candidate chunks side by side.
             torch.set_num_threads(1)
-        tag = os.environ.get("HOMEFEED_MODEL", "homefeed-ranker:latest")
+        tag = SETTINGS.model
         # Refuses a model whose feature-schema fingerprint differs from the running feature repo.
         try:
             model, config, meta = load_exported(tag)
         except UserError as exc:  # a configuration error: restarting the worker cannot fix it
             stop_server(f"cannot serve HOMEFEED_MODEL={tag}: {exc}")
         # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
-        served = ServedRanker(model, dtype=os.environ.get("HOMEFEED_SERVING_DTYPE", "auto"),
+        served = ServedRanker(model, dtype=SETTINGS.serving_dtype,
                               workers=1 if cuda else SERVING_THREADS)
         self.info_ = {"model": meta["tag"], "served": served.describe(), "tolerance": served.tolerance,
                       "workers": SERVING_WORKERS, "threads_per_worker": SERVING_THREADS, "pid": os.getpid()}
         try:
-            store = open_store(settings.feature_repo)
+            store = open_store(SETTINGS.feature_repo)
         except UserError as exc:  # no or a corrupt registry: a restart cannot fix it
             stop_server(f"cannot open the feature store: {exc}")
-        reader = OnlineFeatureReader(store, settings,
-                                     max_staleness_s=float(os.environ.get("HOMEFEED_PIN_CACHE_S", 60)),
+        reader = OnlineFeatureReader(store, SETTINGS,
+                                     max_staleness_s=SETTINGS.pin_cache_s,
                                      on_health_change=lambda up: REDIS_UP.set(1 if up else 0),
                                      impressions=config.sequence_impressions)  # only if the model reads them
         REDIS_UP.set(1 if reader.ping() else 0)
-        self.engine = RankingEngine(served, reader, meta["tag"], parse_blend(os.environ.get("HOMEFEED_RANK_BLEND")))
+        self.engine = RankingEngine(served, reader, meta["tag"], parse_blend(SETTINGS.rank_blend))
         served.warmup()
         # Other packages' deprecation warnings (BentoML's on every request) are for their
         # developers, not for the serving log; Feast's import above had turned them on.
@@ -171,8 +167,7 @@ class Ranking:
 
 
 # Outermost of ours: a shed request costs no body read, no parse. Per worker (each has its own).
-_settings = load_settings()
-Ranking.add_asgi_middleware(LoadShed, limit=_settings.serving_max_inflight,
-                            retry_after_s=_settings.serving_retry_after_s,
+Ranking.add_asgi_middleware(LoadShed, limit=SETTINGS.serving_max_inflight,
+                            retry_after_s=SETTINGS.serving_retry_after_s,
                             on_shed=lambda: SHED.inc(), on_inflight=lambda n: INFLIGHT.set(n))
 Ranking.add_asgi_middleware(BodyLimit)

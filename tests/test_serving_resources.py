@@ -6,12 +6,8 @@ import os
 
 import pytest
 
-from homefeed.serving.resources import (
-    THREADS_ENV,
-    WORKERS_ENV,
-    available_cpus,
-    serving_cpus,
-)
+from homefeed.serving.resources import available_cpus, serving_cpus
+from homefeed.settings import Settings, load_settings
 
 
 def test_available_cpus_is_the_affinity_mask_at_most():
@@ -20,20 +16,20 @@ def test_available_cpus_is_the_affinity_mask_at_most():
 
 
 def test_workers_times_threads_defaults_to_the_cpus_given():
-    assert serving_cpus({}, cpus=8) == (8, 1)  # one process per CPU, one thread each
-    assert serving_cpus({THREADS_ENV: "2"}, cpus=8) == (4, 2)
-    assert serving_cpus({THREADS_ENV: "4"}, cpus=2) == (1, 4)  # never 0 workers
-    assert serving_cpus({WORKERS_ENV: "3"}, cpus=8) == (3, 1)
-    assert serving_cpus({WORKERS_ENV: " 2 ", THREADS_ENV: "1"}, cpus=8) == (2, 1)
-    assert serving_cpus({}) == (available_cpus(), 1)
+    assert serving_cpus(Settings(), cpus=8) == (8, 1)  # one process per CPU, one thread each
+    assert serving_cpus(Settings(serving_threads=2), cpus=8) == (4, 2)
+    assert serving_cpus(Settings(serving_threads=4), cpus=2) == (1, 4)  # never 0 workers
+    assert serving_cpus(Settings(serving_workers=3), cpus=8) == (3, 1)
+    assert serving_cpus(Settings()) == (available_cpus(), 1)
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "two", "1.5"])
-def test_bad_values_are_refused_naming_the_variable(bad):
-    with pytest.raises(ValueError, match=WORKERS_ENV):
-        serving_cpus({WORKERS_ENV: bad}, cpus=2)
-    with pytest.raises(ValueError, match=THREADS_ENV):
-        serving_cpus({THREADS_ENV: bad}, cpus=2)
+@pytest.mark.parametrize("name", ["HOMEFEED_SERVING_WORKERS", "HOMEFEED_SERVING_THREADS"])
+def test_bad_values_are_refused_naming_the_variable(tmp_path, bad, name):
+    cfg = tmp_path / "homefeed.toml"
+    cfg.write_text("")
+    with pytest.raises(ValueError, match=name):
+        load_settings(env={name: bad}, config_file=cfg)
 
 
 @pytest.mark.parametrize("host, expected", [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])

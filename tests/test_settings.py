@@ -50,6 +50,32 @@ def test_unknown_key_and_bad_value_are_clear_errors(tmp_path):
         load_settings(env={"HOMEFEED_REDIS_PORT": "not-a-port"}, config_file=write(tmp_path, ""))
 
 
+SERVING_ENV = {"HOMEFEED_MODEL": "homefeed-ranker:abc", "HOMEFEED_RANK_BLEND": "repin=1,hide=-2",
+               "HOMEFEED_PIN_CACHE_S": "2.5", "HOMEFEED_SERVING_DTYPE": "float32",
+               "HOMEFEED_SERVING_THREADS": "2", "HOMEFEED_SERVING_WORKERS": "3"}
+
+
+def test_serving_knobs_keep_their_variables_and_defaults(tmp_path):
+    """The service's knobs (bento/service.py, homefeed.serving.resources) are settings under the
+    variable names deployments already set."""
+    s = load_settings(env={}, config_file=write(tmp_path, ""))
+    assert (s.model, s.rank_blend, s.pin_cache_s, s.serving_dtype, s.serving_threads, s.serving_workers) == (
+        "homefeed-ranker:latest", "", 60.0, "auto", 1, None)
+    s = load_settings(env=SERVING_ENV, config_file=write(tmp_path, ""))
+    assert (s.model, s.rank_blend, s.pin_cache_s, s.serving_dtype, s.serving_threads, s.serving_workers) == (
+        "homefeed-ranker:abc", "repin=1,hide=-2", 2.5, "float32", 2, 3)
+    assert load_settings(env={}, config_file=write(tmp_path, "pin_cache_s = 5\nserving_workers = 2\n")
+                         ).serving_workers == 2
+
+
+@pytest.mark.parametrize("name, bad", [("HOMEFEED_PIN_CACHE_S", "soon"), ("HOMEFEED_SERVING_THREADS", "0"),
+                                       ("HOMEFEED_SERVING_WORKERS", "-1"), ("HOMEFEED_SERVING_WORKERS", "1.5")])
+def test_bad_serving_knobs_are_one_line_naming_the_variable(tmp_path, name, bad):
+    with pytest.raises(ValueError, match=name) as err:
+        load_settings(env={name: bad}, config_file=write(tmp_path, ""))
+    assert "\n" not in str(err.value)
+
+
 def test_config_file_is_found_in_parent_directories(tmp_path, monkeypatch):
     write(tmp_path, "kafka_port = 7777\n")
     nested = tmp_path / "a" / "b"

@@ -42,6 +42,7 @@ KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # kafka-python's mechanisms that need no Python object in the config (OAUTHBEARER needs a token
 # provider: build that client yourself).
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "AWS_MSK_IAM")
+POSITIVE_FIELDS = ("serving_threads", "serving_workers")  # at least 1 when set
 OFFLINE_STORES = ("duckdb", "spark")  # engines of the `offline_store` setting (homefeed/offline_store/)
 
 
@@ -124,6 +125,19 @@ class Settings:
     # serving_retry_after_s. Sized in docs/benchmarks.md, "Overload and load shedding".
     serving_max_inflight: int = 8
     serving_retry_after_s: int = 1
+    # The ranking service (bento/service.py; docs/serving.md). `model`: the BentoML model tag it
+    # serves (HOMEFEED_MODEL). `rank_blend`: head weights "repin=1,click=0.25,hide=-1" (empty:
+    # homefeed.serving.ranking.DEFAULT_BLEND). `pin_cache_s`: how stale a cached pin's features may
+    # be, in seconds. `serving_dtype`: auto / float32 / bfloat16 ("auto": bf16 on CUDA and on CPUs
+    # with native bf16, else fp32). `serving_threads`: CPU threads per worker scoring a request's
+    # candidate chunks; `serving_workers`: worker processes (unset: the available CPUs / threads;
+    # homefeed.serving.resources).
+    model: str = "homefeed-ranker:latest"
+    rank_blend: str = ""
+    pin_cache_s: float = 60.0
+    serving_dtype: str = "auto"
+    serving_threads: int = 1
+    serving_workers: int | None = None
     # Address the local stack's redis-server listens on. Loopback by default; any other address
     # requires REDIS_PASSWORD in the environment (the server then runs with protected mode and
     # requirepass). `host` is only where our own HTTP/metrics endpoints bind.
@@ -311,9 +325,12 @@ def _coerce(name: str, raw, kind):
             return Path(raw).expanduser().resolve()
         if kind is int:
             return int(raw)
+        if kind is float:
+            return float(raw)
         return str(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"setting {name}={raw!r} is not a valid {kind.__name__}") from None
+        raise ValueError(f"setting {name}={raw!r} ({ENV_PREFIX}{name.upper()}) is not a valid "
+                         f"{kind.__name__}") from None
 
 
 def find_config_file(start: Path | None = None) -> Path | None:
@@ -333,7 +350,8 @@ def find_config_file(start: Path | None = None) -> Path | None:
 
 def load_settings(env: dict[str, str] | None = None, config_file: Path | None = None) -> Settings:
     env = os.environ if env is None else env
-    types = {f.name: {"int": int, "str": str, "Path": Path, "Path | None": Path}[f.type]
+    types = {f.name: {"int": int, "int | None": int, "float": float, "str": str, "Path": Path,
+                      "Path | None": Path}[f.type]
              for f in fields(Settings)}
     values: dict[str, object] = {}
 
@@ -368,6 +386,10 @@ def load_settings(env: dict[str, str] | None = None, config_file: Path | None = 
     settings = Settings(**values)
     if settings.embedding_dim <= 0 or settings.sequence_length <= 0:
         raise ValueError("embedding_dim and sequence_length must be positive")
+    for name in POSITIVE_FIELDS:
+        value = getattr(settings, name)
+        if value is not None and value < 1:
+            raise ValueError(f"setting {name}={value} ({ENV_PREFIX}{name.upper()}) must be a positive integer")
     if settings.redis_mode not in REDIS_MODES:
         raise ValueError(f"redis_mode={settings.redis_mode!r}; expected one of {REDIS_MODES}")
     if settings.offline_store not in OFFLINE_STORES:

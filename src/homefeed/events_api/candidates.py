@@ -53,7 +53,7 @@ class CandidateSource:
 
     @classmethod
     def from_world(cls, world_dir: Path | str) -> "CandidateSource":
-        from homefeed.world.generate import EVENTS_FILE, PINS_FILE
+        from homefeed.world.format import EVENTS_FILE, PINS_FILE
 
         path = Path(world_dir)
         return cls(pd.read_parquet(path / PINS_FILE, columns=["pin_id", "topic_id"]),

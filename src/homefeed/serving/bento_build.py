@@ -1,6 +1,6 @@
 """`homefeed bento build`: the self-contained ranking bento (code, feature repo and model).
 
-1. The model: HOMEFEED_MODEL's tag (default ``homefeed-ranker:latest``) is resolved in the BentoML
+1. The model: the `model` setting's tag (HOMEFEED_MODEL, default ``homefeed-ranker:latest``) is resolved in the BentoML
    model store to an exact version, packed into the bento (its ``models:``) and set as the bento's
    HOMEFEED_MODEL, so the image serves it with nothing mounted.
 2. The python packages: pyproject.toml's ``serving`` extra, the one list of what the service
@@ -17,18 +17,17 @@ Then ``bentoml containerize homefeed-service:latest`` builds the image (docs/ser
 from __future__ import annotations
 
 import logging
-import os
 import tomllib
 from pathlib import Path
 
 from homefeed.errors import UserError
-from homefeed.settings import SOURCE_ROOT
+from homefeed.settings import SOURCE_ROOT, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 BENTOFILE = Path("bento") / "bentofile.yaml"
 STATE = Path("bento") / "state"  # the registry snapshot (git-ignored), the bento's HOMEFEED_HOME
-DEFAULT_MODEL = "homefeed-ranker:latest"
+DEFAULT_MODEL = Settings.model  # the `model` setting's default (HOMEFEED_MODEL)
 
 
 def serving_requirements(root: Path = SOURCE_ROOT) -> list[str]:
@@ -75,7 +74,7 @@ def build(model: str | None = None, version: str | None = None, root: Path = SOU
     import yaml
     from bentoml._internal.bento.build_config import BentoEnvSchema  # what build() takes
 
-    tag = model or os.environ.get("HOMEFEED_MODEL") or DEFAULT_MODEL
+    tag = model or load_settings().model
     try:
         exact = str(bentoml.models.get(tag).tag)
     except bentoml.exceptions.NotFound:

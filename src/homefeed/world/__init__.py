@@ -2,13 +2,12 @@
 
 `generate_world` writes a synthetic world (see docs/world.md); `load_world` reads any world
 directory back. The file contract (pins, users, requests, events parquet + world.json) is
-described in `homefeed.world.generate` and docs/world.md.
+`homefeed.world.format`, which the generator and the importers share; docs/world.md.
 """
 
+from homefeed.world.format import DAY_MS, WORLD_FILES
 from homefeed.world.generate import (
-    DAY_MS,
     DEFAULT_START_MS,
-    WORLD_FILES,
     World,
     WorldParams,
     WorldSummary,

@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from homefeed.errors import UserError
@@ -42,51 +39,43 @@ from homefeed.features import (
     REQUEST_ID,
     SERVED_TIME,
     USER_ID,
-    label_column,
+)
+from homefeed.world.format import (
+    DAY_MS,
+    EVENTS_FILE,
+    FORMAT_VERSION,
+    HAS_IMPRESSIONS,
+    HOUR_MS,
+    LABEL_CLICK,
+    LABEL_HIDE,
+    LABEL_REPIN,
+    MAX_EMBEDDING_DIM,
+    META_FILE,
+    MINUTE_MS,
+    PINS_FILE,
+    REQUESTS_FILE,
+    SECOND_MS,
+    SURFACE,
+    USERS_FILE,
+    WORLD_FILES,
+    list_array,
+    prepare_out,
+    utc_iso,
+    make_out,
+    write_meta,
+    write_parquet,
 )
 
-SECOND_MS = 1_000
-MINUTE_MS = 60 * SECOND_MS
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
 DEFAULT_START_MS = 1_767_571_200_000  # 2026-01-05 00:00 UTC, a Monday
-FORMAT_VERSION = 1
-SURFACE = "homefeed"
-
 SEGMENTS = ("core", "new", "casual", "resurrected")  # index = segment code
 CORE, NEW, CASUAL, RESURRECTED = range(4)
-
-PINS_FILE = "pins.parquet"
-USERS_FILE = "users.parquet"
-REQUESTS_FILE = "requests.parquet"
-EVENTS_FILE = "events.parquet"
-META_FILE = "world.json"
-# world.json flag: requests.parquet's rows are pins that were shown (impressions go through the
-# stream), not sampled negatives; absent in older worlds = false.
-HAS_IMPRESSIONS = "has_impressions"
-WORLD_FILES = (PINS_FILE, USERS_FILE, REQUESTS_FILE, EVENTS_FILE, META_FILE)
-
-LABEL_REPIN = label_column(ActionType.REPIN)
-LABEL_CLICK = label_column(ActionType.CLICK)
-LABEL_HIDE = label_column(ActionType.HIDE)
 
 # Sanity caps: beyond these a run is almost certainly a typo (and would not fit in memory).
 MAX_USERS = 1_000_000
 MAX_PINS = 10_000_000
 MAX_DAYS = 366
 MAX_TOPICS = 1_000
-MAX_EMBEDDING_DIM = 1_024
 MAX_CANDIDATES = 200
-
-# Fixed parquet options: part of the byte-for-byte determinism contract.
-PARQUET_OPTIONS = dict(
-    compression="zstd",
-    compression_level=3,
-    use_dictionary=True,
-    write_statistics=True,
-    row_group_size=1_048_576,
-    data_page_version="1.0",
-)
 
 
 @dataclass(frozen=True)
@@ -346,10 +335,6 @@ def _cdf(weights: np.ndarray) -> np.ndarray:
 
 def _decay(dt_ms: np.ndarray, half_life_ms: int) -> np.ndarray:
     return np.exp2(-dt_ms / half_life_ms)
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 # -- pins and users ------------------------------------------------------------------------------
@@ -812,34 +797,22 @@ def _summarise(p, pins, users, imp, ev) -> WorldSummary:
     )
 
 
-def _list_array(matrix: np.ndarray) -> pa.Array:
-    n, d = matrix.shape
-    offsets = pa.array(np.arange(0, n * d + 1, d, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1).astype(np.float32)))
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, **PARQUET_OPTIONS)
-    os.replace(tmp, path)  # never leave a half-written file under the final name
-
-
 def _write(p, b, out, pins, users, first_active_ms, imp, ev, summary) -> None:
     M, N = p.pins, p.users
-    _write_parquet(pa.table({
+    write_parquet(pa.table({
         PIN_ID: pa.array(np.arange(1, M + 1, dtype=np.int64)),
         PIN_TOPIC: pa.array(pins.topic.astype(np.int64)),
-        PIN_EMBEDDING: _list_array(pins.embedding),
+        PIN_EMBEDDING: list_array(pins.embedding),
         PIN_CREATED_MS: pa.array(pins.created_ms.astype(np.int64)),
         PIN_DURATION_MS: pa.array(pins.duration_ms.astype(np.int64)),
     }), out / PINS_FILE)
-    _write_parquet(pa.table({
+    write_parquet(pa.table({
         USER_ID: pa.array(np.arange(1, N + 1, dtype=np.int64)),
         "segment": pa.array(np.array(SEGMENTS, dtype=object)[users.segment], type=pa.string()),
         "is_core": pa.array(users.segment == CORE),
         "first_active_ms": pa.array(first_active_ms.astype(np.int64)),
     }), out / USERS_FILE)
-    _write_parquet(pa.table({
+    write_parquet(pa.table({
         REQUEST_ID: pa.array(imp["request_id"].astype(np.int64)),
         USER_ID: pa.array((imp["user"] + 1).astype(np.int64)),
         "request_time": pa.array(imp["request_ms"].astype(np.int64)),
@@ -851,7 +824,7 @@ def _write(p, b, out, pins, users, first_active_ms, imp, ev, summary) -> None:
         LABEL_CLICK: pa.array(imp["click"].astype(np.int8)),
         LABEL_HIDE: pa.array(imp["hide"].astype(np.int8)),
     }), out / REQUESTS_FILE)
-    _write_parquet(pa.table({
+    write_parquet(pa.table({
         "event_id": pa.array([f"e{n:010d}" for n in ev["number"].tolist()], type=pa.string()),
         USER_ID: pa.array((ev["user"] + 1).astype(np.int64)),
         PIN_ID: pa.array((ev["pin"] + 1).astype(np.int64)),
@@ -866,38 +839,20 @@ def _write(p, b, out, pins, users, first_active_ms, imp, ev, summary) -> None:
         "source": "synthetic",
         **p.to_dict(),
         "end_ms": p.end_ms,
-        "start_iso": _iso(p.start_ms),
-        "end_iso": _iso(p.end_ms),
+        "start_iso": utc_iso(p.start_ms),
+        "end_iso": utc_iso(p.end_ms),
         "files": list(WORLD_FILES[:-1]),
         HAS_IMPRESSIONS: True,  # every candidate of a request was shown
         "behaviour": b.to_dict(),
         "summary": summary.to_dict(),
     }
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / META_FILE)
-
-
-def _prepare_out(out: Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
-    for name in WORLD_FILES:
-        if (out / name).is_dir():
-            raise UserError(f"{out / name} is a directory; remove it or choose another --out")
-    # Fail now, not after minutes of work, when the directory cannot be created or written.
-    existing = next(d for d in (out.absolute(), *out.absolute().parents) if d.exists())
-    if not existing.is_dir():
-        raise UserError(f"cannot create --out {out}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write --out {out}: {existing} is not writable")
-    return out
+    write_meta(meta, out)
 
 
 def generate_world(params: WorldParams, out: Path, *, progress: bool = True) -> WorldSummary:
     """Generate a world into `out` (created if needed; world files in it are replaced)."""
     params.validate()
-    out = _prepare_out(out)
+    out = prepare_out(out)
     b = BEHAVIOUR
     # Independent streams per part: changing the user count does not reshuffle the pins.
     # (A fifth stream, spawned after the first four, leaves them and so every other file as they
@@ -919,10 +874,7 @@ def generate_world(params: WorldParams, out: Path, *, progress: bool = True) -> 
     first_active_ms[seen] = imp["request_ms"][first_index]
 
     summary = _summarise(params, pins, users, imp, ev)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out {out}: {exc}") from None
+    make_out(out)
     _write(params, b, out, pins, users, first_active_ms, imp, ev, summary)
     return summary
 

@@ -16,18 +16,16 @@ A dataset module (movielens.py, kuairand.py) reads and validates its files, maps
    of item co-occurrence) blended with the item's category multi-hot.
 6. `segments_from_history` is the fallback segment rule (training-period events per user).
 7. `world_tables` + `world_meta` assemble the five files (columns, dtypes and sort orders of
-   docs/world.md); `write_world` writes them atomically, `prepare_out` checks --out before any
-   work. Reading errors are raised as `UserError` naming file and line before anything is written.
+   docs/world.md); `homefeed.world.format.write_world` writes them atomically and
+   `format.prepare_out` checks --out before any work. Reading errors are raised as `UserError`
+   naming file and line before anything is written.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -47,28 +45,25 @@ from homefeed.features import (
     SERVED_TIME,
     USER_ID,
 )
-from homefeed.world.generate import (
+from homefeed.world.format import (
     DAY_MS,
     EVENTS_FILE,
     FORMAT_VERSION,
     HAS_IMPRESSIONS,
+    HOUR_MS,
     LABEL_CLICK,
     LABEL_HIDE,
     LABEL_REPIN,
     MAX_EMBEDDING_DIM,
-    META_FILE,
     PINS_FILE,
     REQUESTS_FILE,
+    SECOND_MS,
     USERS_FILE,
     WORLD_FILES,
-    _iso,
-    _list_array,
-    _prepare_out,
-    _write_parquet,
+    list_array,
+    utc_iso,
 )
 
-SECOND_MS = 1_000
-HOUR_MS = 3_600_000
 WEEK_MS = 7 * DAY_MS
 REQUEST_LEAD_MS = 1  # a request is shown this long before its first row
 
@@ -489,7 +484,7 @@ def world_tables(w: WorldArrays, start_ms: int, surface: str) -> dict[str, pa.Ta
     pins = {
         PIN_ID: pa.array(w.item_ids.astype(np.int64)),
         PIN_TOPIC: pa.array(w.topic.astype(np.int64)),
-        PIN_EMBEDDING: _list_array(w.embedding),
+        PIN_EMBEDDING: list_array(w.embedding),
         PIN_CREATED_MS: pa.array(w.created_ms.astype(np.int64)),
     }
     duration = (np.full(len(w.item_ids), -1, dtype=np.int64) if w.duration_ms is None
@@ -579,27 +574,9 @@ def world_meta(w: WorldArrays, *, source: str, days: int, seed: int, start_ms: i
         "min_candidates": int(imp_per_req.min()),
         "max_candidates": int(imp_per_req.max()),
         "end_ms": end_ms,
-        "start_iso": _iso(start_ms),
-        "end_iso": _iso(end_ms),
+        "start_iso": utc_iso(start_ms),
+        "end_iso": utc_iso(end_ms),
         "files": list(WORLD_FILES[:-1]),
         HAS_IMPRESSIONS: bool(has_impressions),
         "summary": summary,
     }
-
-
-def write_world(tables: dict[str, pa.Table], meta: dict, out: Path) -> None:
-    """Create `out` and write the tables and world.json, each as NAME.tmp then renamed."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out {out}: {exc}") from None
-    for name, table in tables.items():
-        _write_parquet(table, out / name)
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / META_FILE)
-
-
-def prepare_out(out: Path | str) -> Path:
-    """Check --out (not a file, creatable, writable) before any work; creates nothing."""
-    return _prepare_out(Path(out))

@@ -38,10 +38,9 @@ import pandas as pd
 
 from homefeed.errors import UserError
 from homefeed.events import MAX_DURATION_MS, MAX_ID, ActionType
-from homefeed.world.generate import DAY_MS, _iso
+from homefeed.world.format import DAY_MS, HOUR_MS, prepare_out, utc_iso, write_world
 from homefeed.world.importer import (
     HISTORY_SEGMENTS,
-    HOUR_MS,
     REQUEST_LEAD_MS,
     Requests,
     WorldArrays,
@@ -53,7 +52,6 @@ from homefeed.world.importer import (
     embedding_behaviour,
     item_embeddings,
     order_events,
-    prepare_out,
     quantiles,
     segments_from_history,
     shuffled_positions,
@@ -61,7 +59,6 @@ from homefeed.world.importer import (
     users_and_train_events,
     world_meta,
     world_tables,
-    write_world,
 )
 
 SURFACE = "kuairand"
@@ -647,7 +644,7 @@ def build_world(data: KuaiRandData, params: KuaiRandParams) -> dict:
         "mapping": params.mapping.to_dict(),
         "split_day": split_day,
         "split_ms": int(split_ms),
-        "split_iso": _iso(split_ms),
+        "split_iso": utc_iso(split_ms),
         "eval_days": params.eval_days,
         "train_days": split_day,
         "bucket_ms": params.bucket_ms,

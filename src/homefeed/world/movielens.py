@@ -34,10 +34,9 @@ import pandas as pd
 
 from homefeed.errors import UserError
 from homefeed.events import MAX_ID, MIN_EVENT_TIME_MS, ActionType
-from homefeed.world.generate import DAY_MS, _iso
+from homefeed.world.format import DAY_MS, SECOND_MS, prepare_out, utc_iso, write_world
 from homefeed.world.importer import (  # noqa: F401  (cf_dim_for, genre_embedding, parse_bucket: API here too)
     HISTORY_SEGMENTS,
-    SECOND_MS,
     TIE_BASE_MS,
     TIE_SPAN_MS,
     TIE_STEP_MS,
@@ -54,14 +53,12 @@ from homefeed.world.importer import (  # noqa: F401  (cf_dim_for, genre_embeddin
     item_embeddings,
     order_events,
     parse_bucket,
-    prepare_out,
     quantiles,
     segments_from_history,
     time_shift,
     users_and_train_events,
     world_meta,
     world_tables,
-    write_world,
 )
 
 SURFACE = "movielens"
@@ -535,7 +532,7 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
         "mapping": params.mapping.to_dict(),
         "split_day": split_day,
         "split_ms": int(split_ms),
-        "split_iso": _iso(split_ms),
+        "split_iso": utc_iso(split_ms),
         "eval_days": params.eval_days,
         "train_days": split_day,
         "bucket_ms": params.bucket_ms,
@@ -547,7 +544,7 @@ def build_world(data: MovieLensData, params: ImportParams) -> dict:
             "layout": data.layout,
             "files": data.files,
             "time_shift_ms": int(shift),
-            "original_start_iso": _iso(first_day_ms),
+            "original_start_iso": utc_iso(first_day_ms),
             "original_first_rating": int(r["timestamp"].min()),
             "original_last_rating": int(r["timestamp"].max()),
             "last_days": params.last_days,
