@@ -12,7 +12,7 @@ SIZE ?= tiny
 # parity test). EXTRAS=dev skips pyspark (and then no JDK is needed).
 EXTRAS ?= dev,spark
 
-.PHONY: help setup redis-server promtool java chromium up down status apply test test-containers demo clean
+.PHONY: help setup redis-server promtool java chromium up down status apply lint test test-containers demo clean
 
 help:
 	@echo "make setup   venv + project + dev/spark deps (+ redis-server, promtool, chromium, a JDK via apt-get when root)"
@@ -95,8 +95,12 @@ status:
 apply: up
 	$(BIN)/homefeed feast apply
 
-test: setup
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml ([tool.ruff]); `make test` runs it first
+lint: setup
+	$(BIN)/ruff check src tests bento scripts feature_repo training
 
 # Also part of `make test` (tests/test_containers.py) where it can run: as root, or with an engine.
 test-containers: setup

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, KafkaSource, PushSource
 from feast.data_format import JsonFormat, ParquetFormat
-from feast.types import Array, Float32, Float64, Int32, Int64, String
+from feast.types import Array, Float32, Float64, Int32, Int64
 from feast.value_type import ValueType
 
 from homefeed import features as F

@@ -12,7 +12,8 @@ shedding"; issue 24): per in-flight limit, the sustainable rate, then 4x it, ope
    8 closed-loop clients (320 calls at < 1,000 candidates, 48 at 1,000 and more) give the
    sustainable rate and the baseline p99; FACTOR x that rate open-loop for SECONDS; worker RSS
    before, right after and 10 s after. `keepalive`: each client thread keeps its connection
-   (as a load balancer does), else a new connection per request. One JSON line per row; all rows in WORKDIR/overload.json.
+   (as a load balancer does), else a new connection per request. One JSON line per row; all rows in
+   WORKDIR/overload.json.
 """
 import json
 import os
@@ -24,7 +25,8 @@ from homefeed.bench.faults import private_stack, seeded_ranker, serve_ranking
 from homefeed.bench.serve_http import overload_test, service_pids
 from homefeed.http_client import post_json
 
-work = Path(sys.argv[1]); work.mkdir(parents=True, exist_ok=True)
+work = Path(sys.argv[1])
+work.mkdir(parents=True, exist_ok=True)
 limits = [int(x) for x in sys.argv[2].split(",")]
 sizes = [int(x) for x in sys.argv[3].split(",")]
 factor = float(sys.argv[4]) if len(sys.argv) > 4 else 4.0

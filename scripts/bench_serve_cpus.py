@@ -20,7 +20,8 @@ from homefeed.bench.faults import private_stack, seeded_ranker, serve_ranking
 from homefeed.bench.serve_http import load_test
 from homefeed.http_client import post_json
 
-work = Path(sys.argv[1]); work.mkdir(parents=True, exist_ok=True)
+work = Path(sys.argv[1])
+work.mkdir(parents=True, exist_ok=True)
 configs = json.loads(sys.argv[2])  # [[workers, threads], ...]
 sizes = [int(x) for x in sys.argv[3].split(",")]
 requests = int(sys.argv[4])
@@ -28,7 +29,8 @@ out = []
 with private_stack(work) as (settings, stack):
     tag, users = seeded_ranker(settings, work)  # steps 2-3
     for workers, threads in configs:
-        env = {"HOMEFEED_MODEL": tag, "HOMEFEED_SERVING_WORKERS": str(workers), "HOMEFEED_SERVING_THREADS": str(threads)}
+        env = {"HOMEFEED_MODEL": tag, "HOMEFEED_SERVING_WORKERS": str(workers),
+               "HOMEFEED_SERVING_THREADS": str(threads)}
         with serve_ranking(work / f"service-{workers}x{threads}.log", env, timeout_s=240) as (url, proc):
             info = post_json(url + "/info", {}, timeout_s=60)
             for n in sizes:

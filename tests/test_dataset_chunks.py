@@ -8,12 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import replay
 
 from homefeed import features as F
 from homefeed.events import ActionEvent, ActionType
 from homefeed.training.dataset import user_chunk
-
-from helpers import replay
 
 
 def test_user_chunks_are_stable_and_spread():
@@ -52,7 +51,8 @@ def test_a_build_in_chunks_of_users_is_the_one_chunk_build(pipeline, tmp_path):
 
     # equal tables after sorting, as written
     for name, keys in (("requests.parquet", [F.SNAPSHOT_ID]), ("impressions.parquet", [F.SNAPSHOT_ID, F.PIN_ID])):
-        a, b = (pq.read_table(tmp_path / d / name).replace_schema_metadata(None).sort_by([(k, "ascending") for k in keys])
+        a, b = (pq.read_table(tmp_path / d / name).replace_schema_metadata(None)
+                .sort_by([(k, "ascending") for k in keys])
                 for d in ("ds1", "ds3"))
         assert a.num_rows > 0 and a.schema == b.schema and a.equals(b), name
     # ... and the same Dataset, row for row, as training reads it

@@ -21,7 +21,6 @@ from homefeed.training.dataset import save_dataset
 from homefeed.training.experiment import REGIMES, _summarise, retrain_schedule, run_retrain_experiment
 from homefeed.training.train import TrainConfig
 
-
 # -- the schedule ---------------------------------------------------------------------------------
 
 def _by(schedule, regime):

@@ -236,7 +236,8 @@ def test_bench_model_runs_and_imports_nothing_heavy():
         "from homefeed.bench import serve as bench\n"
         "buf = io.StringIO()\n"
         "with contextlib.redirect_stdout(buf):\n"
-        "    bench.main(['model', '--sizes', '8,24', '--repeats', '1', '--threads', '1', '--device', 'cpu', '--dtype', 'auto', '--json'])\n"
+        "    bench.main(['model', '--sizes', '8,24', '--repeats', '1', '--threads', '1', '--device', 'cpu',\n"
+        "                '--dtype', 'auto', '--json'])\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('feast', 'bentoml', 'redis', 'pyarrow'))\n"
         "print(json.dumps({'result': json.loads(buf.getvalue()), 'heavy': heavy}))\n"
     )
@@ -358,6 +359,7 @@ def test_exported_model_hit_at_3_with_bf16_equals_fp32_within_its_bootstrap_inte
     the fp32 path's 95% bootstrap interval (requests resampled), and the two differ little."""
     import json as _json
 
+    from helpers import planted_dataset
     from safetensors.torch import save_file
 
     from homefeed.metrics import hit_at_k_per_request
@@ -365,8 +367,6 @@ def test_exported_model_hit_at_3_with_bf16_equals_fp32_within_its_bootstrap_inte
     from homefeed.training.dataset import load_dataset
     from homefeed.training.export import export_run, load_exported
     from homefeed.training.train import TrainConfig, model_config_for, train
-
-    from helpers import planted_dataset
 
     heads = ModelConfig().heads
     planted_dataset(tmp_path / "ds", n_requests=450)

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import planted_dataset
+
 from homefeed import features as F
 from homefeed.stack import LocalStack, ensure_topics, free_port
 

@@ -19,13 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_kuairand import make_rows, write_features, write_log
+from test_movielens import make_ratings, write_100k
 
 from homefeed.cli import main
 from homefeed.errors import UserError
 from homefeed.stack import free_port
 from homefeed.world import fetch as F
-from test_kuairand import make_rows, write_features, write_log
-from test_movielens import make_ratings, write_100k
 
 
 class Served:

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_same_contract_as_generator
 
 from homefeed.cli import main
 from homefeed.errors import UserError
 from homefeed.world import DAY_MS, WORLD_FILES, load_world
 from homefeed.world.kuairand import KuaiRandParams, LabelMapping, import_kuairand
-
-from helpers import assert_same_contract_as_generator
 
 PARQUETS = [name for name in WORLD_FILES if name.endswith(".parquet")]
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kuairand-pure"

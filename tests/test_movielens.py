@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_same_contract_as_generator
 
 from homefeed.cli import main
 from homefeed.errors import UserError
@@ -24,8 +25,6 @@ from homefeed.world.movielens import (
     parse_bucket,
     read_movielens,
 )
-
-from helpers import assert_same_contract_as_generator
 
 PARQUETS = [name for name in WORLD_FILES if name.endswith(".parquet")]
 DAY_S = 86_400

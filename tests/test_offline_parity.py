@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from helpers import replay
 
 from homefeed import features as F
 from homefeed import offline_log
 from homefeed.events import ActionEvent, ActionType
-
-from helpers import replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DAY_MS = 86_400_000

@@ -8,13 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import planted_dataset
 
 from homefeed.errors import UserError
 from homefeed.training.data import PinTable, RankingData
 from homefeed.training.evaluate import evaluate_runs
 from homefeed.training.reference import HISTORY_FEATURES, NAME, features, fit_reference
-
-from helpers import planted_dataset
 
 
 def test_history_summaries_see_only_actions_before_the_serve_time(tmp_path):

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import replay
+from test_kuairand import DAY0_BJ, H, row, write_features, write_log
 
 from homefeed import features as F
 from homefeed.events import ActionEvent, ActionType
 from homefeed.world import DAY_MS, load_world
 from homefeed.world.kuairand import KuaiRandParams, import_kuairand
-
-from helpers import replay
-from test_kuairand import DAY0_BJ, H, row, write_features, write_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 USER = 0  # KuaiRand id; homefeed id USER + 1

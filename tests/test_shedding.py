@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from test_service import PINS, USER, http, start_service, stop_service, tiny_model, write_features
 
 from homefeed.feature_store import open_store
 from homefeed.stack import LocalStack, free_port
-from test_service import PINS, USER, http, start_service, stop_service, tiny_model, write_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import planted_dataset, replay
 
 from homefeed import features as F
 from homefeed import offline_log
@@ -30,8 +31,6 @@ from homefeed.training.dataset import (
     sequence_audit,
 )
 from homefeed.training.train import TrainConfig, run_training
-
-from helpers import planted_dataset, replay
 
 HEADS = ("repin", "click", "hide")
 

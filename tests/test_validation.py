@@ -328,7 +328,8 @@ def test_wrong_embedding_dim(project):
     assert checks(report) == {"embedding_dim"}
     assert failure(report, "embedding_dim").examples[0]["row"] == 4
     wider = SETTINGS.replace(embedding_dim=DIM + 1)
-    assert failure(validate("pin_features", df, project, settings=wider), "embedding_dim").unexpected_count == len(df) - 1
+    failed = failure(validate("pin_features", df, project, settings=wider), "embedding_dim")
+    assert failed.unexpected_count == len(df) - 1
 
 
 def test_non_finite_embedding(project):

@@ -260,7 +260,8 @@ def report_markdown(ctx: dict, out_dir: Path) -> str:
                   "arrival at the broker (record timestamp) to its sequence being visible in the online store. "
                   f"{int(fresh.count)} live events"
                   + (f": mean {fresh.mean * 1000:.0f} ms, p50 ≈ {_ms(_x1000(fresh.quantile(0.5)))} ms, "
-                     f"p99 ≈ {_ms(_x1000(fresh.quantile(0.99)))} ms (interpolated in buckets)." if fresh.count else "."),
+                     f"p99 ≈ {_ms(_x1000(fresh.quantile(0.99)))} ms (interpolated in buckets)."
+                     if fresh.count else "."),
                   ""]
         if ctx.get("freshness_png"):
             lines += [f"![freshness histogram]({_rel(ctx['freshness_png'], out_dir)})", ""]

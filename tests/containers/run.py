@@ -379,7 +379,8 @@ class Run:
             self.images_made.append(self.image)
         for service, tag in local.items():
             dockerfile = HERE / ("redis.Dockerfile" if service == "redis" else "tansu.Dockerfile")
-            jobs.append((f"{service} stand-in", [engine.client, "build", "-q", "-f", str(dockerfile), "-t", tag, str(HERE)]))
+            jobs.append((f"{service} stand-in",
+                         [engine.client, "build", "-q", "-f", str(dockerfile), "-t", tag, str(HERE)]))
             self.images_made.append(tag)
         if local:
             say(f"upstream {', '.join(upstream[s] for s in local)} cannot be pulled: local stand-ins")
@@ -529,7 +530,8 @@ class Run:
         wait_for("the group's committed offsets to reach the end", lambda: self.lag() == 0, 60, 1)
         expected = (list(reversed(while_down)) + sequence)[:100]
         got = wait_for("the actions sent during the restart in the online sequence",
-                       lambda: (s := json.loads(self.in_container("ranker", READ_SEQUENCE, str(user)))) == expected and s,
+                       lambda: (s := json.loads(self.in_container("ranker", READ_SEQUENCE, str(user)))) == expected
+                       and s,
                        60, 1)
         self.verified.append(f"consumer restart lost nothing ({len(while_down)} actions sent while it was down, "
                              f"sequence {len(got)} long, lag 0)")
@@ -585,7 +587,8 @@ class Run:
         self.bento_container = name
         url = f"http://127.0.0.1:{self.bento_port}"
         try:
-            wait_for("the bento container's /readyz", lambda: request("GET", url + "/readyz", timeout_s=5)[0] == 200, 300, 2)
+            wait_for("the bento container's /readyz",
+                     lambda: request("GET", url + "/readyz", timeout_s=5)[0] == 200, 300, 2)
         except Failed:
             logs = self.engine.docker("logs", "--tail", "40", name, check=False, capture=True, quiet=True)
             raise Failed(f"the bento container did not become ready:\n{logs.stdout}{logs.stderr}") from None

@@ -220,7 +220,8 @@ def run_dataset_bench(users: list[int], days: int, pins: int, long_span_events: 
                     for a, b in zip(synthetic, synthetic[1:])]
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
-    return {"stores": list(stores), "kept": str(root) if keep else None, "cases": cases, "scaling": scaling, "machine": f"{os.cpu_count()} cores",
+    return {"stores": list(stores), "kept": str(root) if keep else None, "cases": cases, "scaling": scaling,
+            "machine": f"{os.cpu_count()} cores",
             "date": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
 
 

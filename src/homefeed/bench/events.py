@@ -56,7 +56,8 @@ def topic_event_ids(settings: Settings, timeout_s: float = 30) -> list[str]:
 
     consumer = KafkaConsumer(**settings.kafka_client_config(), enable_auto_commit=False)
     try:
-        parts = [TopicPartition(settings.actions_topic, p) for p in consumer.partitions_for_topic(settings.actions_topic)]
+        parts = [TopicPartition(settings.actions_topic, p)
+                 for p in consumer.partitions_for_topic(settings.actions_topic)]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         end = consumer.end_offsets(parts)

@@ -596,7 +596,8 @@ def _overload_case(url: str, server_pid: int, timed: bool, seconds: float) -> Ca
                       pids=service_pids(server_pid), keepalive=True)
     b, o, rss = r["baseline"], r["overload"], r["rss_mb"]
     t = r["targets"]
-    passed = t["no_other_5xx"] and b["ok"] == b["sent"] and (not timed or (t["p99_within_2x"] and t["rss_within_10pct"]))
+    passed = (t["no_other_5xx"] and b["ok"] == b["sent"]
+              and (not timed or (t["p99_within_2x"] and t["rss_within_10pct"])))
     return Case(
         "service: overload, 4x the sustainable rate open-loop, 100 candidates",
         "503 + Retry-After past the in-flight limit, no other 5xx"

@@ -105,7 +105,7 @@ def run_model_bench(ns: tuple[int, ...] = (100, 1000, 5000), actions: int = 100,
         dense = torch.zeros(n, config.dense_dim, device=dev) if config.dense_dim else None
         batch = user_dev.batch(cand, dense, copy_rows=True)  # the plain per-candidate copy
 
-        def plain():
+        def plain(batch=batch):
             out = plain_model.predict(batch)
             sync()
             return out
@@ -301,7 +301,8 @@ def run_features_bench(candidates: int = 1000, n_pins: int = 20_000, repeats: in
     store, settings, stop = _features_setup(Path(tmp.name), redis_url, n_pins)
     try:
         rng = np.random.default_rng(1)
-        requests = [rng.choice(np.arange(1, n_pins + 1), candidates, replace=False) for _ in range(max(repeats, sdk_repeats))]
+        requests = [rng.choice(np.arange(1, n_pins + 1), candidates, replace=False)
+                    for _ in range(max(repeats, sdk_repeats))]
         pin_refs = F.feature_refs(F.PIN_FEATURES, F.PIN_FEATURE_NAMES)
         user_refs = (F.feature_refs(F.USER_ACTION_SEQUENCE, F.SEQUENCE_FEATURE_NAMES)
                      + F.feature_refs(F.USER_PROFILE, F.PROFILE_FEATURE_NAMES))

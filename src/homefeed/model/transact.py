@@ -36,7 +36,6 @@ from torch import Tensor, nn
 from homefeed.model.batch import RankingBatch
 from homefeed.model.config import ModelConfig
 
-
 # ---------------------------------------------------------------------------------------------
 # masks
 # ---------------------------------------------------------------------------------------------

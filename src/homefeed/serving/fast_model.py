@@ -352,7 +352,8 @@ class ServedRanker:
     torch dtype, its name, or "auto" (see `resolve_dtype`: bfloat16 on CUDA and on a CPU with
     native bf16 matmuls, float32 on other CPUs; None = "auto" on CUDA, float32 on CPU). On CPU,
     bfloat16 runs the whole TransAct path and the ranker's top under CPU autocast (oneDNN bf16
-    matmuls); the baselines' once-per-user encoder stays float32. ``cuda_graphs``: replay one CUDA graph per N bucket (default: on for CUDA).
+    matmuls); the baselines' once-per-user encoder stays float32. ``cuda_graphs``: replay one CUDA graph
+    per N bucket (default: on for CUDA).
     ``chunk_tokens``: CPU only, candidates per chunk = chunk_tokens // visible positions.
     ``workers``: CPU only, chunks run on this many Python threads (ATen releases the GIL); use
     it with ``torch.set_num_threads(1)``, so chunks run side by side instead of every small op

@@ -25,9 +25,9 @@ import numpy as np
 
 from homefeed import features as F
 from homefeed.model import merge_impressions
+from homefeed.model.dense import dense_features
 from homefeed.serving.fast_model import ServedRanker, UserTensors
 from homefeed.serving.online_features import FeatureStoreUnavailable, OnlineFeatureReader, UserFeatures
-from homefeed.model.dense import dense_features
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@
    settings `serving_threads` (HOMEFEED_SERVING_THREADS, default 1) and `serving_workers`
    (HOMEFEED_SERVING_WORKERS, default: the available CPUs / threads), so workers x threads = the
    CPUs given. Each worker runs torch with one intra-op thread (on small shared hosts OpenMP
-   barriers wait for descheduled threads) and scores a request's candidate chunks on `threads` Python threads (`ServedRanker(workers=...)`).
+   barriers wait for descheduled threads) and scores a request's candidate chunks on `threads` Python
+   threads (`ServedRanker(workers=...)`).
    One process per CPU is the default because it measured best under concurrent load on a
    shared 2-core host (docs/benchmarks.md); chunk threads only shorten one request.
 

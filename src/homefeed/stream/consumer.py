@@ -47,8 +47,8 @@ import threading
 import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
-from itertools import groupby
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Callable
 
@@ -63,8 +63,8 @@ from homefeed.redis_client import KeyScript
 from homefeed.sequence import IMPRESSION_TYPE, Action, SequenceState, merge, next_snapshot_ms
 from homefeed.settings import Settings
 from homefeed.stream import metrics as M
-from homefeed.stream.engagement import EngagementCounters, EngagementEvent, engagement_table
 from homefeed.stream import watchdog
+from homefeed.stream.engagement import EngagementCounters, EngagementEvent, engagement_table
 from homefeed.stream.generation import Generation, RestoreInProgress
 from homefeed.stream.online_writer import OnlineWriter
 

@@ -2,7 +2,8 @@
 
 Input: a micro-batch's `EngagementEvent`s: its new actions, and its impressions (their own
 topic; read by the same consumer or by a process of their own, `stream consume --impressions`:
-the offset marks are per topic and partition, so either way each record counts once). Output: the new versions of every touched entity's counters, as rows for the
+the offset marks are per topic and partition, so either way each record counts once). Output: the new
+versions of every touched entity's counters, as rows for the
 `user_engagement` / `pin_engagement` views (homefeed.features), which the consumer writes to the
 offline log and to Feast's online store like the sequences.
 

@@ -8,7 +8,8 @@ writing new events onto empty states: users with 80 actions online would have 5.
 2. every micro-batch checks it first (one GET). Missing while the offline log holds events
    means the data is gone (missing with an empty log is a first start: the marker is set);
 3. one consumer wins `SET NX` of a short-lived "restoring" token, rebuilds every user's sequence
-   and state, every pin's features and every engagement counter from the log (`homefeed stream backfill`'s code), logs it,
+   and state, every pin's features and every engagement counter from the log (`homefeed stream
+   backfill`'s code), logs it,
    counts it (`homefeed_stream_redis_restores_total`, alert `HomefeedRedisDataLost`) and sets a
    new generation; the others retry their batch until it is done (`RestoreInProgress` is an
    outage to them). A restorer that dies mid-way leaves the token to expire, and another takes

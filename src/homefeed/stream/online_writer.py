@@ -14,7 +14,6 @@ import math
 from datetime import datetime, timezone
 
 import pandas as pd
-
 from feast.infra.provider import get_provider
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Int32List, Int64List, Value

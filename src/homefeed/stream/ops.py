@@ -14,8 +14,8 @@ import pandas as pd
 
 from homefeed import features as F
 from homefeed import offline_log
-from homefeed.events import ActionType
 from homefeed.errors import UserError
+from homefeed.events import ActionType
 from homefeed.sequence import IMPRESSION_TYPE, build, next_snapshot_ms
 from homefeed.settings import Settings
 

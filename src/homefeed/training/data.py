@@ -25,7 +25,6 @@ from homefeed.model.dense import (  # noqa: F401  (re-exported: training's publi
     dense_features,
 )
 
-
 # -- pin table ------------------------------------------------------------------------------------
 
 class PinTable:

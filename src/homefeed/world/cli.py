@@ -24,7 +24,6 @@ from pathlib import Path
 from homefeed.errors import UserError
 
 
-
 def _start_ms(text: str) -> int:
     """--start accepts epoch milliseconds or an ISO-8601 date/time (UTC when no zone is given)."""
     text = text.strip()

@@ -59,9 +59,9 @@ from homefeed.world.format import (
     USERS_FILE,
     WORLD_FILES,
     list_array,
+    make_out,
     prepare_out,
     utc_iso,
-    make_out,
     write_meta,
     write_parquet,
 )
