@@ -305,15 +305,41 @@ class LocalStack:
             if pid is None:
                 self._pid_file(name).unlink(missing_ok=True)
                 continue
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.05)
-            if _alive(pid):
-                log.warning("%s (pid %d) ignored SIGTERM; killing it", name, pid)
-                os.kill(pid, signal.SIGKILL)
-            self._pid_file(name).unlink(missing_ok=True)
+            self._signal_until_gone(name, pid, signal.SIGTERM, timeout_s)
             log.info("%s stopped (pid %d)", name, pid)
+
+    def _signal_until_gone(self, name: str, pid: int, sig: int, timeout_s: float) -> None:
+        """Send `sig`, wait up to `timeout_s` for the process to go (SIGKILL if it does not),
+        remove its pid file."""
+        os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            log.warning("%s (pid %d) ignored %s; killing it", name, pid, signal.Signals(sig).name)
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        self._pid_file(name).unlink(missing_ok=True)
+
+    def restart(self, service: str, sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> None:
+        """A crash and a supervisor's restart: `sig` (SIGKILL by default) to a running managed
+        service ("kafka" or "redis"), then the same start as `up` on the same port(s). The local
+        broker keeps topics in memory: its restart starts empty and `_up_kafka` creates the
+        topics again (`ensure_topics`); every record and committed offset is gone."""
+        if service not in ("kafka", "redis"):
+            raise ValueError(f"unknown service {service!r}")
+        external = self.settings.kafka_external if service == "kafka" else self.settings.redis_external
+        if external:
+            raise UserError(f"{service} is external (not started by `homefeed stack`): not restarted")
+        names = self._redis_names() if service == "redis" else [service]
+        for name in names:
+            pid = self._running_pid(name)
+            if pid is None:
+                raise UserError(f"{name} is not running (no live pid in {self._pid_file(name)})")
+            self._signal_until_gone(name, pid, sig, timeout_s)
+            log.warning("%s (pid %d) stopped with %s; starting it again", name, pid, signal.Signals(sig).name)
+        (self._up_kafka if service == "kafka" else self._up_redis)()
 
     def status(self) -> list[ServiceStatus]:
         from homefeed.redis_client import healthy

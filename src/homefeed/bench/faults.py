@@ -9,7 +9,9 @@ docs/reliability.md; the result is a table of case / expected / observed / pass.
    poison record is followed by a good "sentinel" event, which must become visible (the consumer
    is alive and past the poison); the poison must be in the dead-letter topic with its reason; and
    the group's counters must add up to exactly what was produced (records = applied +
-   duplicates + dead-lettered + pin upserts). Then Redis and the broker are paused under it.
+   duplicates + dead-lettered + pin upserts). Then Redis and the broker are paused under it,
+   Redis refuses writes and loses its data; last, the broker is SIGKILLed and restarted (its
+   topics are in memory: they come back empty) and a poison record follows.
 3. Service cases, against a real `bentoml serve` with an untrained model: Redis stopped and
    paused under 8 concurrent clients (every call 200, flagged degraded, p99 bound), recovery,
    overload at 4x the sustainable rate (shed 503s, no other 5xx), Redis wiped (neutral vectors,
@@ -200,20 +202,29 @@ class ConsumerProbe:
     """Produces records for one running consumer and checks what became of them."""
 
     def __init__(self, settings: Settings):
-        from kafka import KafkaProducer
-
         from homefeed.feature_store import open_store, repo_project
         from homefeed.redis_client import pipeline_client
 
         self.settings = settings
         self.project = repo_project(settings.feature_repo)
         # A raw producer with a large request limit: poison records include a ~2 MB value.
-        self.producer = KafkaProducer(bootstrap_servers=settings.effective_kafka_bootstrap, acks="all",
-                                      max_request_size=4 * 1024 * 1024)
+        self.producer = self._producer()
         self.redis = pipeline_client(settings)
         self.store = open_store(settings.feature_repo)
         self.produced = 0
         self._sentinels = 0
+
+    def _producer(self):
+        from kafka import KafkaProducer
+
+        return KafkaProducer(bootstrap_servers=self.settings.effective_kafka_bootstrap, acks="all",
+                             max_request_size=4 * 1024 * 1024)
+
+    def new_producer(self) -> None:
+        """A fresh client for the probe's own sends (after a broker restart: the fault is the
+        consumer's to survive, not the probe's)."""
+        self.producer.close(timeout=5)
+        self.producer = self._producer()
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = b"faults"):
         meta = self.producer.send(topic, key=key, value=value).get(timeout=30)
@@ -330,8 +341,10 @@ def poison_cases(settings: Settings) -> list[tuple[str, str, bytes | None, str]]
     ]
 
 
-def consumer_matrix(settings: Settings, workdir: Path) -> list[Case]:
-    cases: list[Case] = []
+@contextlib.contextmanager
+def running_consumer(settings: Settings, workdir: Path):
+    """One real `homefeed stream consume` process (output in workdir/consumer.log), once its
+    partitions are assigned, and a ConsumerProbe; yields (process, probe); both stopped after."""
     ready = workdir / "consumer.ready"
     proc = start_logged([sys.executable, "-m", "homefeed.cli", "stream", "consume", "--ready-file",
                          str(ready)], workdir / "consumer.log")
@@ -341,6 +354,15 @@ def consumer_matrix(settings: Settings, workdir: Path) -> list[Case]:
             raise RuntimeError("consumer was not assigned its partitions within 120 s")
         if proc.poll() is not None:
             raise RuntimeError(f"consumer exited at start; see {workdir / 'consumer.log'}")
+        yield proc, probe
+    finally:
+        probe.close()
+        stop_process(proc)
+
+
+def consumer_matrix(settings: Settings, stack, workdir: Path) -> list[Case]:
+    cases: list[Case] = []
+    with running_consumer(settings, workdir) as (proc, probe):
         rng = np.random.default_rng(0)
         for pin_id in PIN_IDS:  # features for the service cases, through the real path
             v = rng.normal(size=settings.embedding_dim)
@@ -409,16 +431,85 @@ def consumer_matrix(settings: Settings, workdir: Path) -> list[Case]:
                               f"{detail}", got and alive and acc and proc.poll() is None))
         cases.append(_redis_refuses_writes(probe, proc, workdir / "consumer.log"))
         cases.append(_redis_loses_its_data(probe, proc, workdir / "consumer.log"))
-    finally:
-        probe.close()
-        stop_process(proc)
+        cases.append(_broker_restarts(probe, proc, stack, workdir / "consumer.log"))  # last: topics reset
     return cases
 
 
-def _dead_letters_agree(probe: ConsumerProbe) -> tuple[bool, int]:
-    """The group's dead-letter counter (Redis) equals the dead-letter topic's record count."""
+def _dead_letters_agree(probe: ConsumerProbe, counted_before: int = 0) -> tuple[bool, int]:
+    """The group's dead-letter counter (Redis), less `counted_before` (what it counted before the
+    topic was emptied, e.g. by a restart of the in-memory broker), equals the dead-letter
+    topic's record count."""
     n = len(probe.dead_letters())
-    return (probe.counters() or {}).get("dead_lettered") == n, n
+    return (probe.counters() or {}).get("dead_lettered", 0) - counted_before == n, n
+
+
+def _dead_letter_bound_s() -> float:
+    """How soon a poison record sent after a broker restart must be dead-lettered: the consumer
+    may first wait out a lost group join (UNASSIGNED_REBUILD_S, then a ~3 s join) and then a
+    dead-letter producer that the new broker does not know (DEAD_LETTER_TIMEOUT_S), plus 30 s
+    for a loaded machine: 90 s today (one run took 63 s with both)."""
+    from homefeed.stream.consumer import DEAD_LETTER_TIMEOUT_S, UNASSIGNED_REBUILD_S
+
+    return UNASSIGNED_REBUILD_S + DEAD_LETTER_TIMEOUT_S + 30.0
+
+
+def _broker_restarts(probe: ConsumerProbe, proc, stack, log_path: Path) -> Case:
+    """The broker SIGKILLed under the idle running consumer and started again on the same port
+    (LocalStack.restart). Tansu keeps topics in memory: the restarted broker is empty, the topics
+    are created again (as `stack up` does), and the group's committed offsets are gone; the
+    consumer's clients (its group membership, fetch positions, the dead-letter producer) must
+    find their way back by themselves. Then a valid action, a poison record and another valid
+    action: both actions applied, the poison dead-lettered with its reason within
+    `_dead_letter_bound_s()`, the consumer alive, the counters exact. The dead-letter topic restarted
+    empty, so the counter-topic agreement is checked on what was counted after the restart."""
+    settings = probe.settings
+    ok_before, _ = _accounting(probe)  # idle: everything so far applied and committed
+    counted_before = (probe.counters() or {}).get("dead_lettered", 0)
+    mark = log_path.stat().st_size
+    old_pid = _pid(settings, "kafka")
+    stack.restart("kafka")
+    new_pid = _pid(settings, "kafka")
+    probe.new_producer()
+    emptied = probe.dead_letters() == []
+    partitions = len(probe.producer.partitions_for(settings.actions_topic) or ())
+    user = 8_400_001
+    name, topic, value, reason = poison_cases(settings)[3]  # 3,000 nested [: not_json
+    probe.send(settings.actions_topic, probe.action(user, "restart-1"), key=str(user).encode())
+    t0 = time.monotonic()
+    meta = probe.send(topic, value)
+    probe.send(settings.actions_topic, probe.action(user, "restart-2"), key=str(user).encode())
+    source = f"{topic}:{meta.partition}:{meta.offset}"
+    letters: list[dict] = []
+
+    def lettered() -> bool:
+        letters[:] = [d for d in probe.dead_letters() if d.get("source") == source]
+        return bool(letters)
+
+    bound_s = _dead_letter_bound_s()
+    in_time = wait_for(lettered, bound_s, 0.5)
+    dead_s = time.monotonic() - t0
+    both = wait_for(lambda: {"restart-1", "restart-2"} <= set(probe.user_event_ids(user)), 60, 0.25)
+    got = letters[0]["reason"] if letters else "no dead letter"
+    acc, detail = _accounting(probe)
+    agree, n_dead = _dead_letters_agree(probe, counted_before)
+    text = log_path.read_text(errors="replace")[mark:]
+    rebuilt = text.count("dead-letter producer rebuilt")
+    consumer_rebuilt = text.count("rebuilding the Kafka consumer")
+    broker_errors = text.count("broker error during")
+    alive = proc.poll() is None
+    passed = (ok_before and old_pid != new_pid and emptied and in_time and got == reason and both
+              and acc and agree and n_dead == 1 and alive)
+    return Case("consumer: broker SIGKILLed and restarted (in-memory topics lost), then a valid action, "
+                f"a poison record ({name}), a valid action",
+                f"consumer alive, both actions applied, poison dead-lettered as {reason} within "
+                f"{bound_s:g} s, counters exact (old fetch positions past the new topics' "
+                "end: read from their start)",
+                f"broker pid {old_pid} -> {new_pid}, dead-letter topic empty after: {emptied}; dead letter: "
+                f"{got} after {dead_s:.1f} s; both actions applied: {both}; actions topic back with "
+                f"{partitions} partitions; Kafka consumer rebuilt {consumer_rebuilt}x, dead-letter "
+                f"producer rebuilt {rebuilt}x, {broker_errors} broker-error lines; dead letters since the "
+                f"restart: counter "
+                f"and topic agree: {agree} ({n_dead}); alive: {alive}; {detail}", passed)
 
 
 def _redis_refuses_writes(probe: ConsumerProbe, proc, log_path: Path) -> Case:
@@ -728,7 +819,7 @@ def run_matrix(workdir: Path | None = None, parts: tuple[str, ...] = ("consumer"
     try:
         if "consumer" in parts or "service" in parts:
             with private_stack(workdir) as (settings, stack):
-                cases += consumer_matrix(settings, workdir)
+                cases += consumer_matrix(settings, stack, workdir)
                 if "service" in parts:
                     cases += service_matrix(settings, stack, workdir, p99_bound_ms, overload_s)
         if "operations" in parts:

@@ -717,7 +717,9 @@ def impressions_settings(settings: Settings) -> Settings:
                             batch_max_ms=settings.impressions_batch_max_ms)
 
 
-def make_consumer(settings: Settings, impressions_only: bool = False, **overrides):
+def make_consumer(settings: Settings, impressions_only: bool = False, listener=None, **overrides):
+    """The group's KafkaConsumer, subscribed; `listener`: its rebalance listener (a
+    `_rebalance_log()`, which also says since when the consumer holds no partitions)."""
     from kafka import KafkaConsumer
 
     config = dict(
@@ -735,7 +737,7 @@ def make_consumer(settings: Settings, impressions_only: bool = False, **override
     )
     config.update(overrides)
     consumer = KafkaConsumer(**config)
-    consumer.subscribe(consumed_topics(settings, impressions_only), listener=_rebalance_log())
+    consumer.subscribe(consumed_topics(settings, impressions_only), listener=listener or _rebalance_log())
     return consumer
 
 
@@ -743,13 +745,20 @@ def _rebalance_log():
     from kafka import ConsumerRebalanceListener
 
     class RebalanceLog(ConsumerRebalanceListener):
-        """Says when this consumer gains or loses partitions (a rebalance), one line each."""
+        """Says when this consumer gains or loses partitions (a rebalance), one line each;
+        `unassigned_since`: monotonic time since which it waits for an assignment (None once
+        the group gave it one, an empty one included)."""
+
+        def __init__(self) -> None:
+            self.unassigned_since: float | None = time.monotonic()
 
         def on_partitions_revoked(self, revoked) -> None:
+            self.unassigned_since = time.monotonic()
             if revoked:
                 log.info("partitions revoked: %s", _partition_list(revoked))
 
         def on_partitions_assigned(self, assigned) -> None:
+            self.unassigned_since = None
             log.info("partitions assigned: %s", _partition_list(assigned) or "none")
 
     return RebalanceLog()
@@ -833,11 +842,26 @@ class Backoff:
         return waited
 
 
+# A consumer that waits this long for an assignment (after a revocation, or since it started) is
+# closed and rebuilt: after a broker restart kafka-python 3.0 can lose a group join that completes
+# between two short polls (the topics came back with other partition counts), and the client then
+# stays in the group with no partitions, consuming nothing, for good.
+UNASSIGNED_REBUILD_S = 30.0
+
+
 class StreamConsumer:
-    def __init__(self, settings: Settings, builder: SequenceBuilder, consumer=None, watchdog_s: float = 0):
+    def __init__(self, settings: Settings, builder: SequenceBuilder, consumer=None, consumer_factory=None,
+                 watchdog_s: float = 0):
+        """`consumer_factory(listener)`: a new subscribed KafkaConsumer (make_consumer), used at
+        start and to rebuild a stuck one; a `consumer` given instead is never rebuilt."""
         self.settings = settings
         self.builder = builder
-        self.consumer = consumer or make_consumer(settings)
+        self._membership = _rebalance_log()
+        if consumer is not None:
+            self.consumer, self._factory = consumer, None
+        else:
+            self._factory = consumer_factory or (lambda listener: make_consumer(settings, listener=listener))
+            self.consumer = self._factory(self._membership)
         self.stats = ConsumeStats()
         self.stop = threading.Event()
         self._last_lag = 0.0
@@ -976,6 +1000,8 @@ class StreamConsumer:
                     Path(ready_file).touch()  # partitions assigned: orchestration may start producing
                     ready_file = None
                 if not batch:
+                    # A lost join leaves assignment() showing the revoked partitions: ask the listener.
+                    self._rebuild_if_unassigned()
                     if not self._assignment():  # still joining the group: not idle
                         idle_since = time.monotonic()
                     elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
@@ -1029,6 +1055,21 @@ class StreamConsumer:
         except KafkaError as err:
             log.warning("could not rewind after a fenced batch (%s); the group's rebalance will", err)
 
+    def _rebuild_if_unassigned(self) -> None:
+        since = self._membership.unassigned_since
+        if self._factory is None or since is None or time.monotonic() - since < UNASSIGNED_REBUILD_S:
+            return
+        self.stats.broker_errors += 1
+        M.BROKER_ERRORS.labels("unassigned").inc()
+        log.warning("no partitions assigned for %.0f s (a group join lost, e.g. after a broker "
+                    "restart); rebuilding the Kafka consumer", time.monotonic() - since)
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception as exc:  # a stuck client may fail to close: it is dropped either way
+            log.debug("consumer close failed: %s", exc)
+        self._membership = _rebalance_log()
+        self.consumer = self._factory(self._membership)
+
     def _assignment(self) -> set:
         from kafka.errors import KafkaError
 
@@ -1060,7 +1101,8 @@ def build_consumer(settings: Settings, validate: bool = True, impressions_only: 
     if impressions_only:
         settings = impressions_settings(settings)
     builder = build_builder(settings, validate, make_producer(settings), lambda: make_producer(settings))
-    return StreamConsumer(settings, builder, make_consumer(settings, impressions_only, **consumer_overrides))
+    return StreamConsumer(settings, builder, consumer_factory=lambda listener: make_consumer(
+        settings, impressions_only, listener=listener, **consumer_overrides))
 
 
 def build_builder(settings: Settings, validate: bool, dlq_producer, dlq_factory=None) -> SequenceBuilder:
