@@ -149,9 +149,9 @@ def test_vectorised_keys_equal_feasts_redis_key():
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from homefeed.serving.online_features import _Int64KeyTemplate
+    from homefeed.redis_codec import Int64KeyTemplate
 
-    tpl = _Int64KeyTemplate("homefeed", F.PIN_ID, 3)
+    tpl = Int64KeyTemplate("homefeed", F.PIN_ID, 3)
     ids = np.array([0, 1, 255, 256, 65536, 2**31, 2**62 + 3, -5], dtype=np.int64)
     want = [_redis_key("homefeed", EntityKey(join_keys=[F.PIN_ID], entity_values=[Value(int64_val=int(i))]),
                        entity_key_serialization_version=3) for i in ids]
@@ -161,10 +161,10 @@ def test_vectorised_keys_equal_feasts_redis_key():
 def test_float_list_decoder_matches_protobuf_for_every_encoding():
     from feast.protos.feast.types.Value_pb2 import FloatList, Value
 
-    from homefeed.serving.online_features import _FloatListDecoder
+    from homefeed.redis_codec import FloatListDecoder
 
     dim = 4
-    dec = _FloatListDecoder(dim)
+    dec = FloatListDecoder(dim)
     good = np.array([1.5, -2.25, 3e-8, 7.0], dtype=np.float32)
     packed = Value(float_list_val=FloatList(val=good.tolist())).SerializeToString()
     # the same list written unpacked (valid protobuf, different bytes) must decode the same
