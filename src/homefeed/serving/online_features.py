@@ -15,16 +15,17 @@ Read path
   entity key `user_id`), so one HMGET returns all three views; with ``impressions=True`` (a model
   trained with `sequence_impressions`) the same HMGET also reads the impression sequence. Not
   cached: the realtime sequence must be fresh.
-* **Pin cache**: an in-process table of embedding [capacity, D] + topic + created + known +
-  engagement counters (`pin_engagement` lives in the pin's hash: the same HMGET), one slot
-  per pin id, filled by batched reads. Counters are stored as of their newest event and decayed
-  to the request time by the caller (homefeed.engagement), so a cached entry is never stale in
-  value; it lacks at most `max_staleness_s` of newer events. An entry is served for at most `max_staleness_s` after
-  it was read from Redis (each entry gets a random expiry in [0.75, 1] x max_staleness_s so a
-  warmed cache does not expire in one burst); after that the next request re-reads it. Unknown
-  pins are cached too (known=False, zeros), under the same bound. So a pin update written to
-  Redis at time t is served from t + max_staleness_s at the latest. `refresh(ahead_s)`
-  re-reads entries about to expire (a background task can call it so requests rarely miss).
+* **Pin cache** (`homefeed.serving.pin_cache.PinCache`): an in-process table of embedding
+  [capacity, D] + topic + created + known + engagement counters (`pin_engagement` lives in the
+  pin's hash: the same HMGET), one slot per pin id, filled by batched reads. Counters are stored
+  as of their newest event and decayed to the request time by the caller (homefeed.engagement),
+  so a cached entry is never stale in value; it lacks at most `max_staleness_s` of newer events.
+  An entry is served for at most `max_staleness_s` after it was read from Redis (each entry gets
+  a random expiry in [0.75, 1] x max_staleness_s so a warmed cache does not expire in one
+  burst); after that the next request re-reads it. Unknown pins are cached too (known=False,
+  zeros), under the same bound. So a pin update written to Redis at time t is served from
+  t + max_staleness_s at the latest. `refresh(ahead_s)` re-reads entries about to expire (a
+  background task can call it so requests rarely miss).
 * **Errors**: any Redis failure (refused, timeout, reset) raises `FeatureStoreUnavailable`; the
   service decides how to degrade (e.g. serve from cache only with `pin_features(..., cache_only=True)`).
   Calls are bounded: a short socket timeout and at most one immediate retry on a dropped
@@ -32,13 +33,11 @@ Read path
 * **Circuit breaker** (`homefeed.serving.redis_health.RedisHealth`): while open, reads fail at
   once without touching the network; a background probe closes it.
 
-Thread safety: the cache is guarded by a lock held only for dict/array work, never during I/O.
+Thread safety: the cache's lock is held only for dict/array work, never during I/O.
 """
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,6 +48,7 @@ import numpy as np
 from homefeed import engagement as EN
 from homefeed import features as F
 from homefeed import redis_codec as codec
+from homefeed.serving.pin_cache import PinCache
 from homefeed.serving.redis_health import FeatureStoreUnavailable, RedisHealth
 from homefeed.settings import Settings
 
@@ -175,7 +175,6 @@ class OnlineFeatureReader:
         self.timeout_s = (settings.serving_redis_timeout_ms / 1000 if timeout_s is None
                           else float(timeout_s))
         self.clock = clock
-        self._rng = np.random.default_rng(seed)
         config = store.config
         self.project = config.project
         version = int(getattr(config, "entity_key_serialization_version", 3) or 3)
@@ -198,21 +197,8 @@ class OnlineFeatureReader:
         self._counts = codec.FloatListDecoder(EN.N_VALUES, double=True)
         self._client = client if client is not None else self._make_client(config.online_store)
         self.health = RedisHealth(self.ping, probe_interval_s, on_health_change)
-        # cache: slot arrays + id -> slot
-        self._lock = threading.Lock()
-        self._slot_of: dict[int, int] = {}
-        cap = min(self.max_entries, 4096)
-        self._c_emb = np.zeros((cap, self.dim), dtype=np.float32)
-        self._c_topic = np.full(cap, -1, dtype=np.int64)
-        self._c_created = np.zeros(cap, dtype=np.int64)
-        self._c_duration = np.full(cap, -1, dtype=np.int64)
-        self._c_known = np.zeros(cap, dtype=bool)
-        self._c_eng = np.zeros((cap, EN.N_VALUES), dtype=np.float64)
-        self._c_eng_as_of = np.zeros(cap, dtype=np.int64)
-        self._c_expires = np.full(cap, -np.inf)
-        self._c_id = np.zeros(cap, dtype=np.int64)
-        self._free: list[int] = list(range(cap - 1, -1, -1))
         self.stats = ReaderStats()
+        self._cache = PinCache(self.dim, EN.N_VALUES, self.max_entries, self.max_staleness_s, self.stats, seed)
 
     # -- connection -------------------------------------------------------------------------------
     def _make_client(self, online_config: Any) -> Any:
@@ -306,42 +292,16 @@ class OnlineFeatureReader:
         cache has, expired or not; the rest unknown) and no Redis error can occur."""
         ids = np.asarray(pin_ids, dtype=np.int64).reshape(-1)
         n = ids.size
-        now = self.clock()
-        with self._lock:
-            slots = self._lookup(ids)
-            present = slots >= 0
-            fresh = present.copy()
-            fresh[present] = self._c_expires[slots[present]] > now
-            use = present if cache_only else fresh
-            s = np.where(use, slots, 0)
-            emb = self._c_emb[s]
-            topic = self._c_topic[s]
-            created = self._c_created[s]
-            duration = self._c_duration[s]
-            known = self._c_known[s] & use
-            eng, eng_as_of = self._c_eng[s], self._c_eng_as_of[s]
-            n_fresh = int(fresh.sum())
-            st = self.stats
-            st.requests += 1
-            st.pins += n
-            st.hits += n_fresh
-            st.misses += int((~present).sum())
-            st.expired += int((present & ~fresh).sum())
-        if not use.all():
-            emb[~use] = 0.0
-            topic[~use] = -1
-            created[~use] = 0
-            duration[~use] = -1
-            eng[~use] = 0.0
-            eng_as_of[~use] = 0
+        values, fresh = self._cache.read(ids, self.clock(), cache_only)
+        n_fresh = int(fresh.sum())
         if not cache_only and n_fresh < n:
             rows = np.flatnonzero(~fresh)
             need, inverse = np.unique(ids[rows], return_inverse=True)
             fetched = self._fetch_pins(need)
-            for out, got in zip((emb, topic, created, known, eng, eng_as_of, duration), fetched):
+            for out, got in zip(values, fetched):
                 out[rows] = got[inverse]
-            with self._lock:
-                self._store(need, *fetched, now=self.clock())
+            self._cache.store(need, fetched, now=self.clock())
+        emb, topic, created, known, eng, eng_as_of, duration = values
         return PinFeatures(ids, emb, topic, created, known, eng, eng_as_of, duration)
 
     def warm(self, pin_ids: Any, batch_size: int = 10_000) -> int:
@@ -352,45 +312,25 @@ class OnlineFeatureReader:
             part = ids[s: s + batch_size]
             fetched = self._fetch_pins(part)
             known += int(fetched[3].sum())
-            with self._lock:
-                self._store(part, *fetched, now=self.clock())
+            self._cache.store(part, fetched, now=self.clock())
         return known
 
     def refresh(self, ahead_s: float = 0.0, limit: int = 10_000) -> int:
         """Re-read up to `limit` cached pins that expire within `ahead_s` (oldest first)."""
-        now = self.clock()
-        with self._lock:
-            used = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
-            if not used.size:
-                return 0
-            due = used[self._c_expires[used] <= now + ahead_s]
-            due = due[np.argsort(self._c_expires[due])][:limit]
-            ids = self._c_id[due].copy()
+        ids = self._cache.due(self.clock(), ahead_s, limit)
         if ids.size:
-            fetched = self._fetch_pins(ids)
-            with self._lock:
-                self._store(ids, *fetched, now=self.clock())
+            self._cache.store(ids, self._fetch_pins(ids), now=self.clock())
         return int(ids.size)
 
     def invalidate(self, pin_ids: Any = None) -> None:
         """Forget cached pins (all when `pin_ids` is None)."""
-        with self._lock:
-            if pin_ids is None:
-                for slot in self._slot_of.values():
-                    self._free.append(slot)
-                self._slot_of.clear()
-            else:
-                for pid in np.asarray(pin_ids, dtype=np.int64).reshape(-1).tolist():
-                    slot = self._slot_of.pop(pid, -1)
-                    if slot >= 0:
-                        self._free.append(slot)
-            self.stats.cache_size = len(self._slot_of)
+        self._cache.invalidate(pin_ids)
 
     def cache_size(self) -> int:
-        return len(self._slot_of)
+        return len(self._cache)
 
     def stats_dict(self) -> dict[str, Any]:
-        self.stats.cache_size = len(self._slot_of)
+        self.stats.cache_size = len(self._cache)
         return self.stats.as_dict()
 
     # -- internals --------------------------------------------------------------------------------
@@ -412,73 +352,6 @@ class OnlineFeatureReader:
         eng, _, _ = self._counts.decode([r[5] for r in rows])
         eng_as_of = codec.decode_int64_many([r[6] for r in rows], 0)
         return emb, topic, created, known, eng, eng_as_of, duration
-
-    def _lookup(self, ids: np.ndarray) -> np.ndarray:
-        return np.fromiter(map(self._slot_of.get, ids.tolist(), itertools.repeat(-1)),
-                           dtype=np.int64, count=ids.size)
-
-    def _grow(self, need: int) -> None:
-        cap = self._c_emb.shape[0]
-        new_cap = min(self.max_entries, max(cap * 2, cap + need))
-        if new_cap <= cap:
-            return
-        extra = new_cap - cap
-        self._c_emb = np.concatenate([self._c_emb, np.zeros((extra, self.dim), np.float32)])
-        self._c_topic = np.concatenate([self._c_topic, np.full(extra, -1, np.int64)])
-        self._c_created = np.concatenate([self._c_created, np.zeros(extra, np.int64)])
-        self._c_duration = np.concatenate([self._c_duration, np.full(extra, -1, np.int64)])
-        self._c_known = np.concatenate([self._c_known, np.zeros(extra, bool)])
-        self._c_eng = np.concatenate([self._c_eng, np.zeros((extra, EN.N_VALUES))])
-        self._c_eng_as_of = np.concatenate([self._c_eng_as_of, np.zeros(extra, np.int64)])
-        self._c_expires = np.concatenate([self._c_expires, np.full(extra, -np.inf)])
-        self._c_id = np.concatenate([self._c_id, np.zeros(extra, np.int64)])
-        self._free.extend(range(new_cap - 1, cap - 1, -1))
-
-    def _evict(self, need: int, now: float, protect: np.ndarray) -> None:
-        """Free at least `need` slots: expired entries first, then the soonest to expire;
-        slots in `protect` (entries being refreshed) stay."""
-        used = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
-        used = used[~np.isin(used, protect)]
-        order = used[np.argsort(self._c_expires[used], kind="stable")]
-        n_expired = int((self._c_expires[order] <= now).sum())
-        drop = order[: max(need, n_expired)]
-        for slot in drop.tolist():
-            del self._slot_of[int(self._c_id[slot])]
-            self._free.append(slot)
-        self.stats.evictions += int(drop.size)
-
-    def _store(self, ids: np.ndarray, emb: np.ndarray, topic: np.ndarray, created: np.ndarray,
-               known: np.ndarray, eng: np.ndarray, eng_as_of: np.ndarray, duration: np.ndarray,
-               now: float) -> None:
-        """Insert or overwrite unique `ids` (lock held)."""
-        if not ids.size or self.max_staleness_s <= 0:
-            return
-        if ids.size > self.max_entries:  # cannot all fit: cache the first max_entries
-            ids, emb, topic, created, known, eng, eng_as_of, duration = (
-                a[: self.max_entries] for a in (ids, emb, topic, created, known, eng, eng_as_of, duration))
-        slots = self._lookup(ids)
-        new = slots < 0
-        n_new = int(new.sum())
-        if n_new > len(self._free):
-            self._grow(n_new - len(self._free))
-        if n_new > len(self._free):
-            self._evict(n_new - len(self._free), now, protect=slots[~new])
-        if n_new:
-            fresh = np.asarray([self._free.pop() for _ in range(n_new)], dtype=np.int64)
-            slots[new] = fresh
-            for pid, slot in zip(ids[new].tolist(), fresh.tolist()):
-                self._slot_of[pid] = slot
-        self._c_emb[slots] = emb
-        self._c_topic[slots] = topic
-        self._c_created[slots] = created
-        self._c_duration[slots] = duration
-        self._c_known[slots] = known
-        self._c_eng[slots] = eng
-        self._c_eng_as_of[slots] = eng_as_of
-        self._c_id[slots] = ids
-        jitter = self._rng.uniform(0.75, 1.0, size=slots.size)
-        self._c_expires[slots] = now + self.max_staleness_s * jitter
-        self.stats.cache_size = len(self._slot_of)
 
 
 def _opt(value: Any, kind: type) -> Any:
