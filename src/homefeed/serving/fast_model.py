@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from homefeed.model.batch import RankingBatch
+from homefeed.model.batch import RankingBatch, pad_rows
 from homefeed.model.config import TRANSACT_KINDS, ModelConfig
 from homefeed.model.ranker import Ranker
 from homefeed.serving.hardware import dtype_name, kernel_info, resolve_dtype, torch_at_least
@@ -123,12 +123,12 @@ class UserTensors:
     def from_sequence(cls, pin_emb: Any, action_types: Any, action_times: Any, seq_len: int,
                       request_time_ms: int, emb_dim: int | None = None) -> "UserTensors":
         """From the variable-length feature arrays (newest first): keeps the newest `seq_len`
-        entries and pads the tail. `pin_emb` is [n, D] (zero rows for unknown pins); an empty
-        sequence (cold start) needs `emb_dim`."""
-        acts = np.asarray(action_types, dtype=np.int64).reshape(-1)[:seq_len]
-        times = np.asarray(action_times, dtype=np.int64).reshape(-1)[:seq_len]
-        n = acts.size
-        if times.size != n:
+        entries and pads the tail (`homefeed.model.pad_rows`, training's padding rule). `pin_emb`
+        is [n, D] (zero rows for unknown pins); an empty sequence (cold start) needs `emb_dim`."""
+        (acts,), (n,) = pad_rows([action_types], seq_len, np.int64)
+        (times,), (n_times,) = pad_rows([action_times], seq_len, np.int64)
+        n = int(n)
+        if n_times != n:
             raise ValueError("action_types and action_times have different lengths")
         emb = np.asarray(pin_emb, dtype=np.float32)
         d = emb.shape[-1] if emb.ndim == 2 and emb.shape[-1] else emb_dim
@@ -139,14 +139,8 @@ class UserTensors:
             raise ValueError(f"pin_emb has {emb.shape[0]} rows, the sequence {n} actions")
         seq_emb = np.zeros((seq_len, d), dtype=np.float32)
         seq_emb[:n] = emb
-        seq_act = np.zeros(seq_len, dtype=np.int64)
-        seq_act[:n] = acts
-        seq_time = np.zeros(seq_len, dtype=np.int64)
-        seq_time[:n] = times
-        mask = np.zeros(seq_len, dtype=bool)
-        mask[:n] = True
-        return cls(torch.from_numpy(seq_emb), torch.from_numpy(seq_act), torch.from_numpy(seq_time),
-                   torch.from_numpy(mask), int(request_time_ms))
+        return cls(torch.from_numpy(seq_emb), torch.from_numpy(acts), torch.from_numpy(times),
+                   torch.from_numpy(np.arange(seq_len) < n), int(request_time_ms))
 
     @classmethod
     def from_batch(cls, batch: RankingBatch, row: int = 0) -> "UserTensors":
