@@ -202,8 +202,8 @@ def test_pin_durations_written_by_the_stream_read_back_as_feast_reads_them(store
     """The stream's writer (OnlineWriter, not Feast's push): a known, a zero, a null and an
     absent duration; Feast's SDK and the reader agree, and the candidates' dense duration
     inputs follow (unknown: log 0, has 0)."""
-    from homefeed.model.dense import dense_feature_names, dense_features
-    from homefeed.serving.ranking import candidate_feature_dict
+    from homefeed.model.dense import dense_feature_names, dense_from_inputs, user_inputs
+    from homefeed.serving.ranking import dense_candidates
     from homefeed.stream.online_writer import OnlineWriter
 
     dim = load_settings().embedding_dim
@@ -223,7 +223,7 @@ def test_pin_durations_written_by_the_stream_read_back_as_feast_reads_them(store
     assert_pins_equal_feast(got, {k: v + [None] for k, v in want.items()})
     assert got.duration_ms.tolist() == [87_433, 0, -1, -1, -1]
     user = {F.SEQ_ACTION_TIMES: [[]], **{k: [None] for k in F.PROFILE_FEATURE_NAMES}}
-    dense = dense_features(user, candidate_feature_dict(got), t + 1000, embedding_dim=dim)
+    dense = dense_from_inputs(user_inputs(user, dim), dense_candidates(got), t + 1000)
     names = list(dense_feature_names(dim))
     log_s, has = dense[:, names.index("log_pin_duration_s")], dense[:, names.index("has_pin_duration")]
     assert has.tolist() == [1, 1, 0, 0, 0]
