@@ -336,7 +336,7 @@ def test_din_serving_split_equals_the_module():
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-# -- TransAct reference formulation -----------------------------------------------------------
+# -- transact_one_user equals the reference formulation, TransActEncoder.forward --------------
 
 
 @pytest.mark.parametrize("kind", ["transact_v10", "transact_v11"])
