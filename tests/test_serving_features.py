@@ -158,6 +158,20 @@ def test_vectorised_keys_equal_feasts_redis_key():
     assert tpl.keys(ids) == want
 
 
+def test_codec_encode_side_round_trips_through_its_decoders():
+    """The write side's values (what the stream's writer hands Feast) decode back as written."""
+    import pandas as pd
+
+    from homefeed.redis_codec import decode_int64_many, decode_value, entity_key, event_time, optional_int64
+
+    raws = [optional_int64(v).SerializeToString() for v in (87_433, 0, None, float("nan"), pd.NA)]
+    assert [decode_value(r) for r in raws] == [87_433, 0, None, None, None]
+    assert decode_int64_many(raws, -1).tolist() == [87_433, 0, -1, -1, -1]
+    assert event_time(1_767_225_600_123).timestamp() == 1_767_225_600.123
+    key = entity_key(F.PIN_ID, 42)
+    assert list(key.join_keys) == [F.PIN_ID] and key.entity_values[0].int64_val == 42
+
+
 def test_float_list_decoder_matches_protobuf_for_every_encoding():
     from feast.protos.feast.types.Value_pb2 import FloatList, Value
 
