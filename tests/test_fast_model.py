@@ -18,15 +18,8 @@ import pytest
 import torch
 
 from homefeed.model import ENCODER_KINDS, ModelConfig, build_model
-from homefeed.serving.fast_model import (
-    TOLERANCE,
-    ServedRanker,
-    UserTensors,
-    _bucket,
-    _cpu_flags,
-    cpu_bf16_native,
-    resolve_dtype,
-)
+from homefeed.serving.fast_model import TOLERANCE, ServedRanker, UserTensors, _bucket
+from homefeed.serving.hardware import cpu_bf16_native, cpu_flags, resolve_dtype
 
 L, D = 12, 8
 RT = 1_767_225_600_000
@@ -168,7 +161,7 @@ def test_inputs_dense_broadcast_and_caller_module_untouched(models):
 
 
 def test_auto_dtype_resolves_to_bf16_only_where_the_hardware_has_it(models):
-    flags = _cpu_flags() or set()
+    flags = cpu_flags() or set()
     native = cpu_bf16_native()
     if not ({"avx512_bf16", "amx_bf16", "bf16"} & flags):
         assert not native  # an AVX2-only (or AVX-512 without BF16) CPU: bf16 would be emulated

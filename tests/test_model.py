@@ -15,8 +15,8 @@ from homefeed.model import (
     WeightedMultiHeadBCE,
     build_batch,
     build_model,
-    build_user_batch,
     default_label_weight_matrix,
+    embed_pins,
     make_pin_rows,
     time_window_mask,
     transact_one_user,
@@ -24,6 +24,7 @@ from homefeed.model import (
     within_group_pairwise,
 )
 from homefeed.model.encoders import chronological
+from homefeed.serving.fast_model import UserTensors
 
 L, D = 8, 8
 T0 = 1_767_225_600_000
@@ -126,7 +127,8 @@ def test_serving_batch_broadcasts_user_side_without_copy():
     rows = make_pin_rows(np.arange(1, 11))
     seq, act, tms = [3, 4, 5], [R, C, R], [T0 - 1, T0 - 2, T0 - 3]
     cands = [1, 2, 7, 9]
-    ub = build_user_batch(seq, act, tms, T0, cands, rows, pin_emb, L, dense=[1.0, 2.0])
+    user = UserTensors.from_sequence(embed_pins(seq, rows, pin_emb), act, tms, L, T0)
+    ub = user.batch(torch.from_numpy(embed_pins(cands, rows, pin_emb)), torch.tensor([1.0, 2.0]))
     assert ub.is_one_user() and ub.batch_size == 4
     assert ub.seq_pin_emb.stride(0) == 0 and ub.dense.stride(0) == 0
     full = build_batch([seq] * 4, [act] * 4, [tms] * 4, [T0] * 4, cands, rows, pin_emb, L,
@@ -334,7 +336,7 @@ def test_din_serving_split_equals_the_module():
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-# -- TransAct reference formulation -----------------------------------------------------------
+# -- transact_one_user equals the reference formulation, TransActEncoder.forward --------------
 
 
 @pytest.mark.parametrize("kind", ["transact_v10", "transact_v11"])

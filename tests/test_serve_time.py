@@ -159,8 +159,8 @@ def test_each_impression_sees_the_history_serving_read_when_it_was_served(pipeli
 
     # Engagement parity: the same stored rows, and the same dense features at the serve time.
     from homefeed import engagement as EN
-    from homefeed.model.dense import dense_feature_names, dense_features
-    from homefeed.serving.ranking import candidate_feature_dict, user_feature_dict
+    from homefeed.model.dense import dense_feature_names, dense_features, dense_from_inputs
+    from homefeed.serving.ranking import dense_candidates, dense_user
 
     at = int(served[14])
     req = ds.requests[ds.requests[F.SNAPSHOT_ID] == today.loc[14, F.SNAPSHOT_ID]].reset_index(drop=True)
@@ -172,8 +172,7 @@ def test_each_impression_sees_the_history_serving_read_when_it_was_served(pipeli
     click = F.ENGAGEMENT_KINDS.index("click")
     assert req.loc[0, F.UE_TOTALS][click] >= 2 and cand.loc[0, F.PE_TOTALS][click] == 1  # not trivial
     trained = dense_features(req, cand, req["request_time_ms"].to_numpy(), np.zeros(1, np.int64))
-    serving = dense_features(user_feature_dict(online), candidate_feature_dict(online_pin), at,
-                             embedding_dim=pipeline.embedding_dim)
+    serving = dense_from_inputs(dense_user(online, pipeline.embedding_dim), dense_candidates(online_pin), at)
     names = dense_feature_names(pipeline.embedding_dim)
     cols = [names.index(n) for n in EN.dense_names("user") + EN.dense_names("pin")]
     assert req.loc[0, "request_time_ms"] == at

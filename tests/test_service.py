@@ -236,7 +236,7 @@ def test_oversized_body_is_refused_before_parsing(service):
 
 
 def test_info_reports_dtype_kernels_and_cpus(service):
-    from homefeed.serving.fast_model import resolve_dtype
+    from homefeed.serving.hardware import resolve_dtype
 
     status, text = http("POST", service["url"] + "/info", {})
     assert status == 200, text

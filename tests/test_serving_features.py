@@ -149,22 +149,36 @@ def test_vectorised_keys_equal_feasts_redis_key():
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from homefeed.serving.online_features import _Int64KeyTemplate
+    from homefeed.redis_codec import Int64KeyTemplate
 
-    tpl = _Int64KeyTemplate("homefeed", F.PIN_ID, 3)
+    tpl = Int64KeyTemplate("homefeed", F.PIN_ID, 3)
     ids = np.array([0, 1, 255, 256, 65536, 2**31, 2**62 + 3, -5], dtype=np.int64)
     want = [_redis_key("homefeed", EntityKey(join_keys=[F.PIN_ID], entity_values=[Value(int64_val=int(i))]),
                        entity_key_serialization_version=3) for i in ids]
     assert tpl.keys(ids) == want
 
 
+def test_codec_encode_side_round_trips_through_its_decoders():
+    """The write side's values (what the stream's writer hands Feast) decode back as written."""
+    import pandas as pd
+
+    from homefeed.redis_codec import decode_int64_many, decode_value, entity_key, event_time, optional_int64
+
+    raws = [optional_int64(v).SerializeToString() for v in (87_433, 0, None, float("nan"), pd.NA)]
+    assert [decode_value(r) for r in raws] == [87_433, 0, None, None, None]
+    assert decode_int64_many(raws, -1).tolist() == [87_433, 0, -1, -1, -1]
+    assert event_time(1_767_225_600_123).timestamp() == 1_767_225_600.123
+    key = entity_key(F.PIN_ID, 42)
+    assert list(key.join_keys) == [F.PIN_ID] and key.entity_values[0].int64_val == 42
+
+
 def test_float_list_decoder_matches_protobuf_for_every_encoding():
     from feast.protos.feast.types.Value_pb2 import FloatList, Value
 
-    from homefeed.serving.online_features import _FloatListDecoder
+    from homefeed.redis_codec import FloatListDecoder
 
     dim = 4
-    dec = _FloatListDecoder(dim)
+    dec = FloatListDecoder(dim)
     good = np.array([1.5, -2.25, 3e-8, 7.0], dtype=np.float32)
     packed = Value(float_list_val=FloatList(val=good.tolist())).SerializeToString()
     # the same list written unpacked (valid protobuf, different bytes) must decode the same
@@ -202,8 +216,8 @@ def test_pin_durations_written_by_the_stream_read_back_as_feast_reads_them(store
     """The stream's writer (OnlineWriter, not Feast's push): a known, a zero, a null and an
     absent duration; Feast's SDK and the reader agree, and the candidates' dense duration
     inputs follow (unknown: log 0, has 0)."""
-    from homefeed.model.dense import dense_feature_names, dense_features
-    from homefeed.serving.ranking import candidate_feature_dict
+    from homefeed.model.dense import dense_feature_names, dense_from_inputs, user_inputs
+    from homefeed.serving.ranking import dense_candidates
     from homefeed.stream.online_writer import OnlineWriter
 
     dim = load_settings().embedding_dim
@@ -223,7 +237,7 @@ def test_pin_durations_written_by_the_stream_read_back_as_feast_reads_them(store
     assert_pins_equal_feast(got, {k: v + [None] for k, v in want.items()})
     assert got.duration_ms.tolist() == [87_433, 0, -1, -1, -1]
     user = {F.SEQ_ACTION_TIMES: [[]], **{k: [None] for k in F.PROFILE_FEATURE_NAMES}}
-    dense = dense_features(user, candidate_feature_dict(got), t + 1000, embedding_dim=dim)
+    dense = dense_from_inputs(user_inputs(user, dim), dense_candidates(got), t + 1000)
     names = list(dense_feature_names(dim))
     log_s, has = dense[:, names.index("log_pin_duration_s")], dense[:, names.index("has_pin_duration")]
     assert has.tolist() == [1, 1, 0, 0, 0]

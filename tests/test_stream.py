@@ -170,7 +170,7 @@ def test_pin_durations_go_through_the_stream_into_the_log_and_the_online_store_a
     field), null, and out of range (dead-lettered `bad_duration`). The log keeps an int64 column
     with nulls, Feast reads what was sent, and restoring pins from the log (Redis lost them)
     brings the same values back."""
-    from homefeed.serving.online_features import _Int64KeyTemplate
+    from homefeed.redis_codec import Int64KeyTemplate
     from homefeed.stream.online_writer import OnlineWriter
     from homefeed.stream.ops import restore_pins
 
@@ -212,7 +212,7 @@ def test_pin_durations_go_through_the_stream_into_the_log_and_the_online_store_a
 
     client = pipeline_client(pipeline)
     version = int(getattr(store.config, "entity_key_serialization_version", 3) or 3)
-    keys = _Int64KeyTemplate(store.config.project, F.PIN_ID, version).keys(pd.Series(pins).to_numpy())
+    keys = Int64KeyTemplate(store.config.project, F.PIN_ID, version).keys(pd.Series(pins).to_numpy())
     assert client.delete(*keys) == len(pins)
     client.close()
     assert online() == [None] * 4

@@ -20,7 +20,7 @@ from homefeed import features as F
 from homefeed import offline_log
 from homefeed.errors import UserError
 from homefeed.events import ActionEvent, ActionType
-from homefeed.training.data import PinTable, RankingData, dense_feature_spec, dense_features
+from homefeed.training.data import PinTable, RankingData, dense_feature_spec
 from homefeed.training.dataset import (
     IMPRESSION_SEQUENCE_FEATURES,
     SEQUENCE_FEATURES,
@@ -153,8 +153,9 @@ def planted_runs(pipeline, tmp_path_factory):
 
 
 def test_dense_features_are_the_same_for_one_user_serving_and_batch_training(tmp_path):
+    from homefeed.model.dense import dense_from_inputs, user_inputs
     from homefeed.serving.online_features import PinFeatures
-    from homefeed.serving.ranking import candidate_feature_dict
+    from homefeed.serving.ranking import dense_candidates
 
     ds = planted_dataset(tmp_path / "ds", n_requests=20)
     data = RankingData(ds.requests, ds.impressions, PinTable(ds.pins, 8), 16, HEADS)
@@ -164,15 +165,15 @@ def test_dense_features_are_the_same_for_one_user_serving_and_batch_training(tmp
     cands = ds.impressions[ds.impressions[F.REQUEST_ID] == row[F.REQUEST_ID]]
     user = {k: [row[k]] for k in (F.SEQ_ACTION_TIMES, *F.PROFILE_FEATURE_NAMES)}
     # the candidates as the online reader returns them (an unknown duration is -1 there, null in
-    # the training set), turned into dense_features' input by serving's own helper
+    # the training set), turned into the dense inputs by serving's own helper
     duration = cands[F.PIN_DURATION_MS]
     assert duration.isna().any() and duration.notna().any()  # both kinds of candidate
     pins = PinFeatures(cands[F.PIN_ID].to_numpy(np.int64), np.stack(cands[F.PIN_EMBEDDING]),
                        cands[F.PIN_TOPIC].to_numpy(np.int64), cands[F.PIN_CREATED_MS].to_numpy(np.int64),
                        np.ones(len(cands), dtype=bool),
                        duration_ms=duration.fillna(-1).to_numpy(np.int64))
-    cand = candidate_feature_dict(pins)
-    served = dense_features(user, cand, int(row["request_time_ms"]))
+    cand = dense_candidates(pins)
+    served = dense_from_inputs(user_inputs(user, 8), cand, int(row["request_time_ms"]))
     np.testing.assert_allclose(served, data.dense[cands.index.to_numpy()], rtol=1e-6)
     names = list(dense_feature_spec(8)["names"])
     has = data.dense[cands.index.to_numpy(), names.index("has_pin_duration")]
@@ -180,8 +181,8 @@ def test_dense_features_are_the_same_for_one_user_serving_and_batch_training(tmp
     assert np.allclose(data.dense[cands.index.to_numpy(), names.index("log_pin_duration_s")],
                        np.log1p(duration.fillna(0).to_numpy(np.float64) / 1000))
     # a user without a profile or sequence still gets finite features
-    empty = dense_features({F.SEQ_ACTION_TIMES: [[]], **{k: [None] for k in F.PROFILE_FEATURE_NAMES}},
-                           cand, int(row["request_time_ms"]))
+    empty = dense_from_inputs(user_inputs({F.SEQ_ACTION_TIMES: [[]], **{k: [None] for k in F.PROFILE_FEATURE_NAMES}},
+                                          8), cand, int(row["request_time_ms"]))
     assert np.isfinite(empty).all() and (empty[:, 1] == 0).all()  # has_profile = 0
 
 

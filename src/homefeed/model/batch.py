@@ -28,8 +28,10 @@ A model trained with `sequence_impressions` reads the action sequence and the im
 merged by time (`merge_impressions`, the one function training's RankingData and serving's
 RankingEngine call), impressions carrying the model-only action id `IMPRESSION_ACTION_ID`.
 
-Serving ranks N candidates for one user: `RankingBatch.one_user` / `build_user_batch` give a
-batch whose user-side tensors are [1, L, ...] **expanded** (stride 0, no copy) to [N, L, ...].
+Serving ranks N candidates for one user: it pads the user's sequence with `pad_rows` (the rule
+`build_batch` applies, in `homefeed.serving.fast_model.UserTensors.from_sequence`), and
+`RankingBatch.one_user` gives a batch whose user-side tensors are [1, L, ...] **expanded**
+(stride 0, no copy) to [N, L, ...] (the served ranker's plain reference path).
 """
 
 from __future__ import annotations
@@ -371,31 +373,3 @@ def build_batch(
         weights=None if weights is None else torch.as_tensor(
             np.asarray(weights, dtype=np.float32).reshape(b)),
     )
-
-
-def build_user_batch(
-    seq_pin_ids: Any,
-    seq_action_types: Any,
-    seq_action_times: Any,
-    request_time_ms: int,
-    cand_pin_ids: Any,
-    pin_rows: np.ndarray,
-    pin_emb: np.ndarray,
-    seq_len: int,
-    dense: Any = None,
-) -> RankingBatch:
-    """Serving shape: ONE user's sequence (newest first) against N candidates.
-
-    The user side is built once ([1, L, ...]) and expanded to N rows without copying.
-    `dense` may be [N, F] or a single [F] row shared by all candidates.
-    """
-    user = build_batch([seq_pin_ids], [seq_action_types], [seq_action_times], [request_time_ms],
-                       [0], pin_rows, pin_emb, seq_len)
-    cand = np.asarray(cand_pin_ids, dtype=np.int64).reshape(-1)
-    cand_emb = torch.from_numpy(embed_pins(cand, pin_rows, pin_emb))
-    dense_t = None
-    if dense is not None:
-        arr = np.asarray(dense, dtype=np.float32)
-        dense_t = torch.from_numpy(arr.reshape(1, -1) if arr.ndim == 1 else arr.reshape(cand.size, -1))
-    return RankingBatch.one_user(user.seq_pin_emb, user.seq_action, user.seq_time_ms, user.seq_mask,
-                                 int(request_time_ms), cand_emb, dense_t)

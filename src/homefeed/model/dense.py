@@ -1,13 +1,18 @@
 """The ranker's dense input: one definition for training and serving.
 
-`dense_features` takes raw feature values by their Feast names (the shape
-`get_online_features(...).to_dict()` returns) for U users and N candidates:
+1. Raw inputs, typed: `UserInputs` (U users) and `CandidateInputs` (N candidates). Training has
+   them by their Feast names (the point-in-time dataset's columns, the shape
+   `get_online_features(...).to_dict()` returns) and converts with `user_inputs` /
+   `candidate_inputs`:
 
     user = {"seq_action_times": [...U sequences], "profile_embedding": [...U], "profile_*": [...U],
             "ue_decayed": [...U], "ue_as_of_ms": [...U]}           # engagement: optional
     cand = {"embedding": [...N], "pin_created_ms": [...N], "pin_duration_ms": [...N],   # duration: optional
             "pe_decayed": [...N], "pe_as_of_ms": [...N]}
-    dense = dense_features(user, cand, request_time_ms, user_index)   # [N, F] float32
+
+   Serving builds them straight from its typed online features (`homefeed.serving.ranking`).
+2. `dense_from_inputs(user, cand, request_time_ms, user_index)` -> [N, F] float32, the one
+   computation; `dense_features(user, cand, ...)` is steps 1 and 2 on columns.
 
 Serving ranks one user's candidates: U = 1 and `user_index` defaults to all zeros. Training passes
 all requests at once (U = requests, `user_index` = each impression's request row).
@@ -27,7 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,6 +47,9 @@ DENSE_VERSION = 3  # 2: engagement counters; 3: pin duration
 # Recency when there is no visible action at all: 28 days (the profile window), in minutes.
 NO_ACTION_MINUTES = 28 * 24 * 60
 
+# the profile's scalar columns, in `UserInputs.profile_scalars` order
+_PROFILE_SCALARS = (F.PROFILE_ACTIONS_28D, F.PROFILE_REPIN_RATE_28D, F.PROFILE_HIDE_RATE_28D,
+                    F.PROFILE_DAYS_ACTIVE_28D)
 _SCALAR_NAMES = (
     "profile_match",  # cosine(profile embedding, candidate embedding): long-term interest in it
     "has_profile",  # 0 for a user without a daily profile yet (new users)
@@ -91,6 +100,29 @@ def _matrix(values: Any, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return out, present
 
 
+@dataclass
+class UserInputs:
+    """U users' raw dense inputs, typed (what `dense_from_inputs` reads)."""
+
+    action_times: Sequence[np.ndarray]  # U int64 arrays, epoch ms, newest first
+    profile_emb: np.ndarray  # [U, D] float32, zeros without a profile
+    has_profile: np.ndarray  # [U] bool
+    profile_scalars: np.ndarray  # [U, 4] float64: actions, repin rate, hide rate, days active; 0: missing
+    engagement: Any = None  # [U] stored counter arrays (None: no row), `homefeed.engagement.dense_block`'s
+    engagement_as_of_ms: Any = None  # [U] as-of times (None: no row)
+
+
+@dataclass
+class CandidateInputs:
+    """N candidates' raw dense inputs, typed (what `dense_from_inputs` reads)."""
+
+    emb: np.ndarray  # [N, D] float32, zeros where unknown
+    created_ms: np.ndarray  # [N] float64, NaN where unknown
+    duration_ms: np.ndarray  # [N] float64, NaN where unknown (null)
+    engagement: Any = None  # [N] stored counter arrays, as `UserInputs.engagement`
+    engagement_as_of_ms: Any = None
+
+
 def dense_features(user: Mapping[str, Any], cand: Mapping[str, Any], request_time_ms: Any,
                    user_index: Any = None, embedding_dim: int | None = None) -> np.ndarray:
     """[N, F] float32 dense features, F = len(dense_feature_names(D)). See the module docstring.
@@ -101,21 +133,45 @@ def dense_features(user: Mapping[str, Any], cand: Mapping[str, Any], request_tim
     each candidate (default: all 0).
     `embedding_dim` is only needed when no profile and no candidate embedding is known at all.
     """
+    dim = embedding_dim or _dim(list(cand[F.PIN_EMBEDDING]) + list(user[F.PROFILE_EMBEDDING]))
+    return dense_from_inputs(user_inputs(user, dim), candidate_inputs(cand, dim), request_time_ms, user_index)
+
+
+def user_inputs(user: Mapping[str, Any], dim: int) -> UserInputs:
+    """Step 1 (columns by Feast name, see the module docstring) -> `UserInputs`."""
     times = list(user[F.SEQ_ACTION_TIMES])
     u = len(times)
+    profile_emb, has_profile = _matrix(user[F.PROFILE_EMBEDDING], u, dim)
+    scalars = np.stack([_column(user[name], u, 0.0) for name in _PROFILE_SCALARS], axis=1)
+    return UserInputs([np.asarray(ts if _is_vector(ts) else [], dtype=np.int64) for ts in times],
+                      profile_emb, has_profile, scalars, user.get(F.UE_DECAYED), user.get(F.UE_AS_OF_MS))
+
+
+def candidate_inputs(cand: Mapping[str, Any], dim: int) -> CandidateInputs:
+    """Step 1 for the candidates -> `CandidateInputs` (no pin_duration_ms column: all unknown)."""
     emb_values = list(cand[F.PIN_EMBEDDING])
     n = len(emb_values)
+    emb, _ = _matrix(emb_values, n, dim)
+    durations = cand.get(F.PIN_DURATION_MS)  # None: no such column or key (all unknown)
+    return CandidateInputs(emb, _column(cand[F.PIN_CREATED_MS], n, np.nan),
+                           np.full(n, np.nan) if durations is None else _column(durations, n, np.nan),
+                           cand.get(F.PE_DECAYED), cand.get(F.PE_AS_OF_MS))
+
+
+def dense_from_inputs(user: UserInputs, cand: CandidateInputs, request_time_ms: Any,
+                      user_index: Any = None) -> np.ndarray:
+    """Step 2: [N, F] float32 dense features from typed inputs (arguments as `dense_features`)."""
+    u = len(user.action_times)
+    n = cand.emb.shape[0]
     idx = np.zeros(n, dtype=np.int64) if user_index is None else np.asarray(user_index, dtype=np.int64)
     rt = np.broadcast_to(np.asarray(request_time_ms, dtype=np.int64), (u,))
 
     # user side, once per user row
-    dim = embedding_dim or _dim(emb_values + list(user[F.PROFILE_EMBEDDING]))
-    profile_emb, has_profile = _matrix(user[F.PROFILE_EMBEDDING], u, dim)
-    actions = _column(user[F.PROFILE_ACTIONS_28D], u, 0.0)
+    profile_emb = user.profile_emb
+    actions, repin, hide, days = user.profile_scalars.T
     visible = np.zeros(u)
     last_ms = np.full(u, -1, dtype=np.int64)
-    for i, ts in enumerate(times):
-        ts = np.asarray(ts if _is_vector(ts) else [], dtype=np.int64)
+    for i, ts in enumerate(user.action_times):
         ts = ts[ts < rt[i]]  # only actions before the request count (newest first)
         visible[i] = ts.size
         if ts.size:
@@ -123,11 +179,11 @@ def dense_features(user: Mapping[str, Any], cand: Mapping[str, Any], request_tim
     minutes = np.where(last_ms >= 0, (rt - last_ms) / MINUTE_MS, NO_ACTION_MINUTES)
     hour = (rt % DAY_MS) / (DAY_MS / 24)
     user_scalars = np.stack([
-        has_profile.astype(np.float64),
+        user.has_profile.astype(np.float64),
         np.log1p(actions),
-        _column(user[F.PROFILE_REPIN_RATE_28D], u, 0.0),
-        _column(user[F.PROFILE_HIDE_RATE_28D], u, 0.0),
-        _column(user[F.PROFILE_DAYS_ACTIVE_28D], u, 0.0) / 28.0,
+        repin,
+        hide,
+        days / 28.0,
         np.sin(2 * np.pi * hour / 24),
         np.cos(2 * np.pi * hour / 24),
         np.log1p(visible),
@@ -135,18 +191,17 @@ def dense_features(user: Mapping[str, Any], cand: Mapping[str, Any], request_tim
     ], axis=1)
 
     # candidate side
-    cand_emb, _ = _matrix(emb_values, n, dim)
-    created = _column(cand[F.PIN_CREATED_MS], n, np.nan)
+    cand_emb = cand.emb
+    created = cand.created_ms
     age_days = np.where(np.isnan(created), 0.0, (rt[idx] - np.nan_to_num(created)) / DAY_MS)
-    durations = cand.get(F.PIN_DURATION_MS)  # None: no such column or key (all unknown)
-    duration = np.full(n, np.nan) if durations is None else _column(durations, n, np.nan)
+    duration = cand.duration_ms
     has_duration = np.nan_to_num(duration, nan=-1.0) >= 0
     duration_s = np.where(has_duration, np.nan_to_num(duration), 0.0) / 1000.0
     norm = np.linalg.norm(profile_emb, axis=1)[idx] * np.linalg.norm(cand_emb, axis=1)
     match = np.einsum("nd,nd->n", profile_emb[idx], cand_emb) / np.maximum(norm, 1e-9)
     # engagement: the user's counters at its request time, the candidate's at its row's
-    user_engagement = EN.dense_block(user.get(F.UE_DECAYED), user.get(F.UE_AS_OF_MS), rt)
-    pin_engagement = EN.dense_block(cand.get(F.PE_DECAYED), cand.get(F.PE_AS_OF_MS), rt[idx])
+    user_engagement = EN.dense_block(user.engagement, user.engagement_as_of_ms, rt)
+    pin_engagement = EN.dense_block(cand.engagement, cand.engagement_as_of_ms, rt[idx])
     out = np.concatenate([
         match[:, None],
         user_scalars[idx],

@@ -20,8 +20,18 @@ candidate. The first thing the encoder does with tokens is layer 0's attention i
 residual ``x + ...``. Splitting ``W_in[:, :user_token_dim]`` (user half: [L, 3d], once per request)
 from ``W_in[:, user_token_dim:]`` (candidate half: [N, 3d], once per candidate) gives
 ``qkv[n, l] = user_qkv[l] + cand_qkv[n] + b_in`` without ever materialising the [N, L, d] tokens.
-`transact_one_user` is the plain (unsplit) formulation of that computation, the reference an
-optimised serving kernel must match.
+
+Three formulations, one reference
+---------------------------------
+1. **`TransActEncoder.forward` is the reference**: the module that is trained, evaluated and
+   exported; every other formulation is tested against it.
+2. `transact_one_user`: the same computation for one user and N candidates, written out op by
+   op from the weights (no `nn.TransformerEncoder`), unsplit; tests/test_model.py
+   (`test_transact_one_user_matches_module`) checks it equals the reference.
+3. `homefeed.serving.transact_split.TransActSplit`: the serving split (layer 0 per user + per
+   candidate), run by `homefeed.serving.fast_model.ServedRanker`; tests/test_fast_model.py
+   (`test_served_equals_plain_module`, `test_every_transact_formulation_agrees`) checks its
+   scores equal the reference's (`Ranker.predict` on the per-candidate batch).
 """
 
 from __future__ import annotations
@@ -163,7 +173,7 @@ class TransActEncoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# plain reference formulation: one user, N candidates
+# the same, written out op by op: one user, N candidates (tested equal to the module's forward)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -185,9 +195,10 @@ def transact_one_user(
 
     A pure function of the weights (a `TransActEncoder` or its `state_dict()`; keys relative to
     the encoder, e.g. ``encoder.layers.0.self_attn.in_proj_weight``) and the user's [L, ...]
-    sequence tensors; equals ``TransActEncoder.eval()`` on the broadcast batch. Written out op
-    by op (multi-head attention, post-LN, ReLU feed-forward) as the baseline for optimised
-    serving; see the module docstring for where layer 0's input projection splits.
+    sequence tensors; equals the reference, ``TransActEncoder.eval()``, on the broadcast batch.
+    Written out op by op (multi-head attention, post-LN, ReLU feed-forward) so the math is
+    readable without `nn.TransformerEncoder`; see the module docstring for where layer 0's input
+    projection splits.
     """
     w = weights.state_dict() if isinstance(weights, nn.Module) else weights
     n = cand_emb.shape[0]

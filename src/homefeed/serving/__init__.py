@@ -3,7 +3,8 @@
 * `homefeed.serving.online_features`: `OnlineFeatureReader` (Feast's Redis hashes read directly,
   pin cache with a staleness bound), `FeatureStoreUnavailable`. Imports feast and redis.
 * `homefeed.serving.fast_model`: `ServedRanker`, `UserTensors`. Imports only torch, numpy and
-  `homefeed.model` (runs on a GPU machine without feast/bentoml/redis).
+  `homefeed.model` (runs on a GPU machine without feast/bentoml/redis). It runs TransAct through
+  `homefeed.serving.transact_split` and picks its dtype with `homefeed.serving.hardware`.
 * Their benchmarks, `homefeed bench model|features`, are `homefeed.bench.serve` (also
   ``python -m homefeed.bench.serve``).
 

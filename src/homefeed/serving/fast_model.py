@@ -5,41 +5,23 @@ request: ``score(user, cand_emb, dense) -> np.ndarray [N, H]`` probabilities, eq
 ``ranker.predict(batch)`` on the per-candidate batch within a stated tolerance (fp32 CPU:
 1e-5 absolute on probabilities, measured ~1e-7; bf16 CPU or CUDA: 2e-2, measured ~3e-3;
 fp16 CUDA: 1e-2). ``dtype="auto"`` (the service default) picks bf16 on CUDA and on a CPU with
-native bf16 dot products (AVX512-BF16 / AMX / Arm BF16, see `cpu_bf16_native`), fp32 elsewhere.
+native bf16 dot products (AVX512-BF16 / AMX / Arm BF16, see `homefeed.serving.hardware`), fp32
+elsewhere.
 
 This module imports nothing but torch, numpy and `homefeed.model` (no feast/bentoml/redis), so it
 runs on a GPU machine that only has torch.
 
 What is shared per user (computed once per request) and what is not
 ------------------------------------------------------------------
-A TransAct token is ``x[n, l] = [a_l, p_l | c_n]``: action embedding and engaged-pin embedding of
-position l (user side, width U = A + D), and the candidate embedding (width D). Early fusion
-makes every token candidate-dependent, so after layer 0 nothing is shareable. Layer 0 is:
+A TransAct token is ``x[n, l] = [a_l, p_l | c_n]`` (user half, candidate half). Layer 0's
+input projection, attention logits and attention values split into a per-user part and a
+per-candidate part (the algebra: `homefeed.serving.transact_split`), so layer 0 never builds
+the [N, L, 3d] projections nor a Q·Kᵀ over N·L tokens; later layers are candidate-dependent.
 
-* **Input projection** (the split in `homefeed.model.transact`): ``q/k/v[n, l] = u/q/k/v_user[l] +
-  q/k/v_cand[n]`` with the user half ``u @ W_in[:, :U].T + b_in`` computed once ([L, 3d]) and the
-  candidate half once per candidate ([N, 3d]); the [N, L, 3d] tensor and the [N, L, d] tokens are
-  never built.
-* **Attention logits.** Per head, ``q[n,l]·k[n,m] = q[n,l]·k_user[m] + q[n,l]·k_cand[n]``; the second
-  term is constant along the key axis m, so softmax removes it exactly. What is left is
-  ``S[l, m] + T[n, m]`` with ``S = q_user k_userᵀ`` ([L, L] per head, once per user) and
-  ``T = c (W_q,cand-half ᵀ k_userᵀ)`` ([N, L]: a [D, h·L] matrix is precomputed per user, so
-  T is one [N, D] x [D, h·L] matmul). Layer 0 needs no Q·Kᵀ over N·L tokens at all.
-* **Attention values and output projection.** Softmax rows sum to 1, so ``Σ_m p·v[n, m] =
-  Σ_m p·v_user[m] + v_cand[n]``; the user part folds with the output projection into one
-  [h·L, d] matrix per user (``v_user,h W_o,hᵀ`` per head), the candidate part into a per-model
-  [D, d] matrix (``W_v,candᵀ W_oᵀ`` plus the residual's identity on the candidate columns).
-  Layer 0's attention block is then: ``softmax(S + T) @ UVO + U0[l] + C0[n]``, one broadcast add,
-  one softmax and one [N·L, h·L] x [h·L, d] matmul.
 * **Action embedding lookup, padding/future mask, key-padding bias**: once per user. On CPU, masked
   positions (padding, future actions) are dropped before any work (exact: a masked key has zero
   attention weight in every layer and a masked query's output is zeroed and excluded from the
   max-pool), so a user with 12 actions costs 12 tokens per candidate, not ``seq_len``.
-
-Not shared: layer 0's residual + LayerNorm + feed-forward (candidate-dependent through c_n and
-softmax(S + T)), and every later layer entirely (its Q/K/V are projections of candidate-dependent
-hidden states: the user-only parts of keys/values are *not* reusable after layer 1's input). The
-DCN cross layers and MLP see the candidate-dependent encoder output.
 
 Baseline encoders (none, avg_pool, cnn, rnn, lstm, vanilla transformer) never look at the
 candidate: they run once on the user ([1, L]) and their output is broadcast (stride 0) to the N
@@ -69,7 +51,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -77,12 +58,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from homefeed.model.batch import RankingBatch
+from homefeed.model.batch import RankingBatch, pad_rows
 from homefeed.model.config import TRANSACT_KINDS, ModelConfig
 from homefeed.model.ranker import Ranker
+from homefeed.serving.hardware import dtype_name, kernel_info, resolve_dtype, torch_at_least
+from homefeed.serving.transact_split import TransActSplit
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +123,12 @@ class UserTensors:
     def from_sequence(cls, pin_emb: Any, action_types: Any, action_times: Any, seq_len: int,
                       request_time_ms: int, emb_dim: int | None = None) -> "UserTensors":
         """From the variable-length feature arrays (newest first): keeps the newest `seq_len`
-        entries and pads the tail. `pin_emb` is [n, D] (zero rows for unknown pins); an empty
-        sequence (cold start) needs `emb_dim`."""
-        acts = np.asarray(action_types, dtype=np.int64).reshape(-1)[:seq_len]
-        times = np.asarray(action_times, dtype=np.int64).reshape(-1)[:seq_len]
-        n = acts.size
-        if times.size != n:
+        entries and pads the tail (`homefeed.model.pad_rows`, training's padding rule). `pin_emb`
+        is [n, D] (zero rows for unknown pins); an empty sequence (cold start) needs `emb_dim`."""
+        (acts,), (n,) = pad_rows([action_types], seq_len, np.int64)
+        (times,), (n_times,) = pad_rows([action_times], seq_len, np.int64)
+        n = int(n)
+        if n_times != n:
             raise ValueError("action_types and action_times have different lengths")
         emb = np.asarray(pin_emb, dtype=np.float32)
         d = emb.shape[-1] if emb.ndim == 2 and emb.shape[-1] else emb_dim
@@ -157,14 +139,8 @@ class UserTensors:
             raise ValueError(f"pin_emb has {emb.shape[0]} rows, the sequence {n} actions")
         seq_emb = np.zeros((seq_len, d), dtype=np.float32)
         seq_emb[:n] = emb
-        seq_act = np.zeros(seq_len, dtype=np.int64)
-        seq_act[:n] = acts
-        seq_time = np.zeros(seq_len, dtype=np.int64)
-        seq_time[:n] = times
-        mask = np.zeros(seq_len, dtype=bool)
-        mask[:n] = True
-        return cls(torch.from_numpy(seq_emb), torch.from_numpy(seq_act), torch.from_numpy(seq_time),
-                   torch.from_numpy(mask), int(request_time_ms))
+        return cls(torch.from_numpy(seq_emb), torch.from_numpy(acts), torch.from_numpy(times),
+                   torch.from_numpy(np.arange(seq_len) < n), int(request_time_ms))
 
     @classmethod
     def from_batch(cls, batch: RankingBatch, row: int = 0) -> "UserTensors":
@@ -183,152 +159,6 @@ def _as_tensor(x: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
     if isinstance(x, Tensor):
         return x.to(device=device, dtype=dtype)
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
-
-
-# ---------------------------------------------------------------------------------------------
-# TransAct: per-model constants, per-user precompute, per-candidate work
-# ---------------------------------------------------------------------------------------------
-
-
-class _TransActParams:
-    """Weights of a TransActEncoder in the shapes the split formulation uses (fp32, on device)."""
-
-    def __init__(self, encoder: Any, config: ModelConfig, device: torch.device):
-        sd = {k: v.detach().to(device=device, dtype=torch.float32) for k, v in encoder.state_dict().items()}
-        self.config = config
-        self.d = d = config.transact_dim
-        self.U = U = config.user_token_dim
-        self.D = D = config.emb_dim
-        self.h = h = config.n_heads
-        self.dh = dh = d // h
-        self.scale = 1.0 / math.sqrt(dh)
-        self.n_layers = config.n_layers
-        self.top_k = config.top_k
-        self.v11 = config.encoder == "transact_v11"
-        self.action_emb = sd["action_emb.weight"]
-        for layer in encoder.encoder.layers:  # what the formulation below assumes
-            if layer.norm_first or getattr(layer, "activation_relu_or_gelu", 1) != 1:
-                raise ValueError("ServedRanker expects post-LN encoder layers with ReLU")
-        self.layers = []
-        for i in range(config.n_layers):
-            p = f"encoder.layers.{i}."
-            self.layers.append({k: sd[p + k] for k in (
-                "self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
-                "self_attn.out_proj.bias", "linear1.weight", "linear1.bias", "linear2.weight",
-                "linear2.bias", "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")})
-            eps = encoder.encoder.layers[i].norm1.eps, encoder.encoder.layers[i].norm2.eps
-            self.layers[-1]["eps"] = eps
-        self.final_norm: tuple[Tensor, Tensor, float] | None = None
-        if "encoder.norm.weight" in sd:
-            self.final_norm = (sd["encoder.norm.weight"], sd["encoder.norm.bias"], encoder.encoder.norm.eps)
-        self.pool_w: Tensor | None = sd.get("pool_proj.weight")
-        self.pool_b: Tensor | None = sd.get("pool_proj.bias")
-        l0 = self.layers[0]
-        W_in, b_in = l0["self_attn.in_proj_weight"], l0["self_attn.in_proj_bias"]
-        Wq, _, Wv = W_in.split(d)
-        self.b_in = b_in
-        # user half [3d, U] and candidate halves [d, D] of the q/k/v projections
-        self.W_in_u = W_in[:, :U].contiguous()  # [3d, U]: one matmul for the user's q, k, v
-        self.Wq_c_T = Wq[:, U:].T.contiguous()  # [D, d]
-        self.Wo = l0["self_attn.out_proj.weight"]
-        self.bo = l0["self_attn.out_proj.bias"]
-        # Candidate part of (attention output + residual): c @ (Wv_cᵀ Woᵀ + [0 | I]) + bo.
-        embed_c = torch.zeros(D, d, device=device)
-        embed_c[:, U:] = torch.eye(D, device=device)
-        self.H_c = (Wv[:, U:].T @ self.Wo.T + embed_c).contiguous()  # [D, d]
-        # Per-head column blocks of Wo: Wo[:, h*dh:(h+1)*dh]
-        self.Wo_heads = self.Wo.view(d, h, dh).permute(1, 2, 0).contiguous()  # [h, dh, d] = Wo_hᵀ
-        self.Wq_c_heads = Wq[:, U:].view(h, dh, D).permute(0, 2, 1).contiguous()  # [h, D, dh]
-
-    def user_tokens(self, seq_pin_emb: Tensor, seq_action: Tensor, seq_mask: Tensor) -> Tensor:
-        """[L', U] user half of the tokens: [action_emb, engaged pin emb (0 at padding)]."""
-        action = self.action_emb[seq_action]
-        pins = torch.where(seq_mask[:, None], seq_pin_emb.to(action.dtype), 0.0)
-        return torch.cat([action, pins], dim=-1)
-
-    def user_layer0(self, u: Tensor, key_bias: Tensor | None, mode: str) -> dict[str, Any]:
-        """Everything layer 0 needs from the user: u [Lv, U] -> per-user matrices."""
-        Lv = u.shape[0]
-        h, dh, d, D = self.h, self.dh, self.d, self.D
-        qkv_u = F.linear(u, self.W_in_u, self.b_in)  # [Lv, 3d], biases included
-        uq, uk, uv = qkv_u.split(d, dim=-1)
-        ukh = uk.view(Lv, h, dh).transpose(0, 1)  # [h, Lv, dh]
-        uvh = uv.view(Lv, h, dh).transpose(0, 1)
-        U0 = torch.cat([u, u.new_zeros(Lv, D)], dim=-1)  # [Lv, d]: residual, user columns
-        out: dict[str, Any] = {"U0": U0}
-        if mode == "decomposed":
-            uqh = uq.view(Lv, h, dh).transpose(0, 1)
-            S = (uqh @ ukh.transpose(1, 2)) * self.scale  # [h, Lv(l), Lv(m)]
-            if key_bias is not None:
-                S = S + key_bias.to(S.dtype)
-            out["S"] = S.permute(1, 0, 2).reshape(Lv, h * Lv)  # [l, (h, m)]
-            # T[n, (h, m)] = scale * (c_n Wq_c,hᵀ) · uk_h[m]  ->  c @ G, G [D, h*Lv]
-            G = (self.Wq_c_heads @ ukh.transpose(1, 2)) * self.scale  # [h, D, Lv]
-            G = G.permute(1, 0, 2).reshape(D, h * Lv)
-            out["G"] = torch.cat([G, self.H_c.to(G.dtype)], dim=1).contiguous()  # [D, h*Lv + d]
-            out["b"] = torch.cat([self.bo.new_zeros(h * Lv), self.bo]).to(G.dtype)
-            out["UVO"] = (uvh @ self.Wo_heads.to(uvh.dtype)).reshape(h * Lv, d)  # [(h, m), d]
-        else:  # "sdpa": one attention call, N*Lv queries against the user's Lv keys/values
-            out["uq"] = uq
-            out["k"] = ukh[None]  # [1, h, Lv, dh]
-            out["v"] = uvh[None]
-            out["mask"] = None if key_bias is None else (key_bias == 0)[None, None, None, :]
-        return out
-
-    # -- per candidate chunk --------------------------------------------------------------------
-    def layer0(self, st: dict[str, Any], c: Tensor, mode: str) -> Tensor:
-        """Layer 0 for candidates c [Nc, D] -> hidden states [Nc, Lv, d]."""
-        Nc = c.shape[0]
-        Lv = st["U0"].shape[0]
-        h, d, dh = self.h, self.d, self.dh
-        if mode == "decomposed":
-            TC = torch.addmm(st["b"], c.to(st["G"].dtype), st["G"])  # [Nc, h*Lv + d]
-            T, C0 = TC[:, : h * Lv], TC[:, h * Lv:]
-            logits = st["S"][None] + T[:, None, :]  # [Nc, Lv, h*Lv]
-            P = torch.softmax(logits.view(Nc, Lv, h, Lv), dim=-1).view(Nc * Lv, h * Lv)
-            y = (P @ st["UVO"].to(P.dtype)).view(Nc, Lv, d)
-        else:
-            cq = c @ self.Wq_c_T  # [Nc, d] (autocast dtype on CUDA)
-            with torch.autocast(c.device.type, enabled=False):  # residual part stays fp32
-                C0 = torch.addmm(self.bo, c.float(), self.H_c)  # [Nc, d]
-            q = (st["uq"][None] + cq[:, None, :]).view(1, Nc * Lv, h, dh).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, st["k"].to(q.dtype), st["v"].to(q.dtype),
-                                               attn_mask=st["mask"])
-            o = o.transpose(1, 2).reshape(Nc * Lv, d)
-            y = F.linear(o, self.Wo.to(o.dtype)).view(Nc, Lv, d)
-        y = y + st["U0"][None].to(y.dtype) + C0[:, None, :].to(y.dtype)
-        return self._norm_ffn(y, self.layers[0])
-
-    def _norm_ffn(self, y: Tensor, p: dict) -> Tensor:
-        """post-LN tail of a layer: LN1(y) -> FFN -> LN2(x + ffn)."""
-        d = self.d
-        x = F.layer_norm(y, (d,), p["norm1.weight"], p["norm1.bias"], p["eps"][0])
-        f = F.relu(F.linear(x, p["linear1.weight"], p["linear1.bias"]))
-        f = F.linear(f, p["linear2.weight"], p["linear2.bias"])
-        return F.layer_norm(x + f, (d,), p["norm2.weight"], p["norm2.bias"], p["eps"][1])
-
-    def layer(self, i: int, x: Tensor, mask: Tensor | None) -> Tensor:
-        """A full (candidate-dependent) encoder layer on x [Nc, Lv, d]; mask [1,1,1,Lv] bool."""
-        p = self.layers[i]
-        Nc, Lv, d = x.shape
-        h, dh = self.h, self.dh
-        qkv = F.linear(x, p["self_attn.in_proj_weight"], p["self_attn.in_proj_bias"])
-        q, k, v = qkv.view(Nc, Lv, 3, h, dh).unbind(2)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=mask)
-        o = o.transpose(1, 2).reshape(Nc, Lv, d)
-        y = x + F.linear(o, p["self_attn.out_proj.weight"], p["self_attn.out_proj.bias"])
-        return self._norm_ffn(y, p)
-
-    def finish(self, x: Tensor) -> Tensor:
-        if self.final_norm is not None:
-            w, b, eps = self.final_norm
-            x = F.layer_norm(x, (self.d,), w, b, eps)
-        return x
-
-    def pool(self, pooled: Tensor) -> Tensor:
-        assert self.pool_w is not None, "v1.0 has no pool projection"
-        return F.linear(pooled, self.pool_w, self.pool_b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +201,7 @@ class ServedRanker:
             device = next(iter(ranker.parameters())).device
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
-        self.dtype_requested = "default" if dtype is None else _dtype_name(dtype)
+        self.dtype_requested = "default" if dtype is None else dtype_name(dtype)
         self.dtype = resolve_dtype(dtype, self.device)
         self.config: ModelConfig = ranker.config
         # our own eval-mode copy on the device (the caller's module is left as it was)
@@ -383,14 +213,14 @@ class ServedRanker:
         self.layer0_mode = layer0 or ("sdpa" if cuda else "decomposed")
         if self.layer0_mode not in ("decomposed", "sdpa"):
             raise ValueError(f"layer0 must be 'decomposed' or 'sdpa', got {layer0!r}")
-        self.params = _TransActParams(self.model.encoder, self.config, self.device) if self.transact else None
+        self.params = TransActSplit(self.model.encoder, self.config, self.device) if self.transact else None
         self.chunk_tokens = int(chunk_tokens)
         self.workers = max(1, int(workers))
         self._pool = None
         # Graphs for TransAct only: the baselines' encoder runs once per user (tiny), and the
         # recurrent ones sync with the host (pack_padded_sequence), which capture forbids.
         graphs_ok = (cuda and self.transact and hasattr(torch.cuda, "CUDAGraph")
-                     and _torch_at_least(2, 4))
+                     and torch_at_least(2, 4))
         self.cuda_graphs = graphs_ok if cuda_graphs is None else (bool(cuda_graphs) and graphs_ok)
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[tuple, _GraphEntry] = OrderedDict()
@@ -410,7 +240,7 @@ class ServedRanker:
         return TOLERANCE[self.dtype]
 
     def describe(self) -> dict[str, Any]:
-        return {"encoder": self.config.encoder, "device": str(self.device), "dtype": _dtype_name(self.dtype),
+        return {"encoder": self.config.encoder, "device": str(self.device), "dtype": dtype_name(self.dtype),
                 "dtype_requested": self.dtype_requested,
                 "kernels": kernel_info(self.device, self.dtype), "cpu_workers": self.workers,
                 "layer0": self.layer0_mode if self.transact else None, "cuda_graphs": self.cuda_graphs,
@@ -604,7 +434,7 @@ class ServedRanker:
         return self._transact_static(P, user.seq_pin_emb, user.seq_action, user.seq_mask, visible,
                                      cand, dense, L)
 
-    def _transact_static(self, P: _TransActParams, seq_pin_emb: Tensor, seq_action: Tensor,
+    def _transact_static(self, P: TransActSplit, seq_pin_emb: Tensor, seq_action: Tensor,
                          seq_mask: Tensor, visible: Tensor, cand: Tensor, dense: Tensor, L: int) -> Tensor:
         has_any = visible.any()
         first = torch.arange(L, device=visible.device) == 0
@@ -711,98 +541,4 @@ class _GraphEntry:
     output: Tensor
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# CPU flags (/proc/cpuinfo) of native bf16 dot products: x86 AVX512-BF16 / AMX-BF16, Arm BF16.
-_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
-
-
-def _dtype_name(dtype: Any) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def _cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (Linux), None where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key = line.split(":", 1)[0].strip().lower()
-                if key in ("flags", "features"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
-def _onednn_bf16() -> bool:
-    """oneDNN is built in and takes bf16 matmuls on this CPU (else ATen's generic bf16 gemm)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def cpu_bf16_native() -> bool:
-    """True where bf16 matmuls beat fp32 on this CPU: oneDNN is built in and usable for bf16
-    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``: AVX-512 core or Arm bf16) AND the CPU has
-    native bf16 dot products (AVX512-BF16 / AMX-BF16 / Arm BF16 in /proc/cpuinfo). Without
-    them oneDNN emulates bf16 (an AVX2-only CPU runs a bf16 matmul ~10x slower than fp32)."""
-    onednn_bf16 = _onednn_bf16()
-    flags = _cpu_flags()
-    if flags is None:  # not Linux: trust oneDNN's own check
-        return onednn_bf16
-    return onednn_bf16 and any(f in flags for f in _NATIVE_BF16_FLAGS)
-
-
-def resolve_dtype(dtype: Any, device: torch.device | str) -> torch.dtype:
-    """The compute dtype ServedRanker runs: a torch dtype or its name, "auto" or None.
-
-    "auto": bfloat16 on CUDA, bfloat16 on a CPU with native bf16 (`cpu_bf16_native`), float32
-    on any other CPU. None: bfloat16 on CUDA, float32 on CPU (the exact path). On CPU,
-    float16 is refused (no fast fp16 CPU kernels); bfloat16 is allowed everywhere (slow
-    without native support, but correct)."""
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    if dtype is None:
-        return torch.bfloat16 if cuda else torch.float32
-    if isinstance(dtype, str):
-        if dtype == "auto":
-            return torch.bfloat16 if cuda or (device.type == "cpu" and cpu_bf16_native()) else torch.float32
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be auto, {', '.join(_DTYPES)}; got {dtype!r}")
-        dtype = _DTYPES[dtype]
-    if dtype not in TOLERANCE:
-        raise ValueError(f"dtype {dtype} is not supported: use {', '.join(_DTYPES)} or auto")
-    if not cuda and dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"dtype {dtype} is not supported on {device.type}: use float32, bfloat16 or auto")
-    return dtype
-
-
-def kernel_info(device: torch.device | str, dtype: torch.dtype) -> dict[str, Any]:
-    """What runs the matmuls: for the benchmarks' and the service's reports."""
-    device = torch.device(device)
-    info: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        info["cuda"] = torch.version.cuda
-        return info
-    get_cap = getattr(torch.backends.cpu, "get_cpu_capability", None)
-    info.update({
-        "cpu_capability": get_cap() if get_cap else None,
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "bf16_native": cpu_bf16_native(),
-        "matmul": ("fp32 (MKL)" if dtype != torch.bfloat16 else
-                   "bf16 autocast, oneDNN" if _onednn_bf16() else "bf16 autocast, ATen generic (emulated)"),
-    })
-    return info
-
-
-def _torch_at_least(major: int, minor: int) -> bool:
-    try:
-        parts = torch.__version__.split("+")[0].split(".")
-        return (int(parts[0]), int(parts[1])) >= (major, minor)
-    except (ValueError, IndexError):
-        return True
-
-
-__all__ = ["ServedRanker", "TOLERANCE", "UserTensors", "cpu_bf16_native", "kernel_info", "resolve_dtype"]
+__all__ = ["ServedRanker", "TOLERANCE", "UserTensors"]

@@ -6,121 +6,51 @@ spikes (per-row proto conversion, response building, registry lookups). A rankin
 
 Read path
 ---------
-* **Same bytes as Feast.** Feast's Redis store keeps one hash per entity key
-  (``serialize_entity_key(key, v3) + project``), one field per feature
-  (``mmh3("<view>:<feature>")``, `feast.infra.online_stores.helpers._mmh3`) holding a serialized
-  `ValueProto`, plus ``_ts:<view>`` holding the event timestamp. `online_read` issues one HMGET per
-  entity in a non-transactional pipeline. We do exactly that, with Feast's helpers computing the
-  key layout and field names (views resolved through the registry, versioned names included),
-  but vectorised: the keys of N int64 entities are spliced from one Feast-computed template with
-  numpy (checked against `_redis_key` at start-up), and embeddings are decoded from the packed
-  `FloatList` bytes with one `np.frombuffer` (rows that do not match the expected layout fall back
-  to `ValueProto.ParseFromString`).
+* **Same bytes as Feast.** `online_read` issues one HMGET per entity in a non-transactional
+  pipeline. We do exactly that, with the layout of `homefeed.redis_codec` (Feast's helpers
+  computing keys and field names, views resolved through the registry, versioned names
+  included), but vectorised: the keys of N int64 entities are spliced from one template, and
+  embeddings are decoded from the packed `FloatList` bytes with one `np.frombuffer`.
 * **User read**: sequence, profile and engagement counters live in the same Redis hash (same
   entity key `user_id`), so one HMGET returns all three views; with ``impressions=True`` (a model
   trained with `sequence_impressions`) the same HMGET also reads the impression sequence. Not
   cached: the realtime sequence must be fresh.
-* **Pin cache**: an in-process table of embedding [capacity, D] + topic + created + known +
-  engagement counters (`pin_engagement` lives in the pin's hash: the same HMGET), one slot
-  per pin id, filled by batched reads. Counters are stored as of their newest event and decayed
-  to the request time by the caller (homefeed.engagement), so a cached entry is never stale in
-  value; it lacks at most `max_staleness_s` of newer events. An entry is served for at most `max_staleness_s` after
-  it was read from Redis (each entry gets a random expiry in [0.75, 1] x max_staleness_s so a
-  warmed cache does not expire in one burst); after that the next request re-reads it. Unknown
-  pins are cached too (known=False, zeros), under the same bound. So a pin update written to
-  Redis at time t is served from t + max_staleness_s at the latest. `refresh(ahead_s)`
-  re-reads entries about to expire (a background task can call it so requests rarely miss).
+* **Pin cache** (`homefeed.serving.pin_cache.PinCache`): an in-process table of embedding
+  [capacity, D] + topic + created + known + engagement counters (`pin_engagement` lives in the
+  pin's hash: the same HMGET), one slot per pin id, filled by batched reads. Counters are stored
+  as of their newest event and decayed to the request time by the caller (homefeed.engagement),
+  so a cached entry is never stale in value; it lacks at most `max_staleness_s` of newer events.
+  An entry is served for at most `max_staleness_s` after it was read from Redis (each entry gets
+  a random expiry in [0.75, 1] x max_staleness_s so a warmed cache does not expire in one
+  burst); after that the next request re-reads it. Unknown pins are cached too (known=False,
+  zeros), under the same bound. So a pin update written to Redis at time t is served from
+  t + max_staleness_s at the latest. `refresh(ahead_s)` re-reads entries about to expire (a
+  background task can call it so requests rarely miss).
 * **Errors**: any Redis failure (refused, timeout, reset) raises `FeatureStoreUnavailable`; the
   service decides how to degrade (e.g. serve from cache only with `pin_features(..., cache_only=True)`).
   Calls are bounded: a short socket timeout and at most one immediate retry on a dropped
   connection (`homefeed.redis_client.serving_kwargs`).
-* **Circuit breaker** (`RedisHealth`): the first failure opens it; while open, reads fail at once
-  without touching the network, and a background thread pings Redis every `probe_interval_s`
-  (1 s); the first answer closes it. So a dead or paused Redis costs one request one timeout, not
-  every request, and no request ever waits for a probe.
+* **Circuit breaker** (`homefeed.serving.redis_health.RedisHealth`): while open, reads fail at
+  once without touching the network; a background probe closes it.
 
-Thread safety: the cache is guarded by a lock held only for dict/array work, never during I/O.
+Thread safety: the cache's lock is held only for dict/array work, never during I/O.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from homefeed import engagement as EN
 from homefeed import features as F
+from homefeed import redis_codec as codec
+from homefeed.serving.pin_cache import PinCache
+from homefeed.serving.redis_health import FeatureStoreUnavailable, RedisHealth
 from homefeed.settings import Settings
-
-log = logging.getLogger(__name__)
-
-
-class FeatureStoreUnavailable(RuntimeError):
-    """The online store (Redis) could not be read: connection refused, timeout, reset, ..."""
-
-
-class RedisHealth:
-    """Circuit breaker over the online store, probed in the background (see module docstring).
-
-    ``ping``: a bounded health check (True when Redis answers); ``on_change(up: bool)`` is called
-    on every transition (the service sets its `homefeed_redis_up` gauge from it)."""
-
-    def __init__(self, ping: Callable[[], bool], probe_interval_s: float = 1.0,
-                 on_change: Callable[[bool], None] | None = None):
-        self._ping = ping
-        self.probe_interval_s = float(probe_interval_s)
-        self.on_change = on_change
-        self._up = True
-        self._lock = threading.Lock()
-        self._prober: threading.Thread | None = None
-        self._closed = threading.Event()
-        self.opened = 0  # how many times the breaker opened
-        self.last_error = ""
-
-    @property
-    def up(self) -> bool:
-        return self._up
-
-    def check(self) -> None:
-        """Raise at once (no I/O) while the breaker is open."""
-        if not self._up:
-            raise FeatureStoreUnavailable(f"online store marked down ({self.last_error}); "
-                                          f"probing every {self.probe_interval_s:g}s")
-
-    def failed(self, exc: BaseException) -> None:
-        with self._lock:
-            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
-            if not self._up:
-                return
-            self._up = False
-            self.opened += 1
-            if self._prober is None or not self._prober.is_alive():
-                self._prober = threading.Thread(target=self._probe, name="redis-probe", daemon=True)
-                self._prober.start()
-        log.warning("online store down (%s): answering from the pin cache, probing every %gs",
-                    self.last_error, self.probe_interval_s)
-        if self.on_change:
-            self.on_change(False)
-
-    def _probe(self) -> None:
-        while not self._closed.wait(self.probe_interval_s):
-            if self._ping():
-                with self._lock:
-                    self._up = True
-                log.warning("online store back: reading Redis again")
-                if self.on_change:
-                    self.on_change(True)
-                return
-
-    def close(self) -> None:
-        self._closed.set()
-
 
 # ---------------------------------------------------------------------------------------------
 # results
@@ -214,150 +144,6 @@ class ReaderStats:
 
 
 # ---------------------------------------------------------------------------------------------
-# Feast layout helpers
-# ---------------------------------------------------------------------------------------------
-
-
-class _Int64KeyTemplate:
-    """Vectorised `_redis_key(project, EntityKey([join_key], [int64]))` for many ids.
-
-    The layout comes from Feast's own helper: the key of one id, with the 8 value bytes located
-    by comparing two ids' keys; `check()` re-derives sample keys with `_redis_key`."""
-
-    def __init__(self, project: str, join_key: str, version: int):
-        from feast.infra.online_stores.helpers import _redis_key
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-        from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-
-        self.project, self.join_key, self.version = project, join_key, version
-
-        def feast_key(value: int) -> bytes:
-            ek = EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(int64_val=int(value))])
-            return _redis_key(project, ek, entity_key_serialization_version=version)
-
-        self._feast_key = feast_key
-        a, b = feast_key(0), feast_key(-1)  # 0 -> eight 0x00 bytes, -1 -> eight 0xff bytes
-        diff = [i for i in range(len(a)) if a[i] != b[i]]
-        if len(a) != len(b) or len(diff) != 8 or diff != list(range(diff[0], diff[0] + 8)):
-            raise RuntimeError("unexpected Feast entity key layout")
-        self.offset = diff[0]
-        self.length = len(a)
-        self.template = np.frombuffer(a, dtype=np.uint8)
-        if not a.endswith(project.encode()) or not project or a[-1:] == b"\x00":
-            raise RuntimeError("unexpected Feast entity key layout (project suffix)")
-        self.check([0, 1, -1, 255, 256, 2**40 + 7, 2**63 - 1, -(2**63), 1234567890123])
-
-    def keys(self, ids: np.ndarray) -> list[bytes]:
-        ids = np.ascontiguousarray(ids, dtype="<i8")
-        n = ids.size
-        buf = np.empty((n, self.length), dtype=np.uint8)
-        buf[:] = self.template
-        buf[:, self.offset: self.offset + 8] = ids.view(np.uint8).reshape(n, 8)
-        # The key ends with the (non-empty) project name, so numpy's 'S' dtype (which strips
-        # trailing NULs) returns every key intact.
-        return buf.view(f"S{self.length}").ravel().tolist()
-
-    def check(self, ids: Iterable[int]) -> None:
-        ids = list(ids)
-        got = self.keys(np.asarray(ids, dtype=np.int64))
-        for value, key in zip(ids, got):
-            if key != self._feast_key(value):
-                raise RuntimeError(f"vectorised Redis key differs from Feast's for id {value}")
-
-
-def _decode_value(raw: bytes | None) -> Any:
-    """A Feast ValueProto (serialized) -> python/numpy value, None when missing or null."""
-    if not raw:
-        return None
-    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-
-    v = ValueProto()
-    v.ParseFromString(raw)
-    kind = v.WhichOneof("val")
-    if kind is None or kind == "null_val":
-        return None
-    val = getattr(v, kind)
-    if kind.endswith("_list_val"):
-        dtype = {"float_list_val": np.float32, "double_list_val": np.float64,
-                 "int32_list_val": np.int64, "int64_list_val": np.int64,
-                 "bool_list_val": np.bool_}.get(kind)
-        return np.array(val.val, dtype=dtype) if dtype else list(val.val)
-    return val
-
-
-def _decode_ts(raw: bytes | None) -> datetime | None:
-    if not raw:
-        return None
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    ts = Timestamp()
-    ts.ParseFromString(raw)
-    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=timezone.utc)
-
-
-class _FloatListDecoder:
-    """Decode many serialized `ValueProto(float_list_val=[D floats])` at once (or, with
-    `double=True`, `double_list_val`: the engagement counters).
-
-    Feast writes a packed FloatList, so every such value is ``header + D little-endian float32``
-    with a fixed header (taken from protobuf's own serialization of a D-float list). Rows with
-    that exact length and header are decoded with one frombuffer; anything else (missing, a
-    different length, a non-packed encoding) goes through `ValueProto.ParseFromString`."""
-
-    def __init__(self, dim: int, double: bool = False):
-        from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Value
-
-        self.dim = dim
-        self.dtype, width = (np.float64, 8) if double else (np.float32, 4)
-        blob = (Value(double_list_val=DoubleList(val=[0.0] * dim)) if double
-                else Value(float_list_val=FloatList(val=[0.0] * dim))).SerializeToString()
-        self.header = np.frombuffer(blob[: len(blob) - width * dim], dtype=np.uint8)
-        self.row_len = len(blob)
-
-    def decode(self, raws: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, int]:
-        """-> (embeddings [n, D] float32 (zeros where not valid), valid [n] bool, bad count)."""
-        n = len(raws)
-        out = np.zeros((n, self.dim), dtype=self.dtype)
-        valid = np.zeros(n, dtype=bool)
-        fast = np.fromiter((r is not None and len(r) == self.row_len for r in raws), dtype=bool, count=n)
-        idx = np.flatnonzero(fast)
-        if idx.size:
-            blob = b"".join([raws[i] for i in idx.tolist()])  # type: ignore[misc]
-            buf = np.frombuffer(blob, dtype=np.uint8).reshape(idx.size, self.row_len)
-            h = self.header.size
-            ok = (buf[:, :h] == self.header).all(axis=1)
-            good = idx[ok]
-            out[good] = buf[ok, h:].copy().view("<f8" if self.dtype == np.float64 else "<f4").reshape(-1, self.dim)
-            valid[good] = True
-            fast[idx[~ok]] = False
-        bad = 0
-        for i in np.flatnonzero(~fast).tolist():
-            raw = raws[i]
-            if raw is None:
-                continue
-            value = _decode_value(raw)
-            if value is None:
-                continue
-            arr = np.asarray(value, dtype=self.dtype).reshape(-1)
-            if arr.size != self.dim:
-                bad += 1
-                continue
-            out[i] = arr
-            valid[i] = True
-        return out, valid, bad
-
-
-def _decode_int64_many(raws: Sequence[bytes | None], missing: int) -> np.ndarray:
-    out = np.full(len(raws), missing, dtype=np.int64)
-    for i, raw in enumerate(raws):
-        if raw:
-            v = _decode_value(raw)
-            if v is not None:
-                out[i] = int(v)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # the reader
 # ---------------------------------------------------------------------------------------------
 
@@ -389,22 +175,13 @@ class OnlineFeatureReader:
         self.timeout_s = (settings.serving_redis_timeout_ms / 1000 if timeout_s is None
                           else float(timeout_s))
         self.clock = clock
-        self._rng = np.random.default_rng(seed)
         config = store.config
         self.project = config.project
         version = int(getattr(config, "entity_key_serialization_version", 3) or 3)
         versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
 
-        from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
-
         def fields_of(view_name: str, names: Sequence[str]) -> list[bytes | str]:
-            fv = store.get_feature_view(view_name)
-            have = {f.name for f in fv.features}
-            missing = [n for n in names if n not in have]
-            if missing:
-                raise ValueError(f"feature view {view_name!r} lacks features {missing}")
-            name = compute_versioned_name(fv, versioning)
-            return [_mmh3(f"{name}:{n}") for n in names] + [f"_ts:{name}"]
+            return codec.field_names(store, view_name, names, versioning)
 
         self._pin_fields = (fields_of(F.PIN_FEATURES, F.PIN_FEATURE_NAMES)
                             + fields_of(F.PIN_ENGAGEMENT, (F.PE_DECAYED, F.PE_AS_OF_MS)))
@@ -414,27 +191,14 @@ class OnlineFeatureReader:
         self.impressions = bool(impressions)
         if self.impressions:  # last, so the other views' positions do not move
             self._user_fields += fields_of(F.USER_IMPRESSION_SEQUENCE, (F.IMP_PIN_IDS, F.IMP_TIMES))
-        self._pin_keys = _Int64KeyTemplate(self.project, F.PIN_ID, version)
-        self._user_keys = _Int64KeyTemplate(self.project, F.USER_ID, version)
-        self._emb = _FloatListDecoder(self.dim)
-        self._counts = _FloatListDecoder(EN.N_VALUES, double=True)
+        self._pin_keys = codec.Int64KeyTemplate(self.project, F.PIN_ID, version)
+        self._user_keys = codec.Int64KeyTemplate(self.project, F.USER_ID, version)
+        self._emb = codec.FloatListDecoder(self.dim)
+        self._counts = codec.FloatListDecoder(EN.N_VALUES, double=True)
         self._client = client if client is not None else self._make_client(config.online_store)
         self.health = RedisHealth(self.ping, probe_interval_s, on_health_change)
-        # cache: slot arrays + id -> slot
-        self._lock = threading.Lock()
-        self._slot_of: dict[int, int] = {}
-        cap = min(self.max_entries, 4096)
-        self._c_emb = np.zeros((cap, self.dim), dtype=np.float32)
-        self._c_topic = np.full(cap, -1, dtype=np.int64)
-        self._c_created = np.zeros(cap, dtype=np.int64)
-        self._c_duration = np.full(cap, -1, dtype=np.int64)
-        self._c_known = np.zeros(cap, dtype=bool)
-        self._c_eng = np.zeros((cap, EN.N_VALUES), dtype=np.float64)
-        self._c_eng_as_of = np.zeros(cap, dtype=np.int64)
-        self._c_expires = np.full(cap, -np.inf)
-        self._c_id = np.zeros(cap, dtype=np.int64)
-        self._free: list[int] = list(range(cap - 1, -1, -1))
         self.stats = ReaderStats()
+        self._cache = PinCache(self.dim, EN.N_VALUES, self.max_entries, self.max_staleness_s, self.stats, seed)
 
     # -- connection -------------------------------------------------------------------------------
     def _make_client(self, online_config: Any) -> Any:
@@ -491,14 +255,14 @@ class OnlineFeatureReader:
 
     def _user_from_row(self, user_id: int, row: list[bytes | None]) -> UserFeatures:
         pins, acts, times, length, seq_ts, emb, actions, repin, hide, days, prof_ts = row[:11]
-        eng, eng_as_of = _decode_value(row[11]), _decode_value(row[12])
-        imp_pins, imp_times = ((_decode_value(row[14]), _decode_value(row[15])) if self.impressions
+        eng, eng_as_of = codec.decode_value(row[11]), codec.decode_value(row[12])
+        imp_pins, imp_times = ((codec.decode_value(row[14]), codec.decode_value(row[15])) if self.impressions
                                else (None, None))
-        seq_pins = _decode_value(pins)
-        seq_acts = _decode_value(acts)
-        seq_times = _decode_value(times)
-        length_v = _decode_value(length)
-        prof = _decode_value(emb)
+        seq_pins = codec.decode_value(pins)
+        seq_acts = codec.decode_value(acts)
+        seq_times = codec.decode_value(times)
+        length_v = codec.decode_value(length)
+        prof = codec.decode_value(emb)
         empty = np.zeros(0, dtype=np.int64)
         return UserFeatures(
             user_id=user_id,
@@ -507,12 +271,12 @@ class OnlineFeatureReader:
             seq_action_times=empty.copy() if seq_times is None else np.asarray(seq_times, dtype=np.int64),
             seq_length=None if length_v is None else int(length_v),
             profile_embedding=None if prof is None else np.asarray(prof, dtype=np.float32),
-            profile_actions_28d=_opt(_decode_value(actions), int),
-            profile_repin_rate_28d=_opt(_decode_value(repin), float),
-            profile_hide_rate_28d=_opt(_decode_value(hide), float),
-            profile_days_active_28d=_opt(_decode_value(days), int),
-            sequence_event_time=_decode_ts(seq_ts) if length_v is not None or seq_pins is not None else None,
-            profile_event_time=_decode_ts(prof_ts) if prof is not None else None,
+            profile_actions_28d=_opt(codec.decode_value(actions), int),
+            profile_repin_rate_28d=_opt(codec.decode_value(repin), float),
+            profile_hide_rate_28d=_opt(codec.decode_value(hide), float),
+            profile_days_active_28d=_opt(codec.decode_value(days), int),
+            sequence_event_time=codec.decode_ts(seq_ts) if length_v is not None or seq_pins is not None else None,
+            profile_event_time=codec.decode_ts(prof_ts) if prof is not None else None,
             engagement_decayed=None if eng is None else np.asarray(eng, dtype=np.float64),
             engagement_as_of_ms=_opt(eng_as_of, int),
             imp_pin_ids=None if imp_pins is None else np.asarray(imp_pins, dtype=np.int64),
@@ -528,42 +292,16 @@ class OnlineFeatureReader:
         cache has, expired or not; the rest unknown) and no Redis error can occur."""
         ids = np.asarray(pin_ids, dtype=np.int64).reshape(-1)
         n = ids.size
-        now = self.clock()
-        with self._lock:
-            slots = self._lookup(ids)
-            present = slots >= 0
-            fresh = present.copy()
-            fresh[present] = self._c_expires[slots[present]] > now
-            use = present if cache_only else fresh
-            s = np.where(use, slots, 0)
-            emb = self._c_emb[s]
-            topic = self._c_topic[s]
-            created = self._c_created[s]
-            duration = self._c_duration[s]
-            known = self._c_known[s] & use
-            eng, eng_as_of = self._c_eng[s], self._c_eng_as_of[s]
-            n_fresh = int(fresh.sum())
-            st = self.stats
-            st.requests += 1
-            st.pins += n
-            st.hits += n_fresh
-            st.misses += int((~present).sum())
-            st.expired += int((present & ~fresh).sum())
-        if not use.all():
-            emb[~use] = 0.0
-            topic[~use] = -1
-            created[~use] = 0
-            duration[~use] = -1
-            eng[~use] = 0.0
-            eng_as_of[~use] = 0
+        values, fresh = self._cache.read(ids, self.clock(), cache_only)
+        n_fresh = int(fresh.sum())
         if not cache_only and n_fresh < n:
             rows = np.flatnonzero(~fresh)
             need, inverse = np.unique(ids[rows], return_inverse=True)
             fetched = self._fetch_pins(need)
-            for out, got in zip((emb, topic, created, known, eng, eng_as_of, duration), fetched):
+            for out, got in zip(values, fetched):
                 out[rows] = got[inverse]
-            with self._lock:
-                self._store(need, *fetched, now=self.clock())
+            self._cache.store(need, fetched, now=self.clock())
+        emb, topic, created, known, eng, eng_as_of, duration = values
         return PinFeatures(ids, emb, topic, created, known, eng, eng_as_of, duration)
 
     def warm(self, pin_ids: Any, batch_size: int = 10_000) -> int:
@@ -574,45 +312,25 @@ class OnlineFeatureReader:
             part = ids[s: s + batch_size]
             fetched = self._fetch_pins(part)
             known += int(fetched[3].sum())
-            with self._lock:
-                self._store(part, *fetched, now=self.clock())
+            self._cache.store(part, fetched, now=self.clock())
         return known
 
     def refresh(self, ahead_s: float = 0.0, limit: int = 10_000) -> int:
         """Re-read up to `limit` cached pins that expire within `ahead_s` (oldest first)."""
-        now = self.clock()
-        with self._lock:
-            used = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
-            if not used.size:
-                return 0
-            due = used[self._c_expires[used] <= now + ahead_s]
-            due = due[np.argsort(self._c_expires[due])][:limit]
-            ids = self._c_id[due].copy()
+        ids = self._cache.due(self.clock(), ahead_s, limit)
         if ids.size:
-            fetched = self._fetch_pins(ids)
-            with self._lock:
-                self._store(ids, *fetched, now=self.clock())
+            self._cache.store(ids, self._fetch_pins(ids), now=self.clock())
         return int(ids.size)
 
     def invalidate(self, pin_ids: Any = None) -> None:
         """Forget cached pins (all when `pin_ids` is None)."""
-        with self._lock:
-            if pin_ids is None:
-                for slot in self._slot_of.values():
-                    self._free.append(slot)
-                self._slot_of.clear()
-            else:
-                for pid in np.asarray(pin_ids, dtype=np.int64).reshape(-1).tolist():
-                    slot = self._slot_of.pop(pid, -1)
-                    if slot >= 0:
-                        self._free.append(slot)
-            self.stats.cache_size = len(self._slot_of)
+        self._cache.invalidate(pin_ids)
 
     def cache_size(self) -> int:
-        return len(self._slot_of)
+        return len(self._cache)
 
     def stats_dict(self) -> dict[str, Any]:
-        self.stats.cache_size = len(self._slot_of)
+        self.stats.cache_size = len(self._cache)
         return self.stats.as_dict()
 
     # -- internals --------------------------------------------------------------------------------
@@ -627,80 +345,13 @@ class OnlineFeatureReader:
         self.stats.redis_reads += int(ids.size)
         emb, known, bad = self._emb.decode([r[0] for r in rows])
         self.stats.bad_rows += bad
-        topic = _decode_int64_many([r[1] for r in rows], -1)
-        created = _decode_int64_many([r[2] for r in rows], 0)
-        duration = _decode_int64_many([r[3] for r in rows], -1)  # null (unknown) -> -1
+        topic = codec.decode_int64_many([r[1] for r in rows], -1)
+        created = codec.decode_int64_many([r[2] for r in rows], 0)
+        duration = codec.decode_int64_many([r[3] for r in rows], -1)  # null (unknown) -> -1
         # r[4] is pin_features' timestamp field; then pin_engagement's counters and as-of
         eng, _, _ = self._counts.decode([r[5] for r in rows])
-        eng_as_of = _decode_int64_many([r[6] for r in rows], 0)
+        eng_as_of = codec.decode_int64_many([r[6] for r in rows], 0)
         return emb, topic, created, known, eng, eng_as_of, duration
-
-    def _lookup(self, ids: np.ndarray) -> np.ndarray:
-        return np.fromiter(map(self._slot_of.get, ids.tolist(), itertools.repeat(-1)),
-                           dtype=np.int64, count=ids.size)
-
-    def _grow(self, need: int) -> None:
-        cap = self._c_emb.shape[0]
-        new_cap = min(self.max_entries, max(cap * 2, cap + need))
-        if new_cap <= cap:
-            return
-        extra = new_cap - cap
-        self._c_emb = np.concatenate([self._c_emb, np.zeros((extra, self.dim), np.float32)])
-        self._c_topic = np.concatenate([self._c_topic, np.full(extra, -1, np.int64)])
-        self._c_created = np.concatenate([self._c_created, np.zeros(extra, np.int64)])
-        self._c_duration = np.concatenate([self._c_duration, np.full(extra, -1, np.int64)])
-        self._c_known = np.concatenate([self._c_known, np.zeros(extra, bool)])
-        self._c_eng = np.concatenate([self._c_eng, np.zeros((extra, EN.N_VALUES))])
-        self._c_eng_as_of = np.concatenate([self._c_eng_as_of, np.zeros(extra, np.int64)])
-        self._c_expires = np.concatenate([self._c_expires, np.full(extra, -np.inf)])
-        self._c_id = np.concatenate([self._c_id, np.zeros(extra, np.int64)])
-        self._free.extend(range(new_cap - 1, cap - 1, -1))
-
-    def _evict(self, need: int, now: float, protect: np.ndarray) -> None:
-        """Free at least `need` slots: expired entries first, then the soonest to expire;
-        slots in `protect` (entries being refreshed) stay."""
-        used = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
-        used = used[~np.isin(used, protect)]
-        order = used[np.argsort(self._c_expires[used], kind="stable")]
-        n_expired = int((self._c_expires[order] <= now).sum())
-        drop = order[: max(need, n_expired)]
-        for slot in drop.tolist():
-            del self._slot_of[int(self._c_id[slot])]
-            self._free.append(slot)
-        self.stats.evictions += int(drop.size)
-
-    def _store(self, ids: np.ndarray, emb: np.ndarray, topic: np.ndarray, created: np.ndarray,
-               known: np.ndarray, eng: np.ndarray, eng_as_of: np.ndarray, duration: np.ndarray,
-               now: float) -> None:
-        """Insert or overwrite unique `ids` (lock held)."""
-        if not ids.size or self.max_staleness_s <= 0:
-            return
-        if ids.size > self.max_entries:  # cannot all fit: cache the first max_entries
-            ids, emb, topic, created, known, eng, eng_as_of, duration = (
-                a[: self.max_entries] for a in (ids, emb, topic, created, known, eng, eng_as_of, duration))
-        slots = self._lookup(ids)
-        new = slots < 0
-        n_new = int(new.sum())
-        if n_new > len(self._free):
-            self._grow(n_new - len(self._free))
-        if n_new > len(self._free):
-            self._evict(n_new - len(self._free), now, protect=slots[~new])
-        if n_new:
-            fresh = np.asarray([self._free.pop() for _ in range(n_new)], dtype=np.int64)
-            slots[new] = fresh
-            for pid, slot in zip(ids[new].tolist(), fresh.tolist()):
-                self._slot_of[pid] = slot
-        self._c_emb[slots] = emb
-        self._c_topic[slots] = topic
-        self._c_created[slots] = created
-        self._c_duration[slots] = duration
-        self._c_known[slots] = known
-        self._c_eng[slots] = eng
-        self._c_eng_as_of[slots] = eng_as_of
-        self._c_id[slots] = ids
-        jitter = self._rng.uniform(0.75, 1.0, size=slots.size)
-        self._c_expires[slots] = now + self.max_staleness_s * jitter
-        self.stats.cache_size = len(self._slot_of)
 
 
 def _opt(value: Any, kind: type) -> Any:

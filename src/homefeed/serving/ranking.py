@@ -1,9 +1,10 @@
 """One ranking request, HTTP-free: online features -> the training code's tensors -> model -> top k.
 
 bento/service.py is a thin shell around `RankingEngine.rank`; tests and benchmarks call it too.
-Tensors are built by the same functions training uses (`UserTensors.from_sequence`, the model's
-padding rules, `homefeed.model.merge_impressions` for a model trained with `sequence_impressions`,
-`homefeed.model.dense.dense_features`), so serving cannot drift from training.
+Tensors are built by the same functions training uses (`UserTensors.from_sequence` pads with
+`homefeed.model.pad_rows`, `homefeed.model.merge_impressions` for a model trained with
+`sequence_impressions`, `homefeed.model.dense.dense_from_inputs` fed the typed online features
+by `dense_user` / `dense_candidates`), so serving cannot drift from training.
 
 What a request can count on:
 1. duplicate candidate ids are ranked once (first occurrence kept; `duplicates_dropped` says how
@@ -23,11 +24,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from homefeed import features as F
 from homefeed.model import merge_impressions
-from homefeed.model.dense import dense_features
+from homefeed.model.dense import CandidateInputs, UserInputs, dense_from_inputs
 from homefeed.serving.fast_model import ServedRanker, UserTensors
-from homefeed.serving.online_features import FeatureStoreUnavailable, OnlineFeatureReader, UserFeatures
+from homefeed.serving.online_features import (
+    FeatureStoreUnavailable,
+    OnlineFeatureReader,
+    PinFeatures,
+    UserFeatures,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,31 +70,31 @@ def cold_start_user(user_id: int) -> UserFeatures:
     return UserFeatures(user_id, empty, empty.copy(), empty.copy(), None, None)
 
 
-def user_feature_dict(user: UserFeatures) -> dict:
-    """One user row in the shape `dense_features` takes (the training set's column names)."""
-    return {
-        F.SEQ_ACTION_TIMES: [user.seq_action_times],
-        F.PROFILE_EMBEDDING: [user.profile_embedding],
-        F.PROFILE_ACTIONS_28D: [user.profile_actions_28d],
-        F.PROFILE_REPIN_RATE_28D: [user.profile_repin_rate_28d],
-        F.PROFILE_HIDE_RATE_28D: [user.profile_hide_rate_28d],
-        F.PROFILE_DAYS_ACTIVE_28D: [user.profile_days_active_28d],
-        F.UE_DECAYED: [user.engagement_decayed],
-        F.UE_AS_OF_MS: [user.engagement_as_of_ms],
-    }
+def dense_user(user: UserFeatures, emb_dim: int) -> UserInputs:
+    """One user's typed online features as `homefeed.model.dense`'s inputs (no column round trip)."""
+    present = user.profile_embedding is not None and user.profile_embedding.size == emb_dim
+    emb = user.profile_embedding if present else np.zeros(emb_dim, dtype=np.float32)
+    scalars = np.array([np.nan if v is None else float(v) for v in (
+        user.profile_actions_28d, user.profile_repin_rate_28d, user.profile_hide_rate_28d,
+        user.profile_days_active_28d)], dtype=np.float64)
+    return UserInputs([np.asarray(user.seq_action_times, dtype=np.int64)],
+                      emb.astype(np.float32, copy=False)[None], np.array([present]),
+                      np.where(np.isnan(scalars), 0.0, scalars)[None],
+                      [user.engagement_decayed], [user.engagement_as_of_ms])
 
 
-def candidate_feature_dict(pins, start: int = 0) -> dict:
-    """Candidate rows `start:` of a PinFeatures in the shape `dense_features` takes."""
+def dense_candidates(pins: PinFeatures, start: int = 0) -> CandidateInputs:
+    """Candidate rows `start:` of a PinFeatures as `homefeed.model.dense`'s inputs: an unknown pin
+    has no embedding nor created time, a duration of -1 (unknown) is training's null."""
     known = pins.known[start:]
-    return {
-        F.PIN_EMBEDDING: [e if ok else None for e, ok in zip(pins.embedding[start:], known)],
-        F.PIN_CREATED_MS: np.where(known, pins.created_ms[start:], np.nan),
-        F.PIN_DURATION_MS: (None if pins.duration_ms is None else  # -1: unknown -> NaN, as training's null
-                            np.where(known & (pins.duration_ms[start:] >= 0), pins.duration_ms[start:], np.nan)),
-        F.PE_DECAYED: None if pins.engagement is None else pins.engagement[start:],
-        F.PE_AS_OF_MS: None if pins.engagement_as_of_ms is None else pins.engagement_as_of_ms[start:],
-    }
+    duration = pins.duration_ms
+    return CandidateInputs(
+        np.where(known[:, None], pins.embedding[start:], 0.0).astype(np.float32, copy=False),
+        np.where(known, pins.created_ms[start:], np.nan),
+        (np.full(known.size, np.nan) if duration is None else
+         np.where(known & (duration[start:] >= 0), duration[start:], np.nan)),
+        None if pins.engagement is None else pins.engagement[start:],
+        None if pins.engagement_as_of_ms is None else pins.engagement_as_of_ms[start:])
 
 
 class RankingEngine:
@@ -163,8 +168,8 @@ class RankingEngine:
             emb_dim=self.config.emb_dim)
         cand_emb = pins.embedding[n_seq:]
         known = pins.known[n_seq:]
-        dense = dense_features(user_feature_dict(user), candidate_feature_dict(pins, n_seq), request_time_ms,
-                               embedding_dim=self.config.emb_dim)
+        dense = dense_from_inputs(dense_user(user, self.config.emb_dim), dense_candidates(pins, n_seq),
+                                  request_time_ms)
         timer.lap("tensors")
 
         probs = self.served.score(user_tensors, cand_emb, dense)  # [N, H]

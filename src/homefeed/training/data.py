@@ -3,8 +3,9 @@
 The dense features come from `homefeed.model.dense` (re-exported here), the one definition that
 serving imports too, so training and serving cannot compute a different vector.
 
-The sequence itself goes through `homefeed.model.build_batch`, the same function serving calls
-(via build_user_batch); `RankingData.collate` only gathers rows and calls it.
+The sequence itself goes through `homefeed.model.build_batch`, which pads with
+`homefeed.model.pad_rows`, the padding serving applies too (`UserTensors.from_sequence`);
+`RankingData.collate` only gathers rows and calls it.
 """
 
 from __future__ import annotations
