@@ -10,31 +10,11 @@ that makes replays no-ops. `get_online_features` reads the rows back exactly as 
 
 from __future__ import annotations
 
-import math
-from datetime import datetime, timezone
-
-import pandas as pd
 from feast.infra.provider import get_provider
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Int32List, Int64List, Value
 
 from homefeed import features as F
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-
-
-def optional_int(value) -> int | None:
-    """An optional integer column's value: None for None, NaN or pandas' NA, else an int."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return int(value)
-
-
-def _optional_int64(value) -> Value:
-    v = optional_int(value)
-    return Value() if v is None else Value(int64_val=v)
+from homefeed.redis_codec import entity_key, event_time, optional_int64
 
 
 class OnlineWriter:
@@ -64,8 +44,8 @@ class OnlineWriter:
             return out
 
         self._write(view.name, [(
-            EntityKey(join_keys=[F.USER_ID], entity_values=[Value(int64_val=r[F.USER_ID])]),
-            values(r), _utc(r[F.EVENT_TIMESTAMP]), _utc(r[F.CREATED]),
+            entity_key(F.USER_ID, r[F.USER_ID]),
+            values(r), event_time(r[F.EVENT_TIMESTAMP]), event_time(r[F.CREATED]),
         ) for r in rows])
 
     def write_pins(self, rows: list[dict]) -> None:
@@ -73,14 +53,14 @@ class OnlineWriter:
         and optionally pin_duration_ms (missing, None or NaN: unknown, stored as an unset Value,
         which Feast reads back as None, like a null pushed through `store.push`)."""
         self._write(F.PIN_FEATURES, [(
-            EntityKey(join_keys=[F.PIN_ID], entity_values=[Value(int64_val=r[F.PIN_ID])]),
+            entity_key(F.PIN_ID, r[F.PIN_ID]),
             {
                 F.PIN_EMBEDDING: Value(float_list_val=FloatList(val=r[F.PIN_EMBEDDING])),
                 F.PIN_TOPIC: Value(int64_val=r[F.PIN_TOPIC]),
                 F.PIN_CREATED_MS: Value(int64_val=r[F.PIN_CREATED_MS]),
-                F.PIN_DURATION_MS: _optional_int64(r.get(F.PIN_DURATION_MS)),
+                F.PIN_DURATION_MS: optional_int64(r.get(F.PIN_DURATION_MS)),
             },
-            _utc(r[F.EVENT_TIMESTAMP]), _utc(r[F.CREATED]),
+            event_time(r[F.EVENT_TIMESTAMP]), event_time(r[F.CREATED]),
         ) for r in rows])
 
     def write_engagement(self, view: str, rows: list[dict]) -> None:
@@ -90,11 +70,11 @@ class OnlineWriter:
         decayed, totals, as_of = F.ENGAGEMENT_VIEWS[view][1]
         newest = {r[key]: r for r in rows}
         self._write(view, [(
-            EntityKey(join_keys=[key], entity_values=[Value(int64_val=r[key])]),
+            entity_key(key, r[key]),
             {
                 decayed: Value(double_list_val=DoubleList(val=r[decayed])),
                 totals: Value(int64_list_val=Int64List(val=r[totals])),
                 as_of: Value(int64_val=r[as_of]),
             },
-            _utc(r[F.EVENT_TIMESTAMP]), _utc(r[F.CREATED]),
+            event_time(r[F.EVENT_TIMESTAMP]), event_time(r[F.CREATED]),
         ) for r in newest.values()])

@@ -244,7 +244,7 @@ def restore_pins(settings: Settings, builder) -> int:
     if logged.empty:
         return 0
     latest, ms = _latest(logged, F.PIN_ID)
-    from homefeed.stream.online_writer import optional_int
+    from homefeed.redis_codec import optional_int
 
     # a log written before the field existed has no durations: unknown
     durations = latest[F.PIN_DURATION_MS] if F.PIN_DURATION_MS in latest else [None] * len(latest)
