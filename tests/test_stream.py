@@ -442,7 +442,7 @@ def test_redis_outage_backs_off_commits_nothing_then_applies_everything(pipeline
         import redis as redis_lib
 
         from homefeed.sequence import SequenceState
-        from homefeed.stream.consumer import STATE_KEY
+        from homefeed.stream.state import STATE_KEY
 
         client = redis_lib.Redis(port=private.redis_port)
         expected = expected_sequences(first + second)
@@ -539,7 +539,8 @@ def test_state_writes_are_fenced_against_a_zombie(pipeline):
     from kafka.consumer.fetcher import ConsumerRecord
 
     from homefeed.redis_client import pipeline_client
-    from homefeed.stream.consumer import SequenceBuilder, StateFenced
+    from homefeed.stream.builder import SequenceBuilder
+    from homefeed.stream.state import StateFenced
 
     store = open_store()
     client = pipeline_client(pipeline)
@@ -645,7 +646,7 @@ def _produce_records(n: int, t0: int = 1_767_355_200_000):
 
 
 def test_every_send_is_checked_and_a_refused_record_is_counted(pipeline):
-    from homefeed.stream.consumer import make_producer
+    from homefeed.stream.clients import make_producer
 
     # A client limit below one record: the broker never gets it (the send fails at once).
     small = Producer(pipeline, make_producer(pipeline, max_request_size=64))

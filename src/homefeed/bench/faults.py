@@ -228,7 +228,7 @@ class ConsumerProbe:
 
     def user_event_ids(self, user: int) -> list[str]:
         from homefeed.sequence import SequenceState
-        from homefeed.stream.consumer import STATE_KEY
+        from homefeed.stream.state import STATE_KEY
 
         raw = self.redis.get(STATE_KEY.format(project=self.project, user_id=user))
         return list(SequenceState.from_bytes(raw).event_ids) if raw else []

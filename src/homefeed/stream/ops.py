@@ -60,7 +60,7 @@ def high_watermarks(consumer, tps: list) -> dict:
 def stream_status(settings: Settings) -> dict:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-    from homefeed.stream.consumer import impressions_settings
+    from homefeed.stream.clients import impressions_settings
 
     admin = KafkaAdminClient(**settings.kafka_client_config(), client_id="homefeed-status")
     consumer = KafkaConsumer(**settings.kafka_client_config(), client_id="homefeed-status",
@@ -111,7 +111,7 @@ def consumer_counters(settings: Settings, project: str | None = None) -> dict | 
     import redis
 
     from homefeed.redis_client import pipeline_client
-    from homefeed.stream.consumer import COUNTER_FIELDS, COUNTERS_KEY
+    from homefeed.stream.state import COUNTER_FIELDS, COUNTERS_KEY
 
     if project is None:
         from homefeed.feature_store import repo_project
@@ -150,7 +150,7 @@ def backfill(settings: Settings, since: str, users: list[int] | None = None, sto
     and re-write every pin's latest logged features: after Redis lost its data, all come back."""
     from homefeed.feature_store import open_store
     from homefeed.redis_client import pipeline_client
-    from homefeed.stream.consumer import SequenceBuilder
+    from homefeed.stream.builder import SequenceBuilder
 
     since_ms = parse_time_ms(str(since))
     store = store or open_store(settings.feature_repo)
@@ -173,7 +173,7 @@ def _rebuild_sequences(settings: Settings, builder, view: F.SequenceView, table:
                        users: list[int] | None) -> tuple[int, int]:
     """One sequence view rebuilt from its events' log table (the consumer's rules, a strictly
     newer snapshot timestamp): (users rebuilt, events read)."""
-    from homefeed.stream.consumer import sequence_table
+    from homefeed.stream.frames import sequence_table
 
     events = offline_log.read(settings.offline_dir, table)
     if events.empty:
