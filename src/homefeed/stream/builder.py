@@ -12,7 +12,6 @@ homefeed.stream.consumer), knowing nothing of polling or committing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -26,16 +25,23 @@ import pandas as pd
 from homefeed import events as E
 from homefeed import features as F
 from homefeed import offline_log
-from homefeed.redis_client import KeyScript
-from homefeed.sequence import IMPRESSION_TYPE, Action, SequenceState, merge, next_snapshot_ms
+from homefeed.sequence import IMPRESSION_TYPE, Action, merge, next_snapshot_ms
 from homefeed.settings import Settings
 from homefeed.stream import metrics as M
 from homefeed.stream.dead_letters import DeadLetter, DeadLetterSender, DeadLetterUnavailable
 from homefeed.stream.engagement import EngagementCounters, EngagementEvent, engagement_table
-from homefeed.stream.frames import SNAPSHOT_GRANULARITY_MS, events_frame, impressions_frame, pin_frame, sequence_table
+from homefeed.stream.frames import (
+    SNAPSHOT_GRANULARITY_MS,
+    events_frame,
+    impressions_frame,
+    pin_frame,
+    pin_row,
+    sequence_row,
+    sequence_table,
+)
 from homefeed.stream.generation import Generation, RestoreInProgress
 from homefeed.stream.online_writer import OnlineWriter
-from homefeed.stream.state import _ADD_COUNTERS, _CAS_STATE, COUNTER_FIELDS, COUNTERS_KEY, STATE_KEYS, StateFenced
+from homefeed.stream.state import COUNTER_FIELDS, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +153,7 @@ def wall_ms() -> int:
 
 class SequenceBuilder(DeadLetterSender):
     """Applies micro-batches of Kafka records. Knows nothing of polling or committing, so it is
-    driven the same way by the consumer loop, the tests and the backfill command."""
+    driven the same way by the consumer loop, the bulk loader and the tests."""
 
     def __init__(self, settings: Settings, store, redis_client, dlq_producer=None,
                  validator: BatchValidator | None = None, dlq_factory: Callable[[], object] | None = None,
@@ -164,7 +170,7 @@ class SequenceBuilder(DeadLetterSender):
         self.impression_validator = impression_validator  # the `impression_events` suite
         self.project = store.project
         self.generation = Generation(settings, redis_client, self.project)  # Redis data loss
-        self._cas = KeyScript(redis_client, _CAS_STATE)  # the state compare-and-set
+        self.states = StateStore(redis_client, self.project)  # sequence states, group counters
         self.counters = EngagementCounters(redis_client, self.project, SNAPSHOT_GRANULARITY_MS)
 
     def warm_up(self) -> None:
@@ -179,58 +185,14 @@ class SequenceBuilder(DeadLetterSender):
             shown = E.ImpressionEvent("warm-up", 1, 1, wall_ms())
             self.impression_validator(impressions_frame([shown], [wall_ms()]))
 
-    # -- state --------------------------------------------------------------------------
-    def state_key(self, user_id: int, view: F.SequenceView = F.ACTION_SEQUENCE) -> str:
-        return STATE_KEYS[view.name].format(project=self.project, user_id=user_id)
-
-    def load_states(self, user_ids: list[int], raw_out: dict | None = None,
-                    view: F.SequenceView = F.ACTION_SEQUENCE) -> dict[int, SequenceState]:
-        """States of `user_ids` in `view`; `raw_out` receives the stored bytes (for `save_states`'
-        fence)."""
-        keys = [self.state_key(u, view) for u in user_ids]
-        # Each user's state is one key. On a cluster the keys of a batch span slots: the
-        # non-atomic variants split them per node (MGET/MSET would fail with CROSSSLOT).
-        mget = getattr(self.redis, "mget_nonatomic", self.redis.mget)
-        raw = mget(keys) if keys else []
-        if raw_out is not None:
-            raw_out.update(zip(user_ids, raw))
-        return {u: SequenceState.from_bytes(r) for u, r in zip(user_ids, raw)}
-
-    def save_states(self, states: dict[int, SequenceState], loaded: dict | None = None,
-                    view: F.SequenceView = F.ACTION_SEQUENCE) -> None:
-        """Write states. With `loaded` (the bytes `load_states` saw), each write is a
-        compare-and-set, and StateFenced names the users whose state another consumer changed
-        meanwhile (their writes are refused; the others are applied)."""
-        if not states:
-            return
-        if loaded is None:  # unfenced (backfill: converges with the consumer by timestamps)
-            mset = getattr(self.redis, "mset_nonatomic", self.redis.mset)
-            mset({self.state_key(u, view): s.to_bytes() for u, s in states.items()})
-            return
-        users = list(states)
-        ok = self._compare_and_set([(
-            self.state_key(u, view),
-            hashlib.sha1(loaded[u]).hexdigest() if loaded.get(u) is not None else "",
-            states[u].to_bytes()) for u in users])
-        fenced = [u for u, done in zip(users, ok) if not done]
-        if fenced:
-            raise StateFenced(fenced)
-
-    def _compare_and_set(self, items: list[tuple[str, str, bytes]]) -> list[bool]:
-        """Run the CAS script for each (key, sha1 seen, new value), one round trip per node."""
-        return [bool(done) for done in self._cas.run([(key, [seen, value]) for key, seen, value in items])]
-
-    def counters_key(self) -> str:
-        return COUNTERS_KEY.format(project=self.project, group=self.settings.consumer_group)
-
+    # -- the group's counters (homefeed.stream.state) ------------------------------------
     def record_counters(self, result: BatchResult) -> None:
         """Add a batch to the group's counters in Redis (atomically: they always add up). Raises
         on an outage; the consumer retries it before the next batch, so the counters and the
         dead-letter topic never disagree."""
         values = dict(zip(COUNTER_FIELDS, (result.records, result.applied, result.duplicates,
                                            len(result.dead), result.pins_pushed, result.impressions)))
-        # one key, one script: atomic on a single node and on a cluster alike
-        self.redis.eval(_ADD_COUNTERS, 1, self.counters_key(), *[x for kv in values.items() for x in kv])
+        self.states.add_counters(self.settings.consumer_group, values)
 
     # -- one micro-batch ---------------------------------------------------------------
     def apply(self, records: list) -> BatchResult:
@@ -358,7 +320,7 @@ class SequenceBuilder(DeadLetterSender):
         users = sorted(by_user)
         out = MergedSequences(view)
         with result.timed("state_read"):
-            states = self.load_states(users, raw_out=out.loaded, view=view)
+            states = self.states.load_states(users, raw_out=out.loaded, view=view)
         for user in users:
             old = states[user]
             known = set(old.event_ids)
@@ -370,8 +332,7 @@ class SequenceBuilder(DeadLetterSender):
                 state, did_change = merge(state, group, self.settings.sequence_length)
                 if did_change:
                     state.snapshot_ms = next_snapshot_ms(state)
-                    versions.append({F.USER_ID: user, F.EVENT_TIMESTAMP: state.snapshot_ms,
-                                     F.CREATED: max(arrived, state.snapshot_ms), **state.feature_row(view)})
+                    versions.append(sequence_row(user, state, view, max(arrived, state.snapshot_ms)))
             out.outside_window += len((new_ids - known) - set(state.event_ids))
             if versions:
                 out.changed[user] = state
@@ -392,7 +353,7 @@ class SequenceBuilder(DeadLetterSender):
         with result.timed("feast_write"):
             self.online.write_sequences(merged.rows, merged.view)
         with result.timed("state_write"):
-            self.save_states(merged.changed, merged.loaded, merged.view)
+            self.states.save_states(merged.changed, merged.loaded, merged.view)
         result.sequences_pushed += len(merged.rows)
 
     def _log_counters(self, counted: dict[str, list[dict]]) -> None:
@@ -437,11 +398,8 @@ class SequenceBuilder(DeadLetterSender):
     def _apply_pins(self, pins, result: BatchResult) -> None:
         if not pins:
             return
-        rows = [{
-            F.PIN_ID: p.pin_id, F.PIN_EMBEDDING: list(p.embedding), F.PIN_TOPIC: p.topic_id,
-            F.PIN_CREATED_MS: p.created_ms, F.PIN_DURATION_MS: p.duration_ms, F.EVENT_TIMESTAMP: p.event_time,
-            F.CREATED: max(r.timestamp, p.event_time),
-        } for r, p in pins]
+        rows = [pin_row(p.pin_id, list(p.embedding), p.topic_id, p.created_ms, p.duration_ms, p.event_time,
+                        max(r.timestamp, p.event_time)) for r, p in pins]
         with result.timed("log_write"):
             offline_log.append(self.settings.offline_dir, F.PIN_FEATURES, pin_frame(pd.DataFrame(rows)))
         with result.timed("feast_write"):

@@ -35,6 +35,11 @@ and that record is dead-lettered with reason `apply_failed`. So every record is 
 applied, duplicate, dead-lettered, pin upsert or impression (`BatchResult.accounted`), and none
 stops ingestion. A replayed batch logs its impressions again (the log's readers drop the copies
 by (user_id, event_id), as they do for actions); their sequences dedup by event id like actions'.
+
+This module is the loop (steps 1 and 6, retries, isolation, fencing); steps 2-5 are
+homefeed.stream.builder's, on the state store (homefeed.stream.state), the log's frames
+(homefeed.stream.frames) and the dead-letter topic (homefeed.stream.dead_letters); the Kafka
+clients are homefeed.stream.clients'.
 """
 
 from __future__ import annotations

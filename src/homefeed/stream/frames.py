@@ -2,8 +2,9 @@
 
 1. user events (`events_frame`, `impressions_frame`): one shape for the log, the push and the
    batch suites;
-2. sequence versions (`sequence_table`), one per user and `SNAPSHOT_GRANULARITY_MS` of arrival;
-3. pin features (`pin_frame`).
+2. sequence versions (`sequence_row`, `sequence_table`), one per user and
+   `SNAPSHOT_GRANULARITY_MS` of arrival (backfill: one per rebuild);
+3. pin features (`pin_row`, `pin_frame`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pyarrow as pa
 from homefeed import events as E
 from homefeed import features as F
 from homefeed import offline_log
+from homefeed.sequence import SequenceState
 
 # A micro-batch replaying history can span hours of event time. The offline log keeps one sequence
 # version per user per this much arrival time, so point-in-time joins see the sequence as it was
@@ -49,6 +51,13 @@ def _user_event_frame(evs: list, arrival_ms: list[int], **own) -> pd.DataFrame:
     return frame
 
 
+def sequence_row(user_id: int, state: SequenceState, view: F.SequenceView, created_ms: int) -> dict:
+    """One version of a user's sequence in `view`, as logged and pushed: the state's snapshot
+    time as event timestamp, `created_ms` (when it became servable) and the view's features."""
+    return {F.USER_ID: user_id, F.EVENT_TIMESTAMP: state.snapshot_ms, F.CREATED: created_ms,
+            **state.feature_row(view)}
+
+
 def sequence_table(rows: list[dict], view: F.SequenceView = F.ACTION_SEQUENCE) -> pa.Table:
     """Sequence rows of `view` (feature rows with user id and epoch-ms timestamps) as the log's
     Arrow table, column by column: no pandas round trip for the list columns, which are most of
@@ -67,6 +76,13 @@ def sequence_table(rows: list[dict], view: F.SequenceView = F.ACTION_SEQUENCE) -
            for name in (view.pin_ids, view.action_types, view.times) if name},
         view.length: pa.array(column(view.length), pa.int32()),
     })
+
+
+def pin_row(pin_id: int, embedding: list[float], topic_id: int, created_ms: int, duration_ms: int | None,
+            event_ms: int, arrival_ms: int) -> dict:
+    """One pin's features, as logged (`pin_frame`) and pushed; times in epoch ms."""
+    return {F.PIN_ID: pin_id, F.PIN_EMBEDDING: embedding, F.PIN_TOPIC: topic_id, F.PIN_CREATED_MS: created_ms,
+            F.PIN_DURATION_MS: duration_ms, F.EVENT_TIMESTAMP: event_ms, F.CREATED: arrival_ms}
 
 
 def pin_frame(frame: pd.DataFrame) -> pd.DataFrame:

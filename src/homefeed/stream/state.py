@@ -9,7 +9,11 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from homefeed import features as F
+from homefeed.redis_client import KeyScript
+from homefeed.sequence import SequenceState
 
 STATE_KEY = "homefeed:seqstate:{project}:{user_id}"
 # One state per sequence view and user (same compare-and-set, same format: SequenceState).
@@ -44,3 +48,68 @@ class StateFenced(RuntimeError):
     def __init__(self, users: list[int]):
         super().__init__(f"state of {len(users)} users changed under this consumer (e.g. {users[:3]})")
         self.users = users
+
+
+class StateStore:
+    """One Feast project's sequence states (per user and view) and its consumer groups'
+    counters, in Redis: the sequence builder's, and backfill's and status' without one."""
+
+    def __init__(self, redis_client, project: str):
+        self.redis = redis_client
+        self.project = project
+        self._cas = KeyScript(redis_client, _CAS_STATE)  # the state compare-and-set
+
+    def state_key(self, user_id: int, view: F.SequenceView = F.ACTION_SEQUENCE) -> str:
+        return STATE_KEYS[view.name].format(project=self.project, user_id=user_id)
+
+    def load_states(self, user_ids: list[int], raw_out: dict | None = None,
+                    view: F.SequenceView = F.ACTION_SEQUENCE) -> dict[int, SequenceState]:
+        """States of `user_ids` in `view`; `raw_out` receives the stored bytes (for `save_states`'
+        fence)."""
+        keys = [self.state_key(u, view) for u in user_ids]
+        # Each user's state is one key. On a cluster the keys of a batch span slots: the
+        # non-atomic variants split them per node (MGET/MSET would fail with CROSSSLOT).
+        mget = getattr(self.redis, "mget_nonatomic", self.redis.mget)
+        raw = mget(keys) if keys else []
+        if raw_out is not None:
+            raw_out.update(zip(user_ids, raw))
+        return {u: SequenceState.from_bytes(r) for u, r in zip(user_ids, raw)}
+
+    def save_states(self, states: dict[int, SequenceState], loaded: dict | None = None,
+                    view: F.SequenceView = F.ACTION_SEQUENCE) -> None:
+        """Write states. With `loaded` (the bytes `load_states` saw), each write is a
+        compare-and-set, and StateFenced names the users whose state another consumer changed
+        meanwhile (their writes are refused; the others are applied)."""
+        if not states:
+            return
+        if loaded is None:  # unfenced (backfill: converges with the consumer by timestamps)
+            mset = getattr(self.redis, "mset_nonatomic", self.redis.mset)
+            mset({self.state_key(u, view): s.to_bytes() for u, s in states.items()})
+            return
+        users = list(states)
+        ok = self._compare_and_set([(
+            self.state_key(u, view),
+            hashlib.sha1(loaded[u]).hexdigest() if loaded.get(u) is not None else "",
+            states[u].to_bytes()) for u in users])
+        fenced = [u for u, done in zip(users, ok) if not done]
+        if fenced:
+            raise StateFenced(fenced)
+
+    def _compare_and_set(self, items: list[tuple[str, str, bytes]]) -> list[bool]:
+        """Run the CAS script for each (key, sha1 seen, new value), one round trip per node."""
+        return [bool(done) for done in self._cas.run([(key, [seen, value]) for key, seen, value in items])]
+
+    def counters_key(self, group: str) -> str:
+        return COUNTERS_KEY.format(project=self.project, group=group)
+
+    def add_counters(self, group: str, values: dict[str, int]) -> None:
+        """Add `values` (COUNTER_FIELDS) to `group`'s counters, atomically."""
+        # one key, one script: atomic on a single node and on a cluster alike
+        self.redis.eval(_ADD_COUNTERS, 1, self.counters_key(group), *[x for kv in values.items() for x in kv])
+
+    def read_counters(self, group: str) -> dict[str, int] | None:
+        """`group`'s counters (COUNTER_FIELDS), or None when it has none."""
+        raw = self.redis.hgetall(self.counters_key(group))
+        if not raw:
+            return None
+        return {name: int(raw.get(name.encode(), 0)) for name in COUNTER_FIELDS}
