@@ -30,7 +30,7 @@ def test_sequence_rows_go_to_the_log_as_arrow_equal_to_the_pandas_conversion(tmp
     import pyarrow as pa
 
     from homefeed.sequence import build
-    from homefeed.stream.consumer import sequence_table
+    from homefeed.stream.frames import sequence_table
 
     t0 = 1_767_225_600_000  # 2026-01-01
     rows = []

@@ -217,10 +217,7 @@ def test_pin_durations_go_through_the_stream_into_the_log_and_the_online_store_a
     client.close()
     assert online() == [None] * 4
 
-    class Builder:  # what restore_pins uses of the consumer: its online writer
-        online = OnlineWriter(store)
-
-    assert restore_pins(pipeline, Builder()) == len(pins)
+    assert restore_pins(pipeline, OnlineWriter(store)) == len(pins)
     assert online() == want
 
 
@@ -402,7 +399,7 @@ def test_one_of_two_consumers_killed_mid_batch_the_other_takes_over_and_state_is
     assert 0 < stats["applied"] < len(evs)  # its share, then the victim's rest
     expected = expected_sequences(evs)
     assert online_sequences(users) == expected  # no loss, no duplicate action in any sequence
-    states = build_consumer(settings, validate=False).builder.load_states(users)
+    states = build_consumer(settings, validate=False).builder.states.load_states(users)
     assert all(states[u].feature_row() == expected[u] for u in users)
     assert set(offline_log.read(settings.offline_dir, "action_events")["event_id"]) == {e.event_id for e in evs}
     assert_counters_match_the_event_log(settings, evs)  # the victim's replayed batch counted once
@@ -442,7 +439,7 @@ def test_redis_outage_backs_off_commits_nothing_then_applies_everything(pipeline
         import redis as redis_lib
 
         from homefeed.sequence import SequenceState
-        from homefeed.stream.consumer import STATE_KEY
+        from homefeed.stream.state import STATE_KEY
 
         client = redis_lib.Redis(port=private.redis_port)
         expected = expected_sequences(first + second)
@@ -539,7 +536,8 @@ def test_state_writes_are_fenced_against_a_zombie(pipeline):
     from kafka.consumer.fetcher import ConsumerRecord
 
     from homefeed.redis_client import pipeline_client
-    from homefeed.stream.consumer import SequenceBuilder, StateFenced
+    from homefeed.stream.builder import SequenceBuilder
+    from homefeed.stream.state import StateFenced
 
     store = open_store()
     client = pipeline_client(pipeline)
@@ -557,14 +555,14 @@ def test_state_writes_are_fenced_against_a_zombie(pipeline):
 
     b.apply(records(first))
     loaded: dict = {}
-    stale = a.load_states(users, raw_out=loaded)  # A loads, then stalls
+    stale = a.states.load_states(users, raw_out=loaded)  # A loads, then stalls
     b.apply(records(newer, 100))  # B moves users[0] and users[1] on
     for u in users:
         stale[u].snapshot_ms += 1  # A's (stale) new versions
     with pytest.raises(StateFenced) as fenced:
-        a.save_states(stale, loaded)
+        a.states.save_states(stale, loaded)
     assert sorted(fenced.value.users) == sorted(users[:2])  # users[2] was not touched by B: written
-    now = a.load_states(users)
+    now = a.states.load_states(users)
     for u in users[:2]:
         assert set(now[u].event_ids) == {e.event_id for e in first + newer if e.user_id == u}
     assert now[users[2]].snapshot_ms == stale[users[2]].snapshot_ms
@@ -630,7 +628,7 @@ def test_zombie_paused_past_its_poll_interval_loses_and_regresses_nothing(pipeli
     assert a.stats.applied == 0 and b.stats.fenced == 0  # A's batch was never applied or committed
     expected = expected_sequences(first + newer)
     assert online_sequences(users) == expected
-    states = b.builder.load_states(users)
+    states = b.builder.states.load_states(users)
     assert all(states[u].feature_row() == expected[u] for u in users)
     logged = set(offline_log.read(pipeline.offline_dir, "action_events")["event_id"])
     assert {e.event_id for e in first + newer} <= logged
@@ -645,7 +643,7 @@ def _produce_records(n: int, t0: int = 1_767_355_200_000):
 
 
 def test_every_send_is_checked_and_a_refused_record_is_counted(pipeline):
-    from homefeed.stream.consumer import make_producer
+    from homefeed.stream.clients import make_producer
 
     # A client limit below one record: the broker never gets it (the send fails at once).
     small = Producer(pipeline, make_producer(pipeline, max_request_size=64))

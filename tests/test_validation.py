@@ -600,7 +600,7 @@ def test_the_consumers_batch_frame_meets_the_structure_checks_by_construction(pr
     """The stream skips the structure checks because `events_frame` guarantees them: the whole
     suite passes on what it builds from parsed events, edge values included."""
     from homefeed.events import ActionEvent
-    from homefeed.stream.consumer import events_frame
+    from homefeed.stream.frames import events_frame
 
     evs = [ActionEvent(f"e{i}", [1, MAX_ID, 7][i % 3], [MAX_ID, 1, 42][i % 3], ActionType(1 + i % 3),
                        MIN_EVENT_TIME_MS + i, surface=["homefeed", "", "search"][i % 3])

@@ -295,7 +295,7 @@ def live_traffic(settings: Settings, world, metrics_url: str, n: int, rate: floa
     until the consumer has applied them (its events-applied counter)."""
     from homefeed.demo_report import APPLIED_METRIC, counter_total
     from homefeed.events import ActionEvent, ActionType
-    from homefeed.stream.consumer import make_producer
+    from homefeed.stream.clients import make_producer
 
     rng = np.random.default_rng(2)
     users = world.events["user_id"].unique()

@@ -239,7 +239,7 @@ class ConsumerProbe:
 
     def user_event_ids(self, user: int) -> list[str]:
         from homefeed.sequence import SequenceState
-        from homefeed.stream.consumer import STATE_KEY
+        from homefeed.stream.state import STATE_KEY
 
         raw = self.redis.get(STATE_KEY.format(project=self.project, user_id=user))
         return list(SequenceState.from_bytes(raw).event_ids) if raw else []
@@ -448,7 +448,8 @@ def _dead_letter_bound_s() -> float:
     may first wait out a lost group join (UNASSIGNED_REBUILD_S, then a ~3 s join) and then a
     dead-letter producer that the new broker does not know (DEAD_LETTER_TIMEOUT_S), plus 30 s
     for a loaded machine: 90 s today (one run took 63 s with both)."""
-    from homefeed.stream.consumer import DEAD_LETTER_TIMEOUT_S, UNASSIGNED_REBUILD_S
+    from homefeed.stream.consumer import UNASSIGNED_REBUILD_S
+    from homefeed.stream.dead_letters import DEAD_LETTER_TIMEOUT_S
 
     return UNASSIGNED_REBUILD_S + DEAD_LETTER_TIMEOUT_S + 30.0
 

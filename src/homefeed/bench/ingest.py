@@ -119,7 +119,7 @@ def _wait_until(predicate, procs: list, timeout_s: float, what: str) -> None:
 def committed_total(settings: Settings, topic: str | None = None) -> int:
     """Records of a topic (default: the actions topic) the group has committed (offsets are
     dense from 0)."""
-    from homefeed.stream.consumer import impressions_settings
+    from homefeed.stream.clients import impressions_settings
     from homefeed.stream.ops import committed_offsets
 
     topic = topic or settings.actions_topic
@@ -162,7 +162,7 @@ def per_second(stats: list[dict], key: str) -> float:
 
 def stage_summary(stats: list[dict]) -> dict:
     """{stage: {mean, p50, p99}} in ms per micro-batch, over every batch of these consumers."""
-    from homefeed.stream.consumer import STAGES
+    from homefeed.stream.builder import STAGES
 
     out = {}
     for stage in STAGES:

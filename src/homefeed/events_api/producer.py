@@ -58,7 +58,7 @@ class AckedProducer:
     def _get(self):
         with self._lock:
             if self._producer is None:
-                from homefeed.stream.consumer import make_producer
+                from homefeed.stream.clients import make_producer
 
                 try:
                     self._producer = make_producer(self.settings, **self.config)

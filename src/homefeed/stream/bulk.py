@@ -142,7 +142,7 @@ def consumer_records(settings: Settings, records, partition: int):
 def bulk_load(settings: Settings, world_dir: Path, *, batch: int = DEFAULT_BATCH, validate: bool = True,
               inject_bad: bool = False, dead_letters: Path | None = None, progress: bool = True) -> dict:
     """Steps 1-5; returns the counts, the builder's totals, the seconds per stage of its batches
-    (consumer.STAGES) and the seconds in all."""
+    (builder.STAGES) and the seconds in all."""
     from homefeed.stream.consumer import ConsumeStats, build_builder
     from homefeed.stream.producer import bad_event_samples
     from homefeed.world import load_world

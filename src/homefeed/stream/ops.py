@@ -4,6 +4,12 @@ Backfill rebuilds online sequences (actions' and impressions') from the offline 
 durable record of every valid event: after an outage, a lost Redis, or a bug fix in sequence building. It uses the same
 `homefeed.sequence` rules as the consumer and pushes through Feast with a strictly newer
 snapshot timestamp, so it is safe to run while the consumer is running: both converge.
+
+1. `stream_status`: each topic's offsets and the groups' committed ones (lag), the dead-letter
+   topic's size, and the groups' counters from the state store (homefeed.stream.state);
+2. `backfill`: pins and engagement counters back from the log (only for every user), then each
+   sequence view rebuilt from its events' table: logged (homefeed.stream.frames), pushed through
+   the online writer, and its states written to the state store directly.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from homefeed.errors import UserError
 from homefeed.events import ActionType
 from homefeed.sequence import IMPRESSION_TYPE, build, next_snapshot_ms
 from homefeed.settings import Settings
+from homefeed.stream.frames import SNAPSHOT_GRANULARITY_MS, pin_row, sequence_row, sequence_table
+from homefeed.stream.state import COUNTER_FIELDS, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +68,7 @@ def high_watermarks(consumer, tps: list) -> dict:
 def stream_status(settings: Settings) -> dict:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-    from homefeed.stream.consumer import impressions_settings
+    from homefeed.stream.clients import impressions_settings
 
     admin = KafkaAdminClient(**settings.kafka_client_config(), client_id="homefeed-status")
     consumer = KafkaConsumer(**settings.kafka_client_config(), client_id="homefeed-status",
@@ -111,7 +119,6 @@ def consumer_counters(settings: Settings, project: str | None = None) -> dict | 
     import redis
 
     from homefeed.redis_client import pipeline_client
-    from homefeed.stream.consumer import COUNTER_FIELDS, COUNTERS_KEY
 
     if project is None:
         from homefeed.feature_store import repo_project
@@ -119,15 +126,14 @@ def consumer_counters(settings: Settings, project: str | None = None) -> dict | 
         project = repo_project(settings.feature_repo)
     client = pipeline_client(settings)
     try:
-        raw = client.hgetall(COUNTERS_KEY.format(project=project, group=settings.consumer_group))
+        counts = StateStore(client, project).read_counters(settings.consumer_group)
     except (redis.RedisError, OSError) as exc:
         log.warning("consumer counters unavailable: %s", exc)
         return None
     finally:
         client.close()
-    if not raw:
+    if counts is None:
         return None
-    counts = {name: int(raw.get(name.encode(), 0)) for name in COUNTER_FIELDS}
     counts["accounted"] = counts["records"] == sum(counts[n] for n in COUNTER_FIELDS[1:])
     return counts
 
@@ -150,15 +156,17 @@ def backfill(settings: Settings, since: str, users: list[int] | None = None, sto
     and re-write every pin's latest logged features: after Redis lost its data, all come back."""
     from homefeed.feature_store import open_store
     from homefeed.redis_client import pipeline_client
-    from homefeed.stream.consumer import SequenceBuilder
+    from homefeed.stream.engagement import EngagementCounters
+    from homefeed.stream.online_writer import OnlineWriter
 
     since_ms = parse_time_ms(str(since))
     store = store or open_store(settings.feature_repo)
     client = redis_client or pipeline_client(settings)
-    builder = SequenceBuilder(settings, store, client)
-    pins = restore_pins(settings, builder) if users is None else 0
-    counters = restore_counters(settings, builder) if users is None else 0
-    rebuilt = {view.name: _rebuild_sequences(settings, builder, view, table, since_ms, users)
+    online, states = OnlineWriter(store), StateStore(client, store.project)
+    pins = restore_pins(settings, online) if users is None else 0
+    counters = (restore_counters(settings, EngagementCounters(client, store.project, SNAPSHOT_GRANULARITY_MS),
+                                 online) if users is None else 0)
+    rebuilt = {view.name: _rebuild_sequences(settings, states, online, view, table, since_ms, users)
                for view, table in ((F.ACTION_SEQUENCE, F.ACTION_EVENTS),
                                    (F.IMPRESSION_SEQUENCE, F.IMPRESSION_EVENTS))}
     (n_users, n_events), (imp_users, imp_events) = rebuilt.values()
@@ -169,12 +177,10 @@ def backfill(settings: Settings, since: str, users: list[int] | None = None, sto
             "counters": counters, "impression_users": imp_users, "impressions": imp_events}
 
 
-def _rebuild_sequences(settings: Settings, builder, view: F.SequenceView, table: str, since_ms: int,
-                       users: list[int] | None) -> tuple[int, int]:
+def _rebuild_sequences(settings: Settings, state_store, online, view: F.SequenceView, table: str,
+                       since_ms: int, users: list[int] | None) -> tuple[int, int]:
     """One sequence view rebuilt from its events' log table (the consumer's rules, a strictly
     newer snapshot timestamp): (users rebuilt, events read)."""
-    from homefeed.stream.consumer import sequence_table
-
     events = offline_log.read(settings.offline_dir, table)
     if events.empty:
         return 0, 0
@@ -182,7 +188,7 @@ def _rebuild_sequences(settings: Settings, builder, view: F.SequenceView, table:
     arrived = events["arrival_time"] >= since_ms
     targets = set(events.loc[arrived, F.USER_ID].astype(int)) if users is None else set(users)
     events = events[events[F.USER_ID].isin(targets)]
-    states = builder.load_states(sorted(targets), view=view)
+    states = state_store.load_states(sorted(targets), view=view)
     action_id = {a.wire_name: int(a) for a in ActionType}
     rows, new_states = [], {}
     now_ms = pd.Timestamp.now(tz="UTC").value // 1_000_000
@@ -195,12 +201,11 @@ def _rebuild_sequences(settings: Settings, builder, view: F.SequenceView, table:
         state.snapshot_ms = states[int(user)].snapshot_ms  # keep Feast's timestamps increasing
         state.snapshot_ms = next_snapshot_ms(state)
         new_states[int(user)] = state
-        rows.append({F.USER_ID: int(user), F.EVENT_TIMESTAMP: state.snapshot_ms,
-                     F.CREATED: max(now_ms, state.snapshot_ms), **state.feature_row(view)})
+        rows.append(sequence_row(int(user), state, view, max(now_ms, state.snapshot_ms)))
     if rows:
         offline_log.append(settings.offline_dir, view.name, sequence_table(rows, view))
-        builder.online.write_sequences(rows, view)
-        builder.save_states(new_states, view=view)
+        online.write_sequences(rows, view)
+        state_store.save_states(new_states, view=view)
     return len(rows), int(len(events))
 
 
@@ -213,7 +218,7 @@ def _latest(logged: pd.DataFrame, key: str) -> tuple[pd.DataFrame, dict]:
     return latest, ms
 
 
-def restore_counters(settings: Settings, builder) -> int:
+def restore_counters(settings: Settings, counters, online) -> int:
     """Put each user's and pin's newest logged engagement counters back into their Redis hash
     and the online store (homefeed.stream.engagement.EngagementCounters.put). Safe at any
     time only after a data loss: it would roll live counters back to their last logged version."""
@@ -231,13 +236,13 @@ def restore_counters(settings: Settings, builder) -> int:
                 for k, ts, cr, d, n, a in zip(latest[key], ms[F.EVENT_TIMESTAMP], ms[F.CREATED],
                                               latest[decayed], latest[totals], latest[as_of])]
         for start in range(0, len(rows), 5000):
-            builder.counters.put(view, rows[start: start + 5000])
-            builder.online.write_engagement(view, rows[start: start + 5000])
+            counters.put(view, rows[start: start + 5000])
+            online.write_engagement(view, rows[start: start + 5000])
         restored += len(rows)
     return restored
 
 
-def restore_pins(settings: Settings, builder) -> int:
+def restore_pins(settings: Settings, online) -> int:
     """Write each pin's newest logged feature row to the online store. Feast's strictly-newer
     rule makes this a no-op for pins Redis still has, so it is safe at any time."""
     logged = offline_log.read(settings.offline_dir, F.PIN_FEATURES)
@@ -248,12 +253,11 @@ def restore_pins(settings: Settings, builder) -> int:
 
     # a log written before the field existed has no durations: unknown
     durations = latest[F.PIN_DURATION_MS] if F.PIN_DURATION_MS in latest else [None] * len(latest)
-    rows = [{F.PIN_ID: int(pid), F.PIN_EMBEDDING: [float(v) for v in emb], F.PIN_TOPIC: int(topic),
-             F.PIN_CREATED_MS: int(created), F.PIN_DURATION_MS: optional_int(duration),
-             F.EVENT_TIMESTAMP: int(ts), F.CREATED: int(cr)}
+    rows = [pin_row(int(pid), [float(v) for v in emb], int(topic), int(created), optional_int(duration),
+                    int(ts), int(cr))
             for pid, emb, topic, created, duration, ts, cr in zip(
                 latest[F.PIN_ID], latest[F.PIN_EMBEDDING], latest[F.PIN_TOPIC],
                 latest[F.PIN_CREATED_MS], durations, ms[F.EVENT_TIMESTAMP], ms[F.CREATED])]
     for start in range(0, len(rows), 5000):
-        builder.online.write_pins(rows[start: start + 5000])
+        online.write_pins(rows[start: start + 5000])
     return len(rows)

@@ -126,7 +126,7 @@ class Producer:
     client's retries, acks=all) is counted, and `send_all` raises ProduceFailed with the count."""
 
     def __init__(self, settings: Settings, producer=None):
-        from homefeed.stream.consumer import make_producer
+        from homefeed.stream.clients import make_producer
 
         self.settings = settings
         self.producer = producer or make_producer(settings, linger_ms=10, batch_size=256 * 1024)
