@@ -40,6 +40,7 @@ from feast.infra.registry.sql import SqlRegistryConfig
 from feast.repo_config import REGISTRY_CLASS_FOR_TYPE
 from pydantic import Field, StrictStr, model_validator
 
+from homefeed import feast_compat  # noqa: F401  (after Feast: undoes its metrics side effect)
 from homefeed.errors import UserError
 from homefeed.settings import load_settings
 

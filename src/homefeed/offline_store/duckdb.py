@@ -22,6 +22,7 @@ import pandas as pd
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, _write_data_source
 from feast.infra.offline_stores.ibis import get_historical_features_ibis
 
+from homefeed import feast_compat  # noqa: F401  (after Feast: undoes its metrics side effect)
 from homefeed.offline_store.reading import entity_time_range, source_files, view_keys
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 from feast.infra.offline_stores.file_source import FileSource
 
+from homefeed import feast_compat  # noqa: F401  (after Feast: undoes its metrics side effect)
 from homefeed.errors import UserError
 from homefeed.offline_log import partition_files
 

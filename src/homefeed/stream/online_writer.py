@@ -13,6 +13,7 @@ from __future__ import annotations
 from feast.infra.provider import get_provider
 from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Int32List, Int64List, Value
 
+from homefeed import feast_compat  # noqa: F401  (after Feast: undoes its metrics side effect)
 from homefeed import features as F
 from homefeed.redis_codec import entity_key, event_time, optional_int64
 
