@@ -40,3 +40,12 @@ def test_a_multiprocess_dir_set_by_a_server_is_kept(tmp_path):
     got = run(env)
     assert got["env"] == {"PROMETHEUS_MULTIPROCESS_DIR": str(tmp_path), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     assert not got["in_process"]
+
+
+def test_a_server_setting_only_the_collector_directory_keeps_its_multiprocess_values(tmp_path):
+    """BentoML's workers: PROMETHEUS_MULTIPROC_DIR set, Feast adds PROMETHEUS_MULTIPROCESS_DIR."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    got = run(env)
+    assert got["env"] == {"PROMETHEUS_MULTIPROCESS_DIR": None, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    assert not got["in_process"]
