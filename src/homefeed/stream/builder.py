@@ -290,16 +290,10 @@ class SequenceBuilder(DeadLetterSender):
             counted = self.counters.apply([engagement_event(r, ev) for r, ev in actions
                                            if (ev.user_id, ev.event_id) in fresh])
 
-        # Durable first (the log is what backfill and training read), then online, then state.
-        with result.timed("log_write"):
-            if frame is None:
+        if frame is None:
+            with result.timed("log_write"):
                 frame = events_frame([ev for _, ev in actions], [r.timestamp for r, _ in actions])
-            offline_log.append(self.settings.offline_dir, ACTION_EVENTS_TABLE, frame)
-            self._log_sequences(merged)
-            self._log_counters(counted)
-        with result.timed("feast_write"):
-            self._push_counters(counted)
-        self._push_sequences(merged, result)
+        self._make_durable(ACTION_EVENTS_TABLE, frame, merged, counted, result)
         visible = wall_ms()
         for record, _ in actions:
             if 0 <= visible - record.timestamp < LIVE_WINDOW_MS:
@@ -339,6 +333,19 @@ class SequenceBuilder(DeadLetterSender):
                 out.rows.append(versions[-1])  # online: the newest version only
                 out.log_rows.extend(versions)  # offline: every version, as it became servable
         return out
+
+    def _make_durable(self, table: str, frame, merged: "MergedSequences", counted: dict[str, list[dict]],
+                      result: BatchResult) -> None:
+        """Step 5 for actions and impressions alike: durable first (the events, sequence and counter
+        versions to the log: what backfill and training read), then online (counters, sequences),
+        then the states."""
+        with result.timed("log_write"):
+            offline_log.append(self.settings.offline_dir, table, frame)
+            self._log_sequences(merged)
+            self._log_counters(counted)
+        with result.timed("feast_write"):
+            self._push_counters(counted)
+        self._push_sequences(merged, result)
 
     def _log_sequences(self, merged: "MergedSequences") -> None:
         if merged.rows:
@@ -386,13 +393,7 @@ class SequenceBuilder(DeadLetterSender):
                  for r, ev in unique], F.IMPRESSION_SEQUENCE, result)
             with result.timed("counters"):
                 counted = self.counters.apply([engagement_event(r, ev) for r, ev in unique])
-            with result.timed("log_write"):
-                offline_log.append(self.settings.offline_dir, IMPRESSION_EVENTS_TABLE, frame)
-                self._log_sequences(merged)
-                self._log_counters(counted)
-            with result.timed("feast_write"):
-                self._push_counters(counted)
-            self._push_sequences(merged, result)
+            self._make_durable(IMPRESSION_EVENTS_TABLE, frame, merged, counted, result)
         result.impressions += len(unique)
 
     def _apply_pins(self, pins, result: BatchResult) -> None:

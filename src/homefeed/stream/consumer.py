@@ -113,6 +113,7 @@ class Backoff:
     def wait(self) -> float:
         waited = self.delay
         self.stop.wait(waited)
+        watchdog.arm()  # an outage waited out is progress, not a hang (stream/watchdog.py)
         self.delay = min(self.delay * 2, self.cap_s) * (0.8 + 0.4 * random.random())
         return waited
 
@@ -196,7 +197,6 @@ class StreamConsumer:
                 log.warning("batch of %d records not applied (%s: %s); retrying in %.1fs, offsets "
                             "not committed", len(batch), type(exc).__name__, exc, backoff.delay)
                 backoff.wait()
-                watchdog.arm()  # an outage is waited out, not a hang
 
     def record_counters(self, result: BatchResult) -> None:
         """The group's counters, retried through outages: they must match the dead-letter topic.
@@ -215,7 +215,6 @@ class StreamConsumer:
                 log.warning("consumer counters not updated (%s: %s); retrying in %.1fs",
                             type(exc).__name__, exc, backoff.delay)
                 backoff.wait()
-                watchdog.arm()
 
     def apply_isolating(self, batch: list, exc: BaseException) -> BatchResult:
         """Bisect a batch that failed for a non-transient reason: halves are applied in order
@@ -255,7 +254,6 @@ class StreamConsumer:
                 log.warning("commit failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc,
                             backoff.delay)
                 backoff.wait()
-                watchdog.arm()
 
     def run(self, idle_exit_s: float | None = None, max_records: int | None = None,
             ready_file=None) -> ConsumeStats:
